@@ -1,0 +1,92 @@
+"""The headless command line: `python -m torchao_nb run | list-modes | list-models`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .env import UserError
+
+
+def _run(args) -> int:
+    from .sweep import sweep
+
+    result = sweep(
+        model=args.model, modes=args.modes, device=args.device, dtype=args.dtype,
+        batch_sizes=args.batch_sizes.split(","), compile=args.compile, baseline=args.baseline,
+        out=args.out, resume=args.resume, threads=args.threads, seq_len=args.seq_len, progress=not args.quiet,
+    )
+    env = result.environment
+    print(f"torch {env['torch']}, torchao {env['torchao']}, {env['device']} ({env['device_name']}), "
+          f"{env['dtype']}, {env['threads']} threads, compile={'on' if env['compile'] else 'off'}, "
+          f"baseline settings={'on' if env['baseline'] else 'off'}")
+    print(result.table())
+    print(f"\nspeedup = compiled unquantized baseline / mode (eager baseline when --no-compile); "
+          f"results in {args.out}/results.csv and results.json")
+    return 0
+
+
+def _list_modes(args) -> int:
+    from . import env, recipes
+
+    device = env.resolve_device(args.device)
+    info = env.device_info(device)
+    dtype = env.resolve_dtype(args.dtype, info)
+    print(f"modes on {device} ({info.name}), {env.dtype_name(dtype)}:")
+    width = max(map(len, recipes.RECIPES))
+    for name, recipe in recipes.RECIPES.items():
+        reason = recipe.unsupported_reason(info, dtype)
+        state = "runs here" if reason is None else f"can't run here: {reason}"
+        print(f"  {name.ljust(width)}  {recipe.description}\n  {'':{width}}  -> {state}")
+    return 0
+
+
+def _list_models(args) -> int:
+    from . import models
+
+    width = max(map(len, models.MODELS))
+    for name, spec in models.MODELS.items():
+        default = " (default)" if name == models.DEFAULT_MODEL else ""
+        print(f"  {name.ljust(width)}  {spec.family:8s} {spec.params / 1e6:7.1f}M params  {spec.description}{default}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m torchao_nb", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="sweep models x modes x batch sizes and write results files")
+    run.add_argument("--model", default=None, help="registry model name(s), comma-separated (see list-models)")
+    run.add_argument("--modes", default="all", help="comma-separated modes, or 'all' (see list-modes)")
+    run.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    run.add_argument("--dtype", default=None, help="auto | bfloat16 | float16 | float32 (default: bf16 on CUDA and on CPUs with native bf16)")
+    run.add_argument("--batch-sizes", default="1", help="comma-separated, e.g. 1,8")
+    run.add_argument("--seq-len", type=int, default=None, help="sequence length for decoder models")
+    run.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's default)")
+    run.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True, help="torch.compile each cell (default on)")
+    run.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
+                     help="apply the seed's baseline compiler settings (default on)")
+    run.add_argument("--out", required=True, help="results folder")
+    run.add_argument("--resume", action="store_true", help="skip cells already in OUT/rows.jsonl")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.set_defaults(func=_run)
+
+    lm = sub.add_parser("list-modes", help="every mode and whether it runs on this machine")
+    lm.add_argument("--device", default="auto")
+    lm.add_argument("--dtype", default=None)
+    lm.set_defaults(func=_list_modes)
+
+    sub.add_parser("list-models", help="the built-in models").set_defaults(func=_list_models)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished rows are kept; rerun with --resume to continue", file=sys.stderr)
+        return 130

@@ -1,0 +1,134 @@
+"""What machine we run on: device resolution, default dtype, and environment metadata."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import os
+import platform
+import subprocess
+from dataclasses import dataclass
+
+import torch
+
+from ._torchao import torchao_version
+
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+_DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32"}
+
+
+class UserError(ValueError):
+    """Bad input from the user: shown as one clear line, never as a traceback."""
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """What a mode needs to know to decide whether it can run."""
+
+    type: str  # "cpu" or "cuda"
+    name: str
+    capability: tuple[int, int] | None = None  # CUDA compute capability
+    bf16_native: bool = False  # CPU: has native bf16 matmul (AVX512-BF16 / AMX)
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.type == "cuda"
+
+
+def cuda_available() -> bool:
+    return torch.cuda.is_available()
+
+
+def resolve_device(device: str | None) -> str:
+    """'auto' → cuda when a GPU is usable, else cpu; 'cuda' without a GPU is a UserError."""
+    device = (device or "auto").lower()
+    if device == "auto":
+        return "cuda" if cuda_available() else "cpu"
+    if device == "cuda":
+        if not cuda_available():
+            raise UserError("--device cuda was asked for, but torch sees no CUDA GPU here; use --device cpu or auto.")
+        return "cuda"
+    if device == "cpu":
+        return "cpu"
+    raise UserError(f"unknown device {device!r}; choose one of: auto, cpu, cuda.")
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def cpu_has_native_bf16() -> bool:
+    with contextlib.suppress(Exception):
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
+
+
+def device_info(device: str) -> DeviceInfo:
+    if device == "cuda":
+        props = torch.cuda.get_device_properties(0)
+        return DeviceInfo("cuda", props.name, (props.major, props.minor))
+    return DeviceInfo("cpu", cpu_model(), None, cpu_has_native_bf16())
+
+
+def default_dtype(info: DeviceInfo) -> torch.dtype:
+    """bf16 on CUDA (as the seed requires); on CPU bf16 only where the CPU computes it natively."""
+    if info.is_cuda or info.bf16_native:
+        return torch.bfloat16
+    return torch.float32
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, info: DeviceInfo) -> torch.dtype:
+    if dtype is None or dtype == "auto":
+        return default_dtype(info)
+    if isinstance(dtype, torch.dtype):
+        if dtype not in DTYPES.values():
+            raise UserError(f"dtype {dtype} is not supported; choose one of: {', '.join(DTYPES)}.")
+        return dtype
+    name = _DTYPE_ALIASES.get(str(dtype).lower(), str(dtype).lower())
+    if name not in DTYPES:
+        raise UserError(f"unknown dtype {dtype!r}; choose one of: auto, {', '.join(DTYPES)}.")
+    return DTYPES[name]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _nvidia_driver() -> str | None:
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=10, check=True,
+        )
+        return out.stdout.strip().splitlines()[0]
+    return None
+
+
+def environment(device: str, dtype: torch.dtype, threads: int) -> dict:
+    """Everything a reader needs to know to trust or reproduce a result."""
+    info = device_info(device)
+    env = {
+        "torch": torch.__version__,
+        "torchao": torchao_version(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": device,
+        "device_name": info.name,
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "threads": threads,
+        "dtype": dtype_name(dtype),
+        "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "cuda": torch.version.cuda,
+        "cuda_driver": None,
+        "compute_capability": None,
+    }
+    if info.is_cuda:
+        env["cuda_driver"] = _nvidia_driver()
+        env["compute_capability"] = ".".join(map(str, info.capability))
+    return env

@@ -1,0 +1,212 @@
+"""Timing, memory, size and accuracy metrics. The clock and the device sync are injectable."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True)
+class TimingPolicy:
+    """How long to warm up and how many samples to take; bounded so a sweep's time is predictable."""
+
+    min_warmup: int = 3  # calls, at least
+    warmup_s: float = 0.2  # and at least this long: caches, allocator, CPU frequency settle
+    min_sample_s: float = 2e-3  # calls are batched into samples this long, so clock overhead stays <0.1%
+    min_samples: int = 15
+    max_samples: int = 300
+    max_time_s: float = 3.0  # per measurement, after warm-up
+    settle_rel: float = 0.01  # stop once the median moved < 1% over the last block
+    block: int = 15  # samples between stability checks
+    noisy_rel_iqr: float = 0.10  # IQR/median above this flags the row as noisy
+
+
+FAST_POLICY = TimingPolicy(min_warmup=1, warmup_s=0.0, min_sample_s=0.0, min_samples=3, max_samples=5, max_time_s=0.5, block=3)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Per-call times of one function; median over mean because stragglers (GC, other processes) skew means."""
+
+    samples_ms: tuple[float, ...]
+    calls_per_sample: int
+
+    @property
+    def median_ms(self) -> float:
+        return statistics.median(self.samples_ms)
+
+    @property
+    def iqr_ms(self) -> float:
+        if len(self.samples_ms) < 4:
+            return max(self.samples_ms) - min(self.samples_ms)
+        q = statistics.quantiles(self.samples_ms, n=4, method="inclusive")
+        return q[2] - q[0]
+
+    @property
+    def rel_iqr(self) -> float:
+        return self.iqr_ms / self.median_ms if self.median_ms > 0 else math.inf
+
+    def noisy(self, policy: TimingPolicy = TimingPolicy()) -> bool:
+        return self.rel_iqr > policy.noisy_rel_iqr
+
+
+def no_sync() -> None:
+    return None
+
+
+def sync_for(device: str) -> Callable[[], None]:
+    return torch.cuda.synchronize if device == "cuda" else no_sync
+
+
+def time_calls(fn: Callable[[], Any], policy: TimingPolicy = TimingPolicy(), clock: Clock = time.perf_counter,
+               sync: Callable[[], None] = no_sync) -> Measurement:
+    """Warm up, then take samples until the median settles or the time budget runs out."""
+    start = clock()
+    calls, last = 0, 0.0
+    while calls < policy.min_warmup or clock() - start < policy.warmup_s:
+        t0 = clock()
+        fn()
+        sync()
+        last = clock() - t0
+        calls += 1
+    inner = max(1, math.ceil(policy.min_sample_s / last)) if last > 0 else 1
+
+    samples: list[float] = []
+    begin, settled_median = clock(), None
+    while len(samples) < policy.max_samples:
+        sync()
+        t0 = clock()
+        for _ in range(inner):
+            fn()
+        sync()
+        samples.append((clock() - t0) * 1e3 / inner)
+        n = len(samples)
+        if n >= policy.min_samples and n % policy.block == 0:
+            med = statistics.median(samples)
+            if settled_median is not None and abs(med - settled_median) <= policy.settle_rel * med:
+                break
+            settled_median = med
+        if n >= policy.min_samples and clock() - begin >= policy.max_time_s:
+            break
+    return Measurement(tuple(samples), inner)
+
+
+def time_once(fn: Callable[[], Any], clock: Clock = time.perf_counter, sync: Callable[[], None] = no_sync) -> tuple[Any, float]:
+    """One call's result and its seconds (used for compile + first call)."""
+    sync()
+    t0 = clock()
+    out = fn()
+    sync()
+    return out, clock() - t0
+
+
+# ---- accuracy -----------------------------------------------------------------------------
+
+def flat_output(out: Any) -> torch.Tensor:
+    """All floating tensors of a model's output (tensor, tuple, dict, HF ModelOutput) as one fp64 vector."""
+    parts: list[torch.Tensor] = []
+
+    def walk(o):
+        if isinstance(o, torch.Tensor):
+            if o.is_floating_point():
+                parts.append(o.detach().reshape(-1).to("cpu", torch.float64))
+        elif isinstance(o, dict):
+            for v in o.values():
+                walk(v)
+        elif isinstance(o, (list, tuple)):
+            for v in o:
+                walk(v)
+
+    walk(out)
+    if not parts:
+        raise ValueError("the model's output holds no floating-point tensor to compare")
+    return torch.cat(parts)
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    sqnr_db: float | None  # signal-to-quantization-noise ratio; None when identical (infinite)
+    cosine: float
+    max_abs_err: float
+
+
+def accuracy(reference: Any, output: Any) -> Accuracy:
+    ref, out = flat_output(reference), flat_output(output)
+    if ref.shape != out.shape:
+        raise ValueError(f"output shape changed: {tuple(ref.shape)} vs {tuple(out.shape)}")
+    noise = torch.linalg.vector_norm(ref - out).item()
+    signal = torch.linalg.vector_norm(ref).item()
+    sqnr = None if noise == 0 else (20 * math.log10(signal / noise) if signal > 0 else -math.inf)
+    denom = torch.linalg.vector_norm(ref) * torch.linalg.vector_norm(out)
+    cosine = 1.0 if denom == 0 and noise == 0 else float((ref @ out / denom).item()) if denom > 0 else 0.0
+    return Accuracy(sqnr, cosine, float((ref - out).abs().max().item()) if ref.numel() else 0.0)
+
+
+# ---- size and memory ------------------------------------------------------------------------
+
+def tensor_bytes(t: torch.Tensor) -> int:
+    """Bytes a tensor really holds; torchao's subclasses are opened up to their packed parts."""
+    if hasattr(t, "__tensor_flatten__") and type(t) not in (torch.Tensor, nn.Parameter):
+        names, _ = t.__tensor_flatten__()
+        return sum(tensor_bytes(getattr(t, n)) for n in names if isinstance(getattr(t, n), torch.Tensor))
+    return t.numel() * t.element_size()
+
+
+def weight_bytes(model: nn.Module) -> int:
+    seen: set[int] = set()
+    total = 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        if id(t) not in seen:
+            seen.add(id(t))
+            total += tensor_bytes(t)
+    return total
+
+
+def _proc_status_kb(field: str) -> int | None:
+    with contextlib.suppress(OSError):
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    return None
+
+
+class PeakMemory:
+    """Peak memory of the block: CUDA allocated/reserved, or on CPU the growth of peak RSS."""
+
+    def __init__(self, device: str):
+        self.device = device
+        self.peak_bytes: int | None = None
+        self.reserved_bytes: int | None = None
+
+    def __enter__(self):
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            # Writing 5 to clear_refs resets VmHWM (peak RSS) to the current RSS (Linux >= 4.0).
+            with contextlib.suppress(OSError):
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")
+            self._rss0 = _proc_status_kb("VmRSS")
+        return self
+
+    def __exit__(self, *exc):
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            self.peak_bytes = torch.cuda.max_memory_allocated()
+            self.reserved_bytes = torch.cuda.max_memory_reserved()
+        else:
+            hwm = _proc_status_kb("VmHWM")
+            if hwm is not None and self._rss0 is not None:
+                self.peak_bytes = max(0, hwm - self._rss0) * 1024
+        return False

@@ -1,0 +1,232 @@
+"""Result rows and result sets: frozen dataclasses that round-trip through CSV, JSON and JSON Lines."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import os
+import tempfile
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+STATUSES = ("ok", "skipped", "error")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One cell of a sweep: a model × mode × batch size × compile setting."""
+
+    model: str
+    mode: str
+    batch_size: int
+    device: str
+    dtype: str
+    compile: bool
+    baseline: bool  # were the seed's baseline compiler settings applied
+    status: str  # "ok", "skipped" (reason says why) or "error" (reason: exception type and message)
+    reason: str = ""
+    median_ms: float | None = None  # per call
+    iqr_ms: float | None = None
+    samples: int | None = None
+    noisy: bool | None = None  # IQR > 10% of the median
+    baseline_ms: float | None = None  # the unquantized reference, compiled when compile is on
+    eager_ms: float | None = None  # the unquantized reference, eager
+    speedup: float | None = None  # baseline_ms / median_ms: the seed's comparison
+    speedup_vs_eager: float | None = None  # eager_ms / median_ms
+    compile_s: float | None = None  # compile + first call
+    quantize_s: float | None = None
+    sqnr_db: float | None = None  # vs the unquantized eager output on the same inputs; None = identical
+    cosine: float | None = None
+    max_abs_err: float | None = None
+    weight_bytes: int | None = None
+    peak_mem_bytes: int | None = None  # CUDA: peak allocated; CPU: growth of peak RSS while timing
+    peak_reserved_bytes: int | None = None  # CUDA only
+    layers_quantized: int | None = None
+    layers_total: int | None = None
+    graphs: int | None = None  # graphs dynamo compiled; 0 with compile on would mean eager ran
+    tokens_per_s: float | None = None  # decoders: tokens produced per second
+    threads: int | None = None
+    recipe: str = ""  # the exact torchao config, JSON
+    extra: str = ""  # JSON: layers left alone and why, autoquant's decision table, ...
+
+    def __post_init__(self):
+        if self.status not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}, not {self.status!r}")
+
+    @property
+    def key(self) -> tuple:
+        """What identifies a cell, for --resume and for matching runs."""
+        return (self.model, self.mode, self.batch_size, self.device, self.dtype, self.compile, self.baseline)
+
+    @property
+    def recipe_dict(self) -> dict:
+        return json.loads(self.recipe) if self.recipe else {}
+
+    @property
+    def extra_dict(self) -> dict:
+        return json.loads(self.extra) if self.extra else {}
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Row":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+_HINTS = typing.get_type_hints(Row)
+FIELDS = [f.name for f in dataclasses.fields(Row)]
+# PyTorch's dynamo benchmark columns first, so its tooling can read our CSV.
+DYNAMO_COLUMNS = {"dev": "device", "name": "model", "batch_size": "batch_size", "speedup": "speedup", "abs_latency": "median_ms"}
+CSV_COLUMNS = list(DYNAMO_COLUMNS) + [f for f in FIELDS if f not in DYNAMO_COLUMNS.values()]
+
+
+def _parse(name: str, text: str) -> Any:
+    hint = _HINTS[name]
+    base = {t for t in typing.get_args(hint) if t is not type(None)} or {hint}
+    if text == "" and type(None) in typing.get_args(hint):
+        return None
+    if bool in base:
+        return text == "True"
+    if int in base:
+        return int(text)
+    if float in base:
+        return float(text)
+    return text
+
+
+def atomic_write(path: str | os.PathLike, text: str) -> None:
+    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with __import__("contextlib").suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def append_jsonl(path: str | os.PathLike, row: Row) -> None:
+    """Append one finished row and flush it to disk, so an interrupted sweep keeps it."""
+    with open(path, "a") as f:
+        f.write(json.dumps(row.to_dict()) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_jsonl(path: str | os.PathLike) -> list[Row]:
+    rows = []
+    p = Path(path)
+    if not p.exists():
+        return rows
+    for line in p.read_text().splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            rows.append(Row.from_dict(json.loads(line)))
+        except (json.JSONDecodeError, TypeError, ValueError):
+            continue  # a line cut short by a crash: that cell simply runs again
+    return rows
+
+
+@dataclass(frozen=True)
+class ResultSet:
+    rows: tuple[Row, ...] = ()
+    environment: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        object.__setattr__(self, "rows", tuple(self.rows))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __iter__(self):
+        return iter(self.rows)
+
+    def where(self, **equals) -> "ResultSet":
+        return ResultSet(tuple(r for r in self.rows if all(getattr(r, k) == v for k, v in equals.items())), self.environment)
+
+    def with_rows(self, rows: Iterable[Row]) -> "ResultSet":
+        return ResultSet(tuple(rows), self.environment)
+
+    def to_dataframe(self):
+        import pandas as pd
+
+        return pd.DataFrame([r.to_dict() for r in self.rows], columns=FIELDS)
+
+    # ---- files ----
+    def to_csv_text(self) -> str:
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(CSV_COLUMNS)
+        for r in self.rows:
+            d = r.to_dict()
+            w.writerow(["" if d[DYNAMO_COLUMNS.get(c, c)] is None else d[DYNAMO_COLUMNS.get(c, c)] for c in CSV_COLUMNS])
+        return buf.getvalue()
+
+    def to_json_text(self) -> str:
+        return json.dumps({"environment": self.environment, "rows": [r.to_dict() for r in self.rows]}, indent=1)
+
+    def save(self, out_dir: str | os.PathLike) -> Path:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write(out / "results.csv", self.to_csv_text())
+        atomic_write(out / "results.json", self.to_json_text())
+        atomic_write(out / "environment.json", json.dumps(self.environment, indent=1))
+        return out
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "ResultSet":
+        """A results folder, or a results .json / .csv / .jsonl file."""
+        p = Path(path)
+        if p.is_dir():
+            for name in ("results.json", "rows.jsonl", "results.csv"):
+                if (p / name).exists():
+                    return cls.load(p / name)
+            raise FileNotFoundError(f"no results.json, rows.jsonl or results.csv in {p}")
+        env_file = p.parent / "environment.json"
+        env = json.loads(env_file.read_text()) if env_file.exists() else {}
+        if p.suffix == ".json":
+            data = json.loads(p.read_text())
+            return cls(tuple(Row.from_dict(d) for d in data["rows"]), data.get("environment", {}))
+        if p.suffix == ".jsonl":
+            return cls(tuple(read_jsonl(p)), env)
+        if p.suffix == ".csv":
+            with open(p, newline="") as f:
+                reader = csv.DictReader(f)
+                rows = []
+                for rec in reader:
+                    data = {DYNAMO_COLUMNS.get(c, c): v for c, v in rec.items()}
+                    rows.append(Row(**{k: _parse(k, v) for k, v in data.items() if k in _HINTS}))
+            return cls(tuple(rows), env)
+        raise ValueError(f"don't know how to read {p}: expected a folder, .json, .jsonl or .csv")
+
+    # ---- text ----
+    def table(self) -> str:
+        """A plain-text table for terminals and logs."""
+        head = ["model", "mode", "bs", "status", "median ms", "iqr ms", "speedup", "vs eager", "SQNR dB", "weights MB", "layers", "note"]
+        lines = []
+        for r in self.rows:
+            def f(v, fmt):
+                return "" if v is None else format(v, fmt)
+            layers = "" if r.layers_quantized is None else f"{r.layers_quantized}/{r.layers_total}"
+            sqnr = "inf" if r.status == "ok" and r.sqnr_db is None and r.cosine is not None else f(r.sqnr_db, ".1f")
+            note = r.reason if r.status != "ok" else ("noisy" if r.noisy else "")
+            lines.append([r.model, r.mode, str(r.batch_size), r.status, f(r.median_ms, ".3f"), f(r.iqr_ms, ".3f"),
+                          f(r.speedup, ".2f"), f(r.speedup_vs_eager, ".2f"), sqnr,
+                          f(None if r.weight_bytes is None else r.weight_bytes / 1e6, ".1f"), layers, note])
+        widths = [max(len(h), *(len(l[i]) for l in lines)) if lines else len(h) for i, h in enumerate(head)]
+        widths[-1] = len(head[-1])
+        fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+        return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(l) for l in lines])
