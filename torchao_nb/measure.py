@@ -78,7 +78,7 @@ def time_calls(fn: Callable[[], Any], policy: TimingPolicy = TimingPolicy(), clo
         sync()
         last = clock() - t0
         calls += 1
-    inner = max(1, math.ceil(policy.min_sample_s / last)) if last > 0 else 1
+    inner = max(1, math.ceil(policy.min_sample_s / last - 1e-6)) if last > 0 else 1
 
     samples: list[float] = []
     begin, settled_median = clock(), None

@@ -89,7 +89,9 @@ def _int4_config(info: DeviceInfo, dtype: torch.dtype):
     if info.is_cuda:
         # The plain packing needs the separate mslk kernels; tinygemm's 4-d tile packing ships
         # with torch itself and runs on SM 8.x/9.x.
-        packing = "plain" if _has_mslk() else "tile_packed_to_4d"
+        from torchao.quantization.quantize_.workflows.int4.int4_packing_format import Int4PackingFormat
+
+        packing = Int4PackingFormat.PLAIN if _has_mslk() else Int4PackingFormat.TILE_PACKED_TO_4D
         return _make("Int4WeightOnlyConfig", group_size=GROUP_SIZE, int4_packing_format=packing)
     if dtype == torch.bfloat16:
         # Measured on a 2-core AVX512-BF16 CPU: ~4x faster than bf16 noquant when compiled.

@@ -1,0 +1,37 @@
+import pytest
+import torch
+from torch import nn
+
+from torchao_nb import measure
+
+
+class TwoLinear(nn.Module):
+    """Small enough for fast tests, shaped so every CPU mode (int4 group 128 included) fits."""
+
+    def __init__(self, dim=128, hidden=256):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x, scale=1.0):
+        return self.fc2(torch.relu(self.fc1(x))) * scale
+
+
+class NoLinear(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+@pytest.fixture
+def two_linear():
+    torch.manual_seed(0)
+    return TwoLinear()
+
+
+@pytest.fixture
+def fast():
+    return measure.FAST_POLICY

@@ -1,0 +1,100 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from torchao_nb import measure, recipes
+from torchao_nb.env import DeviceInfo
+
+
+class FakeClock:
+    """Time moves only when the measured function says so."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_time_calls_with_a_fake_clock_is_exact():
+    clock = FakeClock()
+
+    def step():
+        clock.now += 0.003  # every call takes 3 ms
+
+    m = measure.time_calls(step, measure.TimingPolicy(), clock=clock)
+    assert m.calls_per_sample == 1
+    assert m.median_ms == pytest.approx(3.0)
+    assert m.iqr_ms == pytest.approx(0.0)
+    # the median is stable after the first block, so it stops at the second check
+    assert len(m.samples_ms) == 30
+    assert not m.noisy()
+
+
+def test_fast_calls_are_batched_into_samples():
+    clock = FakeClock()
+
+    def step():
+        clock.now += 0.0001  # 0.1 ms: 20 calls make one 2 ms sample
+
+    m = measure.time_calls(step, measure.TimingPolicy(), clock=clock)
+    assert m.calls_per_sample == 20
+    assert m.median_ms == pytest.approx(0.1)
+
+
+def test_time_budget_bounds_a_noisy_function():
+    clock = FakeClock()
+    state = {"i": 0}
+
+    def step():
+        state["i"] += 1
+        clock.now += 0.010 if state["i"] % 2 else 0.030  # never settles
+
+    policy = measure.TimingPolicy(max_time_s=1.0, warmup_s=0.0)
+    m = measure.time_calls(step, policy, clock=clock)
+    assert len(m.samples_ms) < policy.max_samples
+    assert m.noisy(policy)
+
+
+def test_time_once_calls_sync():
+    calls = []
+    out, secs = measure.time_once(lambda: 42, clock=FakeClock(), sync=lambda: calls.append(1))
+    assert out == 42 and secs == 0 and len(calls) == 2
+
+
+def test_accuracy_metrics():
+    ref = torch.randn(1000)
+    noise = 0.01 * torch.randn(1000)
+    acc = measure.accuracy(ref, ref + noise)
+    expected = 20 * math.log10(ref.norm() / noise.norm())
+    assert acc.sqnr_db == pytest.approx(expected, rel=1e-4)
+    assert 0.999 < acc.cosine <= 1.0
+    assert acc.max_abs_err == pytest.approx(noise.abs().max().item(), rel=1e-5)
+    same = measure.accuracy((ref, {"a": ref}), (ref, {"a": ref}))
+    assert same.sqnr_db is None and same.cosine == pytest.approx(1.0)
+
+
+def test_accuracy_rejects_shape_change_and_non_float():
+    with pytest.raises(ValueError):
+        measure.accuracy(torch.randn(3), torch.randn(4))
+    with pytest.raises(ValueError):
+        measure.flat_output(torch.arange(3))
+
+
+def test_weight_bytes_sees_packed_weights():
+    model = nn.Sequential(nn.Linear(256, 256, bias=False)).to(torch.bfloat16)
+    assert measure.weight_bytes(model) == 256 * 256 * 2
+    cpu = DeviceInfo("cpu", "x", None, True)
+    recipes.quantize(model, recipes.RECIPES["int8weightonly"], cpu, torch.bfloat16)
+    q = measure.weight_bytes(model)
+    assert 256 * 256 <= q < 256 * 256 * 1.2  # int8 data plus per-channel scales
+
+
+def test_peak_memory_on_cpu_sees_an_allocation():
+    with measure.PeakMemory("cpu") as mem:
+        big = torch.ones(64 * 1024 * 1024 // 4)  # 64 MiB, touched
+        big += 1
+    del big
+    assert mem.peak_bytes is not None and mem.peak_bytes >= 48 * 1024 * 1024

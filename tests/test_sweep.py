@@ -1,0 +1,197 @@
+import threading
+
+import pytest
+import torch
+from torch import nn
+
+from torchao_nb import UserError, baseline, recipes, sweep
+import importlib
+sweep_mod = importlib.import_module("torchao_nb.sweep")
+from torchao_nb.results import ResultSet, read_jsonl
+
+from .conftest import NoLinear, TwoLinear
+
+X = (torch.randn(1, 128),)
+
+
+def run(model, **kw):
+    kw.setdefault("device", "cpu")
+    kw.setdefault("dtype", "bfloat16")
+    kw.setdefault("compile", False)
+    kw.setdefault("progress", False)
+    kw.setdefault("policy", __import__("torchao_nb").measure.FAST_POLICY)
+    if isinstance(model, nn.Module):
+        kw.setdefault("example_inputs", X)
+    return sweep(model=model, **kw)
+
+
+def by_mode(rs):
+    return {r.mode: r for r in rs}
+
+
+def test_every_mode_gets_a_row_with_a_status(two_linear):
+    rows = by_mode(run(two_linear, modes="all"))
+    assert set(rows) == set(recipes.RECIPES)
+    for mode in ["noquant", "int8dynamic", "int8weightonly", "int4weightonly", "float8weightonly"]:
+        assert rows[mode].status == "ok", rows[mode].reason
+    assert rows["float8dynamic"].status == "skipped" and "CUDA" in rows["float8dynamic"].reason
+    assert rows["autoquant"].status == "skipped" and rows["autoquant"].reason
+    r = rows["int8dynamic"]
+    assert r.sqnr_db >= 20 and r.cosine > 0.99
+    assert r.speedup == pytest.approx(r.baseline_ms / r.median_ms)
+    assert r.speedup_vs_eager == pytest.approx(r.eager_ms / r.median_ms)
+    assert r.layers_quantized == 2 and r.layers_total == 2
+    assert r.weight_bytes < rows["noquant"].weight_bytes
+    assert rows["noquant"].layers_quantized == 0
+    assert r.recipe_dict["_type"] == "Int8DynamicActivationInt8WeightConfig"
+
+
+def test_users_model_is_never_mutated(two_linear):
+    before = {k: v.clone() for k, v in two_linear.state_dict().items()}
+    run(two_linear, modes="int8dynamic,int8weightonly,int4weightonly")
+    assert type(two_linear.fc1.weight) is nn.Parameter
+    assert two_linear.fc1.weight.dtype == torch.float32
+    for k, v in two_linear.state_dict().items():
+        assert torch.equal(v, before[k])
+
+
+def test_dict_inputs_and_rebatching(two_linear):
+    rs = run(two_linear, example_inputs={"x": torch.randn(1, 128), "scale": 2.0}, modes="noquant,int8dynamic", batch_sizes=[1, 3])
+    assert [(r.batch_size, r.status) for r in rs] == [(1, "ok"), (1, "ok"), (3, "ok"), (3, "ok")]
+
+
+def test_model_without_linear_says_nothing_to_quantize():
+    rows = by_mode(run(NoLinear(), example_inputs=(torch.randn(1, 4, 8),), modes="noquant,int8dynamic,int4weightonly"))
+    assert rows["noquant"].status == "ok"
+    for mode in ["int8dynamic", "int4weightonly"]:
+        assert rows[mode].status == "skipped" and "nothing to quantize" in rows[mode].reason
+
+
+def test_shapes_that_miss_the_group_size_are_reported():
+    model = nn.Sequential(nn.Linear(96, 96), nn.ReLU(), nn.Linear(96, 96))
+    rows = by_mode(run(model, example_inputs=(torch.randn(1, 96),), modes="int8dynamic,int4weightonly"))
+    assert rows["int8dynamic"].status == "ok"
+    assert rows["int4weightonly"].status == "skipped"
+    assert "group size 128" in rows["int4weightonly"].reason
+
+
+def test_a_failing_mode_is_an_error_row_and_the_sweep_goes_on(two_linear, monkeypatch):
+    def boom(info, dtype):
+        raise RuntimeError("kernel exploded")
+
+    monkeypatch.setitem(recipes.RECIPES, "int8weightonly", recipes.Recipe("int8weightonly", "broken", boom))
+    rows = by_mode(run(two_linear, modes="int8weightonly,int8dynamic"))
+    assert rows["int8weightonly"].status == "error"
+    assert rows["int8weightonly"].reason == "RuntimeError: kernel exploded"
+    assert rows["int8dynamic"].status == "ok"
+
+
+def test_model_that_fails_gives_error_rows():
+    class Broken(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(128, 128)
+
+        def forward(self, x):
+            raise ValueError("bad input shape")
+
+    rows = run(Broken(), modes="noquant,int8dynamic")
+    assert [r.status for r in rows] == ["error", "error"]
+    assert "unquantized model failed" in rows.rows[0].reason and "bad input shape" in rows.rows[0].reason
+
+
+@pytest.mark.slow
+def test_compiled_sweep_restores_baseline_even_when_a_cell_raises(two_linear, monkeypatch):
+    seen = {}
+
+    def hooked_apply(model, info, dtype, inputs):
+        def hook(mod, args, out):
+            seen["cache_size_limit"] = torch._dynamo.config.cache_size_limit  # read while tracing
+            raise RuntimeError("fails inside the compiled cell")
+        model.fc1.register_forward_hook(hook)
+        return recipes.ApplyReport(2, 2)
+
+    monkeypatch.setitem(recipes.RECIPES, "int8weightonly",
+                        recipes.Recipe("int8weightonly", "hooked", lambda i, d: None, apply=hooked_apply))
+    before = baseline.snapshot()
+    inductor_before = torch._inductor.config.get_config_copy()
+    rows = by_mode(run(two_linear, modes="noquant,int8weightonly", compile=True, baseline=True))
+    assert seen["cache_size_limit"] == 10000  # the baseline was on inside the cell
+    assert rows["int8weightonly"].status == "error" and "fails inside" in rows["int8weightonly"].reason
+    assert rows["noquant"].status == "ok" and rows["noquant"].graphs >= 1 and rows["noquant"].compile_s > 0
+    assert baseline.snapshot() == before
+    assert torch._inductor.config.get_config_copy() == inductor_before
+
+
+def test_rows_are_saved_as_they_finish_and_resume_skips_them(two_linear, tmp_path, monkeypatch):
+    stop = threading.Event()
+    first = run(two_linear, modes="noquant,int8dynamic,int8weightonly", out=tmp_path, stop=stop,
+                on_row=lambda r: stop.set())
+    assert len(first) == 1
+    assert len(read_jsonl(tmp_path / "rows.jsonl")) == 1
+    assert ResultSet.load(tmp_path) == first
+
+    ran = []
+    real = sweep_mod.run_cell
+    monkeypatch.setattr(sweep_mod, "run_cell", lambda cfg, ref, mode, *a: ran.append(mode) or real(cfg, ref, mode, *a))
+    second = run(two_linear, modes="noquant,int8dynamic,int8weightonly", out=tmp_path, resume=True)
+    assert ran == ["int8dynamic", "int8weightonly"]
+    assert [r.mode for r in second] == ["noquant", "int8dynamic", "int8weightonly"]
+    assert second.rows[0] == first.rows[0]
+    assert ResultSet.load(tmp_path / "results.csv") == second
+
+
+def test_a_fresh_sweep_sets_old_results_aside(two_linear, tmp_path):
+    run(two_linear, modes="noquant", out=tmp_path)
+    run(two_linear, modes="int8dynamic", out=tmp_path)
+    assert [r.mode for r in ResultSet.load(tmp_path)] == ["int8dynamic"]
+    previous = list((tmp_path / "previous").iterdir())
+    assert len(previous) == 1 and [r.mode for r in ResultSet.load(previous[0])] == ["noquant"]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(modes="int3"), "unknown mode"),
+    (dict(batch_sizes=[0]), "positive"),
+    (dict(batch_sizes=[-2]), "positive"),
+    (dict(batch_sizes=["x"]), "whole number"),
+    (dict(dtype="int7"), "unknown dtype"),
+    (dict(device="tpu"), "unknown device"),
+])
+def test_bad_input_is_a_clear_user_error(two_linear, kwargs, message):
+    with pytest.raises(UserError, match=message):
+        run(two_linear, **kwargs)
+
+
+def test_unknown_model_and_missing_inputs():
+    with pytest.raises(UserError, match="unknown model 'gpt-17'.*mlp"):
+        run("gpt-17")
+    with pytest.raises(UserError, match="example_inputs"):
+        sweep(model=TwoLinear(), device="cpu", progress=False)
+    with pytest.raises(UserError, match="tuple"):
+        run(TwoLinear(), example_inputs="text")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU, so --device cuda is valid here")
+def test_cuda_without_gpu_is_a_user_error(two_linear):
+    with pytest.raises(UserError, match="no CUDA GPU"):
+        run(two_linear, device="cuda")
+
+
+def test_unwritable_output_folder(two_linear, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    with pytest.raises(UserError, match="cannot write results"):
+        run(two_linear, out=blocker / "results")
+
+
+def test_registry_decoder_runs_and_reports_tokens_per_second():
+    rows = by_mode(run("llama-tiny", modes="noquant,int8dynamic", seq_len=8))
+    assert rows["int8dynamic"].status == "ok" and rows["int8dynamic"].sqnr_db > 15
+    assert rows["noquant"].tokens_per_s > 0
+
+
+def test_threads_are_restored(two_linear):
+    before = torch.get_num_threads()
+    rs = run(two_linear, modes="noquant", threads=1)
+    assert rs.rows[0].threads == 1 and rs.environment["threads"] == 1
+    assert torch.get_num_threads() == before
