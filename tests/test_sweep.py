@@ -107,6 +107,7 @@ def test_compiled_sweep_restores_baseline_even_when_a_cell_raises(two_linear, mo
     def hooked_apply(model, info, dtype, inputs):
         def hook(mod, args, out):
             seen["cache_size_limit"] = torch._dynamo.config.cache_size_limit  # read while tracing
+            seen["coordinate_descent_tuning"] = torch._inductor.config.coordinate_descent_tuning
             raise RuntimeError("fails inside the compiled cell")
         model.fc1.register_forward_hook(hook)
         return recipes.ApplyReport(2, 2)
@@ -115,8 +116,9 @@ def test_compiled_sweep_restores_baseline_even_when_a_cell_raises(two_linear, mo
                         recipes.Recipe("int8weightonly", "hooked", lambda i, d: None, apply=hooked_apply))
     before = baseline.snapshot()
     inductor_before = torch._inductor.config.get_config_copy()
-    rows = by_mode(run(two_linear, modes="noquant,int8weightonly", compile=True, baseline=True))
+    rows = by_mode(run(two_linear, modes="noquant,int8weightonly", compile=True, baseline=True, torchao_tuning=True))
     assert seen["cache_size_limit"] == 10000  # the baseline was on inside the cell
+    assert seen["coordinate_descent_tuning"] is True
     assert rows["int8weightonly"].status == "error" and "fails inside" in rows["int8weightonly"].reason
     assert rows["noquant"].status == "ok" and rows["noquant"].graphs >= 1 and rows["noquant"].compile_s > 0
     assert baseline.snapshot() == before
@@ -156,6 +158,7 @@ def test_a_fresh_sweep_sets_old_results_aside(two_linear, tmp_path):
     (dict(batch_sizes=["x"]), "whole number"),
     (dict(dtype="int7"), "unknown dtype"),
     (dict(device="tpu"), "unknown device"),
+    (dict(compile_mode="fastest"), "unknown compile mode"),
 ])
 def test_bad_input_is_a_clear_user_error(two_linear, kwargs, message):
     with pytest.raises(UserError, match=message):

@@ -41,6 +41,19 @@ BASELINE_SETTINGS: tuple[Setting, ...] = (
 )
 
 
+# torchao's `recommended_inductor_config_setter()`, which its configs apply process-wide by
+# default (set_inductor_config=True). torchao_nb applies it, when asked, to every compiled
+# cell alike (the unquantized baseline included) so the comparison stays fair. Coordinate
+# descent tuning is what makes inductor's int8 weight-only GEMV fast on GPUs; it costs
+# compile time.
+TORCHAO_TUNING: tuple[Setting, ...] = (
+    Setting("torch._inductor.config.coordinate_descent_tuning", True, "Tune the block sizes of generated Triton kernels."),
+    Setting("torch._inductor.config.coordinate_descent_check_all_directions", True, "Search the tuning space more widely."),
+    Setting("torch._inductor.config.force_fuse_int_mm_with_mul", True, "Fuse int8 matmul with its dequantizing multiply."),
+    Setting("torch._inductor.config.fx_graph_cache", True, "Re-use compiled graphs across runs."),
+)
+
+
 @dataclass(frozen=True)
 class SettingState:
     key: str

@@ -9,12 +9,15 @@ from .env import UserError
 
 
 def _run(args) -> int:
+    from . import measure
     from .sweep import sweep
 
     result = sweep(
         model=args.model, modes=args.modes, device=args.device, dtype=args.dtype,
         batch_sizes=args.batch_sizes.split(","), compile=args.compile, baseline=args.baseline,
         out=args.out, resume=args.resume, threads=args.threads, seq_len=args.seq_len, progress=not args.quiet,
+        compile_mode=args.compile_mode, torchao_tuning=args.torchao_tuning,
+        policy=measure.FAST_POLICY if args.quick else None,
     )
     env = result.environment
     print(f"torch {env['torch']}, torchao {env['torchao']}, {env['device']} ({env['device_name']}), "
@@ -66,9 +69,14 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True, help="torch.compile each cell (default on)")
     run.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
                      help="apply the seed's baseline compiler settings (default on)")
+    run.add_argument("--compile-mode", default="default",
+                     help="torch.compile mode: default | reduce-overhead (CUDA graphs) | max-autotune | max-autotune-no-cudagraphs")
+    run.add_argument("--torchao-tuning", action=argparse.BooleanOptionalAction, default=False,
+                     help="apply torchao's recommended inductor settings (coordinate descent tuning) to every compiled cell")
     run.add_argument("--out", required=True, help="results folder")
     run.add_argument("--resume", action="store_true", help="skip cells already in OUT/rows.jsonl")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument("--quick", action="store_true", help="a few samples per cell: for smoke tests, not for numbers")
     run.set_defaults(func=_run)
 
     lm = sub.add_parser("list-modes", help="every mode and whether it runs on this machine")

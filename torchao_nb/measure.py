@@ -210,3 +210,35 @@ class PeakMemory:
             if hwm is not None and self._rss0 is not None:
                 self.peak_bytes = max(0, hwm - self._rss0) * 1024
         return False
+
+
+# ---- distance to the memory roofline --------------------------------------------------------
+
+def copy_bandwidth_gbs(device: str, mib: int = 256, policy: TimingPolicy | None = None) -> float:
+    """The device's achievable copy bandwidth, counting bytes read plus written (GB/s)."""
+    n = mib * 1024 * 1024 // 4
+    src = torch.ones(n, device=device)
+    dst = torch.empty_like(src)
+    m = time_calls(lambda: dst.copy_(src), policy or TimingPolicy(min_samples=10, max_time_s=1.0), sync=sync_for(device))
+    moved = 2 * src.numel() * src.element_size()
+    return moved / (m.median_ms / 1e3) / 1e9
+
+
+def activation_bytes(inputs: Any, output: Any) -> int:
+    """Bytes of every tensor in the inputs and the output: what a step must read and write besides weights."""
+    total = 0
+
+    def walk(o):
+        nonlocal total
+        if isinstance(o, torch.Tensor):
+            total += o.numel() * o.element_size()
+        elif isinstance(o, dict):
+            for v in o.values():
+                walk(v)
+        elif isinstance(o, (list, tuple)):
+            for v in o:
+                walk(v)
+
+    walk(inputs)
+    walk(output)
+    return total

@@ -49,7 +49,11 @@ class Row:
     layers_total: int | None = None
     graphs: int | None = None  # graphs dynamo compiled; 0 with compile on would mean eager ran
     tokens_per_s: float | None = None  # decoders: tokens produced per second
+    bytes_per_step: int | None = None  # weights (and buffers) read once plus input and output tensors
+    achieved_gbs: float | None = None  # bytes_per_step / median latency
+    roofline_pct: float | None = None  # achieved_gbs as % of the device's measured copy bandwidth
     threads: int | None = None
+    compile_mode: str = ""  # torch.compile mode when compile is on ("default", "reduce-overhead", ...)
     recipe: str = ""  # the exact torchao config, JSON
     extra: str = ""  # JSON: layers left alone and why, autoquant's decision table, ...
 
@@ -60,7 +64,7 @@ class Row:
     @property
     def key(self) -> tuple:
         """What identifies a cell, for --resume and for matching runs."""
-        return (self.model, self.mode, self.batch_size, self.device, self.dtype, self.compile, self.baseline)
+        return (self.model, self.mode, self.batch_size, self.device, self.dtype, self.compile, self.baseline, self.compile_mode)
 
     @property
     def recipe_dict(self) -> dict:
@@ -215,7 +219,7 @@ class ResultSet:
     # ---- text ----
     def table(self) -> str:
         """A plain-text table for terminals and logs."""
-        head = ["model", "mode", "bs", "status", "median ms", "iqr ms", "speedup", "vs eager", "SQNR dB", "weights MB", "layers", "note"]
+        head = ["model", "mode", "bs", "status", "median ms", "iqr ms", "speedup", "vs eager", "SQNR dB", "weights MB", "roofline %", "layers", "note"]
         lines = []
         for r in self.rows:
             def f(v, fmt):
@@ -225,7 +229,7 @@ class ResultSet:
             note = r.reason if r.status != "ok" else ("noisy" if r.noisy else "")
             lines.append([r.model, r.mode, str(r.batch_size), r.status, f(r.median_ms, ".3f"), f(r.iqr_ms, ".3f"),
                           f(r.speedup, ".2f"), f(r.speedup_vs_eager, ".2f"), sqnr,
-                          f(None if r.weight_bytes is None else r.weight_bytes / 1e6, ".1f"), layers, note])
+                          f(None if r.weight_bytes is None else r.weight_bytes / 1e6, ".1f"), f(r.roofline_pct, ".0f"), layers, note])
         widths = [max(len(h), *(len(l[i]) for l in lines)) if lines else len(h) for i, h in enumerate(head)]
         widths[-1] = len(head[-1])
         fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731

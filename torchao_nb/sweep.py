@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import datetime as _dt
+import functools
 import gc
 import json
 import os
@@ -39,6 +40,8 @@ class SweepConfig:
     batch_sizes: tuple[int, ...] = (1,)
     compile: bool = True
     baseline: bool = True  # apply the seed's compiler settings to compiled runs
+    compile_mode: str = "default"  # torch.compile mode, e.g. "reduce-overhead" (CUDA graphs)
+    torchao_tuning: bool = False  # apply torchao's recommended inductor settings to every compiled cell
     threads: int = field(default_factory=torch.get_num_threads)
     seq_len: int | None = None  # None: each model's default
     policy: measure.TimingPolicy = measure.TimingPolicy()
@@ -54,14 +57,29 @@ def torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
 @contextlib.contextmanager
-def compiled_cell(use_baseline: bool) -> Iterator[None]:
+def compiled_cell(cfg: "SweepConfig") -> Iterator[None]:
     """Fresh dynamo state and the chosen compiler settings for one compiled cell, all restored after."""
     torch._dynamo.reset()
-    with baseline_mod.preserved_compiler_configs(), baseline_mod.applied(use_baseline), \
+    with baseline_mod.preserved_compiler_configs(), baseline_mod.applied(cfg.baseline), \
+            baseline_mod.applied(cfg.torchao_tuning, baseline_mod.TORCHAO_TUNING), \
             torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
         yield
     torch._dynamo.reset()
+
+
+def compiled(model: nn.Module, cfg: "SweepConfig"):
+    return torch.compile(model, mode=None if cfg.compile_mode == "default" else cfg.compile_mode)
+
+
+@functools.lru_cache(maxsize=None)
+def _copy_gbs(device: str, threads: int) -> float:
+    """Measured once per process and environment: the memory roofline every row is judged against."""
+    with torch_threads(threads):
+        return measure.copy_bandwidth_gbs(device)
 
 
 def _graphs() -> int:
@@ -126,13 +144,14 @@ class Reference:
     baseline_ms: float | None
     tokens_per_call: int | None
     layers_total: int
+    copy_gbs: float | None = None  # the device's copy bandwidth, for the roofline column
 
 
 def _row(cfg: SweepConfig, ref: Reference, mode: str, batch: int, status: str, reason: str = "", **kw) -> Row:
     return Row(model=ref.name, mode=mode, batch_size=batch, device=cfg.device, dtype=envmod.dtype_name(cfg.dtype),
                compile=cfg.compile, baseline=cfg.baseline, status=status, reason=reason,
                baseline_ms=ref.baseline_ms, eager_ms=ref.eager_ms, layers_total=ref.layers_total,
-               threads=cfg.threads, **kw)
+               threads=cfg.threads, compile_mode=cfg.compile_mode if cfg.compile else "", **kw)
 
 
 def _time(fn: Callable[[], Any], cfg: SweepConfig, clock) -> measure.Measurement:
@@ -165,8 +184,8 @@ def run_cell(cfg: SweepConfig, ref: Reference, mode: str, batch: int, clock=time
             why = next(iter(report.skipped_layers.values()), "torchao changed no layer")
             return _row(cfg, ref, mode, batch, "skipped", f"no Linear layer fits this mode ({why})",
                         layers_quantized=0, recipe=json.dumps(report.recipe), extra=json.dumps(extra))
-        with torch.no_grad(), (compiled_cell(cfg.baseline) if cfg.compile else contextlib.nullcontext()):
-            fn = torch.compile(model) if cfg.compile else model
+        with torch.no_grad(), (compiled_cell(cfg) if cfg.compile else contextlib.nullcontext()):
+            fn = compiled(model, cfg) if cfg.compile else model
             graphs0 = _graphs()
             out, compile_s = measure.time_once(lambda: models.call(fn, ref.inputs), clock, sync)
             graphs = _graphs() - graphs0 if cfg.compile else None
@@ -176,6 +195,9 @@ def run_cell(cfg: SweepConfig, ref: Reference, mode: str, batch: int, clock=time
             with measure.PeakMemory(cfg.device) as mem:
                 m = _time(lambda: models.call(fn, ref.inputs), cfg, clock)
         median = m.median_ms
+        wbytes = measure.weight_bytes(model)
+        step_bytes = wbytes + measure.activation_bytes(ref.inputs, out)
+        achieved = step_bytes / (median / 1e3) / 1e9
         return _row(
             cfg, ref, mode, batch, "ok",
             median_ms=median, iqr_ms=m.iqr_ms, samples=len(m.samples_ms), noisy=m.noisy(cfg.policy),
@@ -183,7 +205,9 @@ def run_cell(cfg: SweepConfig, ref: Reference, mode: str, batch: int, clock=time
             speedup_vs_eager=None if ref.eager_ms is None else ref.eager_ms / median,
             compile_s=compile_s if cfg.compile else None, quantize_s=quantize_s,
             sqnr_db=acc.sqnr_db, cosine=acc.cosine, max_abs_err=acc.max_abs_err,
-            weight_bytes=measure.weight_bytes(model), peak_mem_bytes=mem.peak_bytes, peak_reserved_bytes=mem.reserved_bytes,
+            bytes_per_step=step_bytes, achieved_gbs=achieved,
+            roofline_pct=None if not ref.copy_gbs else 100 * achieved / ref.copy_gbs,
+            weight_bytes=wbytes, peak_mem_bytes=mem.peak_bytes, peak_reserved_bytes=mem.reserved_bytes,
             layers_quantized=report.layers_quantized, graphs=graphs,
             tokens_per_s=None if ref.tokens_per_call is None else ref.tokens_per_call / (median / 1e3),
             recipe=json.dumps(report.recipe), extra=json.dumps(extra) if extra else "",
@@ -196,20 +220,21 @@ def run_cell(cfg: SweepConfig, ref: Reference, mode: str, batch: int, clock=time
 
 
 def measure_reference(cfg: SweepConfig, name: str, module: nn.Module, inputs: models.Inputs, tokens_per_call: int | None,
-                      clock=time.perf_counter) -> Reference:
+                      clock=time.perf_counter, copy_gbs: float | None = None) -> Reference:
     """Eager timing and output of the unquantized model, plus its compiled timing when compile is on."""
     with torch.no_grad():
         output = models.call(module, inputs)
         eager = _time(lambda: models.call(module, inputs), cfg, clock).median_ms
         baseline_ms = eager
         if cfg.compile:
-            with compiled_cell(cfg.baseline):
-                fn = torch.compile(copy.deepcopy(module))
+            with compiled_cell(cfg):
+                fn = compiled(copy.deepcopy(module), cfg)
                 models.call(fn, inputs)
                 baseline_ms = _time(lambda: models.call(fn, inputs), cfg, clock).median_ms
             del fn
     _free(cfg.device)
-    return Reference(name, module, inputs, output, eager, baseline_ms, tokens_per_call, len(recipes.linear_layers(module)))
+    return Reference(name, module, inputs, output, eager, baseline_ms, tokens_per_call,
+                     len(recipes.linear_layers(module)), copy_gbs)
 
 
 # ---- the loop ------------------------------------------------------------------------------------
@@ -269,6 +294,8 @@ def sweep(
     baseline: bool = True,
     out: str | os.PathLike | None = None,
     *,
+    compile_mode: str = "default",
+    torchao_tuning: bool = False,
     example_inputs: Any = None,
     dtype: str | torch.dtype | None = None,
     threads: int | None = None,
@@ -297,7 +324,10 @@ def sweep(
         batch_sizes=check_batch_sizes(batch_sizes if batch_sizes is not None else (1,)),
         compile=bool(compile), baseline=bool(baseline), threads=int(threads or torch.get_num_threads()),
         seq_len=seq_len, policy=policy or measure.TimingPolicy(),
+        compile_mode=compile_mode or "default", torchao_tuning=bool(torchao_tuning),
     )
+    if cfg.compile_mode not in COMPILE_MODES:
+        raise UserError(f"unknown compile mode {cfg.compile_mode!r}; choose one of: {', '.join(COMPILE_MODES)}.")
     if cfg.threads <= 0:
         raise UserError(f"threads must be positive, got {cfg.threads}.")
     out_dir = check_out_dir(out) if out is not None else None
@@ -311,11 +341,14 @@ def sweep(
     environment = envmod.environment(dev, cfg.dtype, cfg.threads)
     environment.update(
         compile=cfg.compile, baseline=cfg.baseline, batch_sizes=list(cfg.batch_sizes),
+        compile_mode=cfg.compile_mode, torchao_tuning=cfg.torchao_tuning,
+        torchao_tuning_settings=[asdict(s) for s in baseline_mod.TORCHAO_TUNING] if cfg.torchao_tuning else [],
         timing_policy=asdict(cfg.policy),
         baseline_settings=[asdict(s) for s in baseline_mod.describe()] if cfg.baseline else [],
         modes={n: {"description": recipes.RECIPES[n].description,
                    "unsupported": recipes.RECIPES[n].unsupported_reason(info, cfg.dtype)} for n in mode_list},
     )
+    environment["copy_gbs"] = _copy_gbs(dev, cfg.threads)
     if out_dir is not None:
         atomic_write(out_dir / "environment.json", json.dumps(environment, indent=1, default=str))
 
@@ -331,7 +364,8 @@ def sweep(
                         break
                     todo = []
                     for mode in mode_list:
-                        probe = Row(src.name, mode, batch, dev, envmod.dtype_name(cfg.dtype), cfg.compile, cfg.baseline, "ok")
+                        probe = Row(src.name, mode, batch, dev, envmod.dtype_name(cfg.dtype), cfg.compile, cfg.baseline, "ok",
+                                    compile_mode=cfg.compile_mode if cfg.compile else "")
                         if probe.key in done:
                             keep(done[probe.key])
                             bar and bar.update(1)
@@ -343,7 +377,7 @@ def sweep(
                         bar.set_description(f"{src.name} bs={batch}: reference")
                     try:
                         module, inputs, tokens = src.build(cfg, batch)
-                        ref = measure_reference(cfg, src.name, module, inputs, tokens, clock)
+                        ref = measure_reference(cfg, src.name, module, inputs, tokens, clock, environment["copy_gbs"])
                     except Exception as e:  # the unquantized model itself fails: every cell says so
                         stub = Reference(src.name, None, None, None, None, None, None, 0)
                         for mode in todo:
