@@ -10,147 +10,94 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .env import UserError
+from ..env import UserError
+from . import llama, mlp, vit
 
 Inputs = tuple | dict  # positional args, or keyword args (as the seed accepts)
+
+FAMILIES = ("mlp", "decoder", "encoder", "vision", "user")
+
+# What one timed call is, and how many tokens it produces (None: not a token model).
+STEPS: dict[str, Callable[[int, int], int | None]] = {
+    "forward": lambda batch, seq: None,
+    "decode": lambda batch, seq: batch,  # one new token per sequence
+    "prefill": lambda batch, seq: batch * seq,  # every prompt token
+}
+
+
+@dataclass(frozen=True)
+class Task:
+    """A task-level accuracy that replaces the raw-output `cosine` of a row (e.g. sentence embeddings).
+
+    `inputs(device, dtype)` gives the evaluation inputs; the module's output on them is one
+    vector per item (n, features); the score is the mean over items of the cosine similarity
+    between the unquantized and the quantized model's vectors.
+    """
+
+    metric: str  # what the row's `cosine` then means, in words
+    inputs: Callable[[str, torch.dtype], Inputs]
+
+    def run(self, module: nn.Module, inputs: Inputs) -> torch.Tensor:
+        with torch.no_grad():
+            return call(module, inputs)
+
+    @staticmethod
+    def score(reference: torch.Tensor, output: torch.Tensor) -> dict[str, float]:
+        cos = F.cosine_similarity(reference.float(), output.float(), dim=-1)
+        return {"mean": float(cos.mean()), "min": float(cos.min())}
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
-    family: str  # "mlp", "decoder", "encoder", "vision", "user"
+    family: str  # one of FAMILIES
     description: str
     build: Callable[[str, torch.dtype, int, int], tuple[nn.Module, Inputs]]  # (device, dtype, batch, seq)
-    params: int  # parameter count, for listings
+    params: int | None  # parameter count, for listings; None: known once built
     seq_len: int = 1  # default sequence length the builder uses
-    step: str = "forward"  # what one timed call is
+    step: str = "forward"  # what one timed call is: a key of STEPS
+    task: Task | None = None
 
+    def __post_init__(self):
+        if self.family not in FAMILIES:
+            raise ValueError(f"family must be one of {FAMILIES}, not {self.family!r}")
+        if self.step not in STEPS:
+            raise ValueError(f"step must be one of {tuple(STEPS)}, not {self.step!r}")
 
-# ---- mlp ---------------------------------------------------------------------------------
+    def tokens_per_call(self, batch: int, seq_len: int) -> int | None:
+        return STEPS[self.step](batch, seq_len)
 
-class SwiGLU(nn.Module):
-    """LLaMA's feed-forward block: down(silu(gate(x)) * up(x))."""
-
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.gate = nn.Linear(dim, hidden, bias=False)
-        self.up = nn.Linear(dim, hidden, bias=False)
-        self.down = nn.Linear(hidden, dim, bias=False)
-
-    def forward(self, x):
-        return self.down(F.silu(self.gate(x)) * self.up(x))
-
-
-class MLP(nn.Module):
-    def __init__(self, dim: int = 1024, hidden: int = 2816, blocks: int = 2):
-        super().__init__()
-        self.blocks = nn.ModuleList(SwiGLU(dim, hidden) for _ in range(blocks))
-
-    def forward(self, x):
-        for block in self.blocks:
-            x = x + block(x)
-        return x
-
-
-# ---- LLaMA-style decoder ------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class LlamaArgs:
-    dim: int
-    hidden: int
-    layers: int
-    heads: int
-    kv_heads: int
-    vocab: int
-    max_seq: int = 256
-    rope_base: float = 10000.0
+class Form:
+    """A family of names resolved on demand: `prefix` + argument → ModelSpec (e.g. hf:<hub id>)."""
 
-
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float = 1e-5):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x):
-        xf = x.float()
-        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
-
-
-def rope_tables(head_dim: int, max_seq: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
-    inv = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
-    angles = torch.outer(torch.arange(max_seq, dtype=torch.float32), inv)  # (seq, head_dim/2)
-    return angles.cos(), angles.sin()
-
-
-def apply_rope(x, cos, sin):
-    # x: (batch, heads, seq, head_dim); rotate pairs (even, odd) by the position's angle
-    x1, x2 = x.float().unflatten(-1, (-1, 2)).unbind(-1)
-    out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
-    return out.type_as(x)
-
-
-class Attention(nn.Module):
-    def __init__(self, a: LlamaArgs):
-        super().__init__()
-        self.heads, self.kv_heads, self.head_dim = a.heads, a.kv_heads, a.dim // a.heads
-        self.wq = nn.Linear(a.dim, a.heads * self.head_dim, bias=False)
-        self.wk = nn.Linear(a.dim, a.kv_heads * self.head_dim, bias=False)
-        self.wv = nn.Linear(a.dim, a.kv_heads * self.head_dim, bias=False)
-        self.wo = nn.Linear(a.heads * self.head_dim, a.dim, bias=False)
-
-    def forward(self, x, cos, sin):
-        b, s, _ = x.shape
-        q = self.wq(x).view(b, s, self.heads, self.head_dim).transpose(1, 2)
-        k = self.wk(x).view(b, s, self.kv_heads, self.head_dim).transpose(1, 2)
-        v = self.wv(x).view(b, s, self.kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.kv_heads != self.heads)
-        return self.wo(out.transpose(1, 2).reshape(b, s, -1))
-
-
-class Block(nn.Module):
-    def __init__(self, a: LlamaArgs):
-        super().__init__()
-        self.attn_norm, self.ffn_norm = RMSNorm(a.dim), RMSNorm(a.dim)
-        self.attn = Attention(a)
-        self.ffn = SwiGLU(a.dim, a.hidden)
-
-    def forward(self, x, cos, sin):
-        x = x + self.attn(self.attn_norm(x), cos, sin)
-        return x + self.ffn(self.ffn_norm(x))
-
-
-class Llama(nn.Module):
-    """A compile-friendly LLaMA-style decoder: RMSNorm, rotary embeddings, SwiGLU, grouped-query attention."""
-
-    def __init__(self, a: LlamaArgs):
-        super().__init__()
-        self.args = a
-        self.embed = nn.Embedding(a.vocab, a.dim)
-        self.layers = nn.ModuleList(Block(a) for _ in range(a.layers))
-        self.norm = RMSNorm(a.dim)
-        self.lm_head = nn.Linear(a.dim, a.vocab, bias=False)
-        cos, sin = rope_tables(a.dim // a.heads, a.max_seq, a.rope_base)
-        self.register_buffer("cos", cos, persistent=False)
-        self.register_buffer("sin", sin, persistent=False)
-
-    def forward(self, tokens):
-        s = tokens.shape[1]
-        cos, sin = self.cos[:s], self.sin[:s]
-        x = self.embed(tokens)
-        for layer in self.layers:
-            x = layer(x, cos, sin)
-        return self.lm_head(self.norm(x))
-
-
-LLAMA_SIZES = {
-    "llama-tiny": LlamaArgs(dim=256, hidden=768, layers=2, heads=4, kv_heads=2, vocab=512),
-    "llama-small": LlamaArgs(dim=1024, hidden=2816, layers=4, heads=16, kv_heads=4, vocab=8192),
-}
+    prefix: str
+    argument: str  # what follows the prefix, for listings: "<architecture>"
+    family: str
+    description: str
+    resolve: Callable[[str], ModelSpec]
 
 
 # ---- registry ------------------------------------------------------------------------------
+
+MODELS: dict[str, ModelSpec] = {}
+FORMS: dict[str, Form] = {}
+
+
+def register(spec: ModelSpec) -> ModelSpec:
+    if spec.name in MODELS:
+        raise ValueError(f"model {spec.name!r} is already registered")
+    MODELS[spec.name] = spec
+    return spec
+
+
+def register_form(form: Form) -> Form:
+    if form.prefix in FORMS or not form.prefix.endswith(":"):
+        raise ValueError(f"form {form.prefix!r} is already registered or does not end with ':'")
+    FORMS[form.prefix] = form
+    return form
+
 
 def _seeded(fn):
     """Build under a fixed seed without disturbing the caller's RNG."""
@@ -161,63 +108,68 @@ def _seeded(fn):
     return wrapper
 
 
-def _init_small(model: nn.Module) -> nn.Module:
-    # Default init gives activations that grow layer by layer; scale like a trained LLM's
-    # weights so that quantization error is representative.
-    for m in model.modules():
-        if isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, std=1 / math.sqrt(m.in_features))
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-    return model
+def _check_seq(seq_len: int) -> int:
+    if seq_len < 1:
+        raise UserError(f"seq_len must be a positive integer, got {seq_len}.")
+    return seq_len
 
 
-def _build_mlp(device, dtype, batch_size, seq_len):
-    model = _init_small(MLP()).to(device=device, dtype=dtype).eval()
-    return model, (torch.randn(batch_size, 1024, device=device, dtype=dtype),)
-
-
-def _llama_builder(args: LlamaArgs):
-    def build(device, dtype, batch_size, seq_len):
-        model = _init_small(Llama(args)).to(device=device, dtype=dtype).eval()
-        tokens = torch.randint(0, args.vocab, (batch_size, seq_len), device=device)
-        return model, (tokens,)
-    return build
-
-
-def _llama_params(a: LlamaArgs) -> int:
-    hd = a.dim // a.heads
-    attn = a.dim * (a.heads * hd) * 2 + a.dim * (a.kv_heads * hd) * 2
-    return 2 * a.vocab * a.dim + a.layers * (attn + 3 * a.dim * a.hidden + 2 * a.dim) + a.dim
-
-
-MODELS: dict[str, ModelSpec] = {}
-
-
-def register(spec: ModelSpec) -> ModelSpec:
-    if spec.name in MODELS:
-        raise ValueError(f"model {spec.name!r} is already registered")
-    MODELS[spec.name] = spec
-    return spec
+def _llama(args: llama.LlamaArgs, step: str):
+    make = llama.build_decode if step == "decode" else llama.build_prefill
+    return lambda device, dtype, batch, seq: make(args, device, dtype, batch, _check_seq(seq))
 
 
 register(ModelSpec(
     "mlp", "mlp", "Two LLaMA-shaped SwiGLU blocks (1024→2816→1024): memory-bound at small batch.",
-    _seeded(_build_mlp), params=2 * 3 * 1024 * 2816,
+    _seeded(mlp.build), params=mlp.PARAMS,
 ))
-for _name, _args in LLAMA_SIZES.items():
+_LLAMA_SEQ = {"llama-tiny": 16, "llama-small": 128, "llama-1b": 256}
+_LLAMA_NOTE = {"llama-tiny": "for tests", "llama-small": "for CPU demos", "llama-1b": "Llama-3.2-1B shapes, for GPUs"}
+for _name, _a in llama.SIZES.items():
+    _shape = f"{_a.layers} layers, dim {_a.dim}, GQA {_a.heads}/{_a.kv_heads}, vocab {_a.vocab} ({_LLAMA_NOTE[_name]})"
     register(ModelSpec(
-        _name, "decoder", f"LLaMA-style decoder, {_args.layers} layers, dim {_args.dim}, GQA {_args.heads}/{_args.kv_heads}; forward over a prompt.",
-        _seeded(_llama_builder(_args)), params=_llama_params(_args), seq_len=16,
+        _name, "decoder", f"LLaMA-style decoder, {_shape}; times one decode step against a KV cache of seq_len "
+        f"positions (default {_LLAMA_SEQ[_name]}), reports tokens/s.",
+        _llama(_a, "decode"), params=_a.params(), seq_len=_LLAMA_SEQ[_name], step="decode",
+    ))
+    register(ModelSpec(
+        f"{_name}:prefill", "decoder", f"{_name}, timed as the prefill of a seq_len-token prompt "
+        f"(default {_LLAMA_SEQ[_name]}); tokens/s counts prompt tokens.",
+        _llama(_a, "prefill"), params=_a.params(), seq_len=_LLAMA_SEQ[_name], step="prefill",
+    ))
+for _name, _v in vit.SIZES.items():
+    register(ModelSpec(
+        _name, "vision", f"ViT-style image encoder: {_v.depth} blocks, dim {_v.dim}, {_v.heads} heads, "
+        f"{_v.image}px images in {_v.patch}px patches, {_v.classes} classes.",
+        _seeded(lambda device, dtype, batch, seq, _v=_v: vit.build(_v, device, dtype, batch)), params=_v.params(),
     ))
 
 DEFAULT_MODEL = "mlp"
 
+from . import hf  # noqa: E402  (registers minilm and the hf forms; imports transformers only when used)
+
 
 def get(name: str) -> ModelSpec:
-    if name not in MODELS:
-        raise UserError(f"unknown model {name!r}; valid models: {', '.join(MODELS)} (or pass an nn.Module with example_inputs=).")
-    return MODELS[name]
+    if name in MODELS:
+        return MODELS[name]
+    for prefix, form in FORMS.items():
+        if name.startswith(prefix):
+            arg = name[len(prefix):].strip()
+            if not arg:
+                raise UserError(f"{prefix} needs an argument: {prefix}{form.argument}.")
+            return form.resolve(arg)
+    forms = ", ".join(f"{p}..." for p in FORMS)
+    raise UserError(f"unknown model {name!r}; valid models: {', '.join(MODELS)}, {forms} "
+                    "(or pass an nn.Module with example_inputs=).")
+
+
+def listing() -> list[dict[str, Any]]:
+    """Every registered model and name form, for `list-models` and pickers."""
+    rows = [dict(name=s.name, family=s.family, params=s.params, step=s.step, description=s.description,
+                 default=s.name == DEFAULT_MODEL) for s in MODELS.values()]
+    rows += [dict(name=f.prefix + f.argument, family=f.family, params=None, step="forward",
+                  description=f.description, default=False) for f in FORMS.values()]
+    return rows
 
 
 # ---- users' own modules ------------------------------------------------------------------
