@@ -70,7 +70,7 @@ class MainOutput(nn.Module):
 
 
 def _family(model_cls, config) -> str:
-    if model_cls.main_input_name == "pixel_values":
+    if getattr(model_cls, "main_input_name", None) == "pixel_values":
         return "vision"
     return "decoder" if getattr(config, "is_decoder", False) or "CausalLM" in model_cls.__name__ else "encoder"
 
@@ -150,8 +150,10 @@ def hf_pretrained(ref: str) -> ModelSpec:
     config = tf.AutoConfig.from_pretrained(folder, local_files_only=True)
     arch = (getattr(config, "architectures", None) or [None])[0]
     cls = getattr(tf, arch, None) if arch else None
-    cls = cls if isinstance(cls, type) and cls.main_input_name in SUPPORTED_INPUTS else tf.AutoModel
+    cls = cls if isinstance(cls, type) else tf.AutoModel  # an architecture this transformers lacks: its base model
     main_input = getattr(cls, "main_input_name", "input_ids")
+    if main_input not in SUPPORTED_INPUTS:
+        raise UserError(f"hf:{ref} ({arch}) takes {main_input!r}; supported inputs are {SUPPORTED_INPUTS}.")
 
     def build(device, dtype, batch, seq_len):
         with quiet_loading():
