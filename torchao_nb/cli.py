@@ -47,10 +47,13 @@ def _list_modes(args) -> int:
 def _list_models(args) -> int:
     from . import models
 
-    width = max(map(len, models.MODELS))
-    for name, spec in models.MODELS.items():
-        default = " (default)" if name == models.DEFAULT_MODEL else ""
-        print(f"  {name.ljust(width)}  {spec.family:8s} {spec.params / 1e6:7.1f}M params  {spec.description}{default}")
+    rows = models.listing()
+    width = max(len(r["name"]) for r in rows)
+    print(f"  {'name'.ljust(width)}  {'family':8s} {'params':>8s}  {'timed step':10s} description")
+    for r in rows:
+        size = "?" if r["params"] is None else f"{r['params'] / 1e6:.1f}M"
+        default = " (default)" if r["default"] else ""
+        print(f"  {r['name'].ljust(width)}  {r['family']:8s} {size:>8s}  {r['step']:10s} {r['description']}{default}")
     return 0
 
 

@@ -219,7 +219,7 @@ class ResultSet:
     # ---- text ----
     def table(self) -> str:
         """A plain-text table for terminals and logs."""
-        head = ["model", "mode", "bs", "status", "median ms", "iqr ms", "speedup", "vs eager", "SQNR dB", "weights MB", "roofline %", "layers", "note"]
+        head = ["model", "mode", "bs", "status", "median ms", "iqr ms", "speedup", "vs eager", "SQNR dB", "cosine", "tok/s", "weights MB", "roofline %", "layers", "note"]
         lines = []
         for r in self.rows:
             def f(v, fmt):
@@ -228,7 +228,7 @@ class ResultSet:
             sqnr = "inf" if r.status == "ok" and r.sqnr_db is None and r.cosine is not None else f(r.sqnr_db, ".1f")
             note = r.reason if r.status != "ok" else ("noisy" if r.noisy else "")
             lines.append([r.model, r.mode, str(r.batch_size), r.status, f(r.median_ms, ".3f"), f(r.iqr_ms, ".3f"),
-                          f(r.speedup, ".2f"), f(r.speedup_vs_eager, ".2f"), sqnr,
+                          f(r.speedup, ".2f"), f(r.speedup_vs_eager, ".2f"), sqnr, f(r.cosine, ".4f"), f(r.tokens_per_s, ".1f"),
                           f(None if r.weight_bytes is None else r.weight_bytes / 1e6, ".1f"), f(r.roofline_pct, ".0f"), layers, note])
         widths = [max(len(h), *(len(l[i]) for l in lines)) if lines else len(h) for i, h in enumerate(head)]
         widths[-1] = len(head[-1])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import datetime as _dt
 import functools
 import gc
@@ -145,6 +146,9 @@ class Reference:
     tokens_per_call: int | None
     layers_total: int
     copy_gbs: float | None = None  # the device's copy bandwidth, for the roofline column
+    task: models.Task | None = None  # a task-level accuracy that fills `cosine` instead of the raw output's
+    task_inputs: Any = None
+    task_output: Any = None
 
 
 def _row(cfg: SweepConfig, ref: Reference, mode: str, batch: int, status: str, reason: str = "", **kw) -> Row:
@@ -178,6 +182,9 @@ def run_cell(cfg: SweepConfig, ref: Reference, mode: str, batch: int, clock=time
         model = copy.deepcopy(ref.module)
         report, quantize_s = measure.time_once(lambda: recipes.quantize(model, recipe, info, cfg.dtype, ref.inputs), clock, sync)
         extra = dict(report.extra)
+        task_score = ref.task.score(ref.task_output, ref.task.run(model, ref.task_inputs)) if ref.task else None
+        if task_score:
+            extra.update(cosine=ref.task.metric, task_min_cosine=task_score["min"])
         if report.skipped_layers:
             extra["layers_left_alone"] = report.skipped_layers
         if mode != "noquant" and report.layers_quantized == 0:
@@ -192,6 +199,9 @@ def run_cell(cfg: SweepConfig, ref: Reference, mode: str, batch: int, clock=time
             if cfg.compile and graphs == 0:
                 raise RuntimeError("torch.compile captured no graph: the model ran eager, so its timing would be mislabelled")
             acc = measure.accuracy(ref.output, out)
+            if task_score:
+                extra["output_cosine"] = acc.cosine
+                acc = dataclasses.replace(acc, cosine=task_score["mean"])
             with measure.PeakMemory(cfg.device) as mem:
                 m = _time(lambda: models.call(fn, ref.inputs), cfg, clock)
         median = m.median_ms
@@ -220,7 +230,7 @@ def run_cell(cfg: SweepConfig, ref: Reference, mode: str, batch: int, clock=time
 
 
 def measure_reference(cfg: SweepConfig, name: str, module: nn.Module, inputs: models.Inputs, tokens_per_call: int | None,
-                      clock=time.perf_counter, copy_gbs: float | None = None) -> Reference:
+                      clock=time.perf_counter, copy_gbs: float | None = None, task: models.Task | None = None) -> Reference:
     """Eager timing and output of the unquantized model, plus its compiled timing when compile is on."""
     with torch.no_grad():
         output = models.call(module, inputs)
@@ -232,9 +242,11 @@ def measure_reference(cfg: SweepConfig, name: str, module: nn.Module, inputs: mo
                 models.call(fn, inputs)
                 baseline_ms = _time(lambda: models.call(fn, inputs), cfg, clock).median_ms
             del fn
+        task_inputs = task.inputs(cfg.device, cfg.dtype) if task else None
+        task_output = task.run(module, task_inputs) if task else None
     _free(cfg.device)
-    return Reference(name, module, inputs, output, eager, baseline_ms, tokens_per_call,
-                     len(recipes.linear_layers(module)), copy_gbs)
+    return Reference(name, module, inputs, output, eager, baseline_ms, tokens_per_call, len(recipes.linear_layers(module)),
+                     copy_gbs, task, task_inputs, task_output)
 
 
 # ---- the loop ------------------------------------------------------------------------------------
@@ -252,7 +264,7 @@ class ModelSource:
         if self.spec is not None:
             seq = cfg.seq_len or self.spec.seq_len
             module, inputs = self.spec.build(cfg.device, cfg.dtype, batch, seq)
-            return module, inputs, batch * seq if self.spec.family == "decoder" else None
+            return module, inputs, self.spec.tokens_per_call(batch, seq)
         # The user's module is copied before anything touches it: it is never mutated.
         module = copy.deepcopy(self.module).to(device=cfg.device, dtype=cfg.dtype).eval()
         return module, models.convert_inputs(self.inputs, cfg.device, cfg.dtype, batch), None
@@ -377,7 +389,8 @@ def sweep(
                         bar.set_description(f"{src.name} bs={batch}: reference")
                     try:
                         module, inputs, tokens = src.build(cfg, batch)
-                        ref = measure_reference(cfg, src.name, module, inputs, tokens, clock, environment["copy_gbs"])
+                        ref = measure_reference(cfg, src.name, module, inputs, tokens, clock, environment["copy_gbs"],
+                                                src.spec and src.spec.task)
                     except Exception as e:  # the unquantized model itself fails: every cell says so
                         stub = Reference(src.name, None, None, None, None, None, None, 0)
                         for mode in todo:

