@@ -114,34 +114,38 @@ def _short(text: str, width: int = 100) -> str:
 class _Notes:
     """Numbered footnotes for skipped/error cells, numbered the same way in every figure of one result set.
 
-    Cells that failed the same way in several runs share one footnote naming the runs."""
+    One footnote per (model, mode, status, reason): the batch sizes and runs it applies to are listed in it."""
 
     def __init__(self, results: ResultSet | None = None, prefix: str = ""):
         self._index: dict[tuple, int] = {}
         self._rows: list[Row] = []
-        self._prefixes: list[list[str]] = []
+        self._where: list[tuple[list, list]] = []  # (runs, batch sizes) per footnote
         if results is not None:
             for row in results.rows:
                 if row.status != "ok":
                     self.number(row, prefix)
 
     def number(self, row: Row, prefix: str = "") -> int:
-        key = (row.model, row.mode, row.batch_size, row.status, row.reason)
+        key = (row.model, row.mode, row.status, row.reason)
         if key not in self._index:
             self._index[key] = len(self._rows) + 1
             self._rows.append(row)
-            self._prefixes.append([])
+            self._where.append(([], []))
         n = self._index[key]
-        if prefix and prefix not in self._prefixes[n - 1]:
-            self._prefixes[n - 1].append(prefix)
+        runs, sizes = self._where[n - 1]
+        if prefix and prefix not in runs:
+            runs.append(prefix)
+        if row.batch_size not in sizes:
+            sizes.append(row.batch_size)
         return n
 
     def lines(self, width: int | None = 160) -> list[str]:
         out = []
-        for n, (row, prefixes) in enumerate(zip(self._rows, self._prefixes), 1):
-            where = f"{', '.join(prefixes)}: " if prefixes else ""
+        for n, (row, (runs, sizes)) in enumerate(zip(self._rows, self._where), 1):
+            where = f"{', '.join(runs)}: " if runs else ""
             reason = row.reason or "no reason recorded"
-            out.append(f"[{n}] {where}{row.mode} ({row.model}, batch {row.batch_size}) {row.status}: "
+            batches = ", ".join(map(str, sizes))
+            out.append(f"[{n}] {where}{row.mode} ({row.model}, batch {batches}) {row.status}: "
                        f"{_short(reason, width) if width else ' '.join(reason.split())}")
         return out
 
