@@ -15,6 +15,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
+from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from .env import UserError
 from .results import ResultSet, Row
@@ -260,6 +261,11 @@ def _grouped_bars(ax: Axes, groups: list[tuple[str, list[tuple[str, list[Row | N
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
     return heights
+
+
+def _decades(ax: Axes) -> float:
+    lo, hi = ax.dataLim.intervaly
+    return math.log10(hi / lo) if lo > 0 and hi > 0 else 0.0
 
 
 def _single_run_groups(results: ResultSet) -> list[tuple[str, list[tuple[str, Row]]]]:
@@ -587,10 +593,14 @@ def load_runs(paths: Sequence[str | Path], labels: Sequence[str] | None = None) 
     for i, path in enumerate(paths):
         p = Path(path)
         try:
+            if not p.exists():
+                raise FileNotFoundError(p)
             rs = ResultSet.load(p)
         except FileNotFoundError:
             raise UserError(f"no results in {p}: expected a folder written by `python -m torchao_nb run --out {p}` "
                             "(results.json, rows.jsonl or results.csv), or one of those files") from None
+        except ValueError as e:  # a file that isn't results
+            raise UserError(str(e)) from None
         label = labels[i] if labels else (p.name if p.is_dir() else p.parent.name) or str(p)
         base, n = label, 2
         while label in runs:
@@ -709,6 +719,10 @@ def compare(runs: Mapping[str, ResultSet] | Sequence[ResultSet], ax: Axes | None
         ax.margins(y=0.12)
     else:
         ax.set_yscale("log")
+        ax.margins(y=0.15)
+        plain = FuncFormatter(lambda v, _: f"{v:g}")
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain if _decades(ax) < 2 else NullFormatter())
     ax.set_ylabel(ylabel)
     devices = " vs ".join(f"{l} ({', '.join(dict.fromkeys(f'{r.device} {r.dtype}' for r in runs[l].rows))})" for l in labels)
     models = ", ".join(dict.fromkeys(c[0] for c in cells))
