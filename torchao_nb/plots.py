@@ -387,35 +387,41 @@ def accuracy_vs_speedup(results: ResultSet, ax: Axes | None = None, notes: bool 
                if r.status == "ok" and r.speedup is not None and _accuracy(r, metric) is not None]
     finite = [a for _, _, a in plotted if math.isfinite(a)]
     top = (max(finite) + max(3.0, 0.12 * (max(finite) - min(finite)))) if finite else 1.0  # where "identical" sits
-    handles = {}
+    handles: dict[str, Any] = {}
+    several = len(groups) > 1
     for gi, (gkey, glabel) in enumerate(groups):
         pts = [(r, s, a) for r, s, a in plotted if _group_key(r) == gkey]
         if not pts:
             continue
-        marker = markers[gi % len(markers)]
+        marker, style = markers[gi % len(markers)], ["--", ":", "-."][gi % 3]
+        if several:  # marker shape tells the groups apart; colour stays the mode's
+            handles[glabel] = Line2D([], [], marker=marker, color="0.5", markeredgecolor="black", linestyle="none")
         xy = [(s, top if math.isinf(a) else a) for _, s, a in pts]
         for (r, s, a), (x, y) in zip(pts, xy):
             ax.scatter([x], [y], s=60, color=mode_color(r.mode), marker="^" if math.isinf(a) else marker,
                        edgecolor="black", linewidth=0.6, zorder=3, gid=f"point|{r.mode}|{glabel}")
-            text = r.mode + (" (identical)" if math.isinf(a) else "") + (f" · {glabel}" if len(groups) > 1 else "")
-            ax.annotate(text, (x, y), xytext=(5, 4), textcoords="offset points", fontsize=8)
+            ax.annotate(r.mode + (" (identical)" if math.isinf(a) else ""), (x, y), xytext=(5, 4),
+                        textcoords="offset points", fontsize=8)
         front = pareto_front(xy)
         if len(front) > 1:
             fx, fy = zip(*(xy[i] for i in front))
-            line, = ax.plot(fx, fy, color="0.3", linestyle="--", linewidth=1, zorder=2, gid=f"pareto|{glabel}")
-            handles["Pareto front" + (f" ({glabel})" if len(groups) > 1 else "")] = line
+            line, = ax.plot(fx, fy, color="0.3", linestyle=style, linewidth=1, zorder=2, gid=f"pareto|{glabel}")
+            handles["Pareto front" + (f" ({glabel})" if several else "")] = line
         ax.scatter([xy[i][0] for i in front], [xy[i][1] for i in front], s=170, facecolor="none", edgecolor="0.2",
                    linewidth=1.2, zorder=2, gid=f"pareto-points|{glabel}")
     ax.axvline(1.0, color="black", linewidth=1, linestyle=":")
     if any(math.isinf(a) for _, _, a in plotted):
         ax.axhline(top, color="0.7", linewidth=0.8, linestyle=":")
-    # Cells with no point: listed inside the axes, so they are seen, each pointing to its reason.
-    absent = [r for r in rs.rows if r not in {p[0] for p in plotted}]
-    for k, r in enumerate(absent):
-        tag = f"[{nt.number(r)}]" if r.status != "ok" else f"(no {'speedup' if r.speedup is None else 'accuracy'})"
-        ax.text(0.99, 0.03 + 0.065 * k, f"✗ {r.mode} {r.status} {tag}", transform=ax.transAxes, ha="right", va="bottom",
-                fontsize=8, color=mode_color(r.mode), gid=f"{r.status}|{r.mode}|{_group_label(_group_key(r), [])}",
-                bbox=dict(facecolor="white", edgecolor="none", alpha=0.8, pad=1))
+    # Cells with no point are listed in the legend (✗, the mode's colour, the footnote number): seen, never dropped.
+    shown = {p[0] for p in plotted}
+    for r in rs.rows:
+        if r in shown:
+            continue
+        tag = f"{r.status} [{nt.number(r)}]" if r.status != "ok" else f"no {'speedup' if r.speedup is None else 'accuracy'}"
+        label = f"✗ {r.mode}: {tag}"
+        if label not in handles:
+            handles[label] = Line2D([], [], marker="x", mew=2, color=mode_color(r.mode), linestyle="none",
+                                    gid=f"{r.status}|{r.mode}")
     ax.set_xlabel("speedup vs compiled unquantized baseline (×)")
     ax.set_ylabel(ACCURACY[metric][0])
     ax.set_title(f"Accuracy vs speedup (up and right is better)\n{_subject(rs.rows)}", fontsize=10)
