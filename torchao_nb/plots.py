@@ -191,6 +191,7 @@ class _Series:
     err: str | None = None  # Row attribute drawn as the full length of the error bar (IQR)
     hatch: str = ""
     alpha: float = 1.0
+    timed: bool = True  # a measured time (or ratio of times): a noisy row is outlined
 
 
 def _value(row: Row | None, series: _Series) -> float | None:
@@ -236,10 +237,11 @@ def _grouped_bars(ax: Axes, groups: list[tuple[str, list[tuple[str, list[Row | N
                 if s.err and getattr(row, s.err) is not None:
                     half = getattr(row, s.err) * s.scale / 2
                     err = [[min(half, v)], [half]]  # a latency can't go below 0
-                bars = ax.bar(left + width / 2, v, width * 0.95, color=color, hatch=s.hatch, alpha=s.alpha,
-                              edgecolor="white" if not s.hatch else "0.2", linewidth=0.5, yerr=err,
-                              error_kw=dict(ecolor="0.2", capsize=3, linewidth=1), gid=f"bar|{tail}")
-                bars.patches[0].set_gid(f"bar|{tail}")
+                edge = dict(edgecolor="white" if not s.hatch else "0.2", linewidth=0.5)
+                if row.noisy and s.timed:  # a spread-out measurement: outlined, so nobody reads too much into it
+                    edge = dict(edgecolor="black", linewidth=1.2, linestyle="--")
+                bars = ax.bar(left + width / 2, v, width * 0.95, color=color, hatch=s.hatch, alpha=s.alpha, yerr=err,
+                              error_kw=dict(ecolor="0.2", capsize=3, linewidth=1), gid=f"bar|{tail}", **edge)
                 heights.append(v)
                 if fmt:
                     ax.bar_label(bars, [fmt.format(v)], padding=2, fontsize=7.5, rotation=90 if len(series) > 2 else 0)
@@ -281,10 +283,25 @@ def _bars_for(results: ResultSet, series: list[_Series]):
     return [(g, [(m, [row] * len(series)) for m, row in cells]) for g, cells in _single_run_groups(results)]
 
 
-def _series_legend(series: list[_Series]) -> tuple[list, list[str]]:
-    if len(series) < 2:
-        return [], []
-    return [Patch(facecolor="0.55", hatch=s.hatch, alpha=s.alpha, edgecolor="0.2") for s in series], [s.label for s in series]
+def _series_legend(series: list[_Series], rows: Sequence[Row] = ()) -> tuple[list, list[str]]:
+    handles, labels = [], []
+    if len(series) > 1:
+        handles = [Patch(facecolor="0.55", hatch=s.hatch, alpha=s.alpha, edgecolor="0.2") for s in series]
+        labels = [s.label for s in series]
+    if any(s.timed for s in series) and any(r.noisy for r in rows if r.status == "ok"):
+        handles.append(Patch(facecolor="white", edgecolor="black", linewidth=1.2, linestyle="--"))
+        labels.append("dashed outline: noisy (IQR > 10% of the median)")
+    return handles, labels
+
+
+def _log_if_wide(ax: Axes, values: Sequence[float], ratio: float = 30.0) -> None:
+    """A log axis when the bars span more than `ratio`×, so the short ones stay visible."""
+    positive = [v for v in values if v and v > 0]
+    if positive and max(positive) / min(positive) > ratio:
+        ax.set_yscale("log")
+        plain = FuncFormatter(lambda v, _: f"{v:g}")
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(NullFormatter())
 
 
 # ---- the figures ------------------------------------------------------------------------------
@@ -306,12 +323,14 @@ def latency(results: ResultSet, ax: Axes | None = None, notes: bool = True) -> F
         return lines
 
     nt = _Notes(rs)
-    _grouped_bars(ax, _bars_for(rs, series), series, nt, None, refs=refs)
-    ax.set_ylabel("latency per call (ms)")
+    heights = _grouped_bars(ax, _bars_for(rs, series), series, nt, None, refs=refs)
+    _log_if_wide(ax, heights + [v for r in ref_rows.values() if r for v in (r.eager_ms, r.baseline_ms) if v])
+    ax.set_ylabel("latency per call (ms" + (", log scale)" if ax.get_yscale() == "log" else ")"))
     ax.set_title(f"Latency per mode (median, error bar = IQR)\n{_subject(rs.rows)}", fontsize=10)
     h, l = ax.get_legend_handles_labels()
     seen = dict(zip(l, h))
-    _notes_legend(fig, ax, nt.lines() if notes else [], own, list(seen.values()), list(seen))
+    nh, nl = _series_legend(series, rs.rows)
+    _notes_legend(fig, ax, nt.lines() if notes else [], own, list(seen.values()) + nh, list(seen) + nl)
     return fig
 
 
@@ -333,7 +352,7 @@ def speedup(results: ResultSet, ax: Axes | None = None, notes: bool = True) -> F
     ax.margins(y=0.12)
     ax.set_ylabel("speedup (×)")
     ax.set_title(f"Speedup per mode (1.0× = as fast as the unquantized model)\n{_subject(rs.rows)}", fontsize=10)
-    _notes_legend(fig, ax, nt.lines() if notes else [], own, *_series_legend(series))
+    _notes_legend(fig, ax, nt.lines() if notes else [], own, *_series_legend(series, rs.rows))
     return fig
 
 
@@ -342,17 +361,17 @@ def memory(results: ResultSet, ax: Axes | None = None, notes: bool = True) -> Fi
     rs = _check(results)
     fig, ax, own = _new_axes(ax)
     cuda = any(r.device.startswith("cuda") for r in rs.rows)
-    series = [_Series("weights", "weight_bytes", scale=1e-6)]
+    series = [_Series("weights", "weight_bytes", scale=1e-6, timed=False)]
     if any(r.peak_mem_bytes for r in rs.rows if r.status == "ok"):  # CPU RSS growth is often 0: nothing to show
         peak = "peak allocated (CUDA)" if cuda else "peak RSS growth while timing"
-        series.append(_Series(peak, "peak_mem_bytes", scale=1e-6, hatch="///", alpha=0.55))
+        series.append(_Series(peak, "peak_mem_bytes", scale=1e-6, hatch="///", alpha=0.55, timed=False))
     nt = _Notes(rs)
     _grouped_bars(ax, _bars_for(rs, series), series, nt, "{:.1f}")
     ax.margins(y=0.12)
     ax.set_ylabel("size (MB)")
     what = "Weight size and peak memory" if len(series) > 1 else "Weight size"
     ax.set_title(f"{what} per mode\n{_subject(rs.rows)}", fontsize=10)
-    _notes_legend(fig, ax, nt.lines() if notes else [], own, *_series_legend(series))
+    _notes_legend(fig, ax, nt.lines() if notes else [], own, *_series_legend(series, rs.rows))
     return fig
 
 
