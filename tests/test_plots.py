@@ -300,3 +300,24 @@ def test_dashboard_of_a_real_sweep(two_linear, fast):
     assert_marked(fig.axes[0], "float8dynamic", "skipped", "")
     assert "eager (no compile)" in fig.axes[0].get_title()
     assert len(speed) == 2 and all(v > 0 for v in speed.values())
+
+
+def test_autoquant_panel_appears_only_with_a_decision_table(rs, monkeypatch):
+    import dataclasses
+    import sys
+    import types
+
+    import torchao_nb
+
+    assert "panel|autoquant" not in [ax.get_gid() for ax in plots.dashboard(rs).axes]
+    drawn = []
+    fake = types.ModuleType("torchao_nb.autoquant")  # stands in for the autoquant module's own figure
+    fake.plot_choices = lambda row, ax=None: (drawn.append(row), ax.set_title("choices"))
+    monkeypatch.setitem(sys.modules, "torchao_nb.autoquant", fake)
+    monkeypatch.setattr(torchao_nb, "autoquant", fake, raising=False)
+    table = '{"autoquant": {"layers": []}}'
+    tagged = [dataclasses.replace(r, mode="autoquant", extra=table) for r in rs.rows if r.mode == "int8dynamic"]
+    fig = plots.dashboard(rs.with_rows([*rs.rows, *tagged]))
+    assert "panel|autoquant" in [ax.get_gid() for ax in fig.axes]
+    assert drawn == [tagged[-1]]
+    assert "the last of 2 autoquant rows" in next(ax for ax in fig.axes if ax.get_gid() == "panel|autoquant").get_title()

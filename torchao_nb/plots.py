@@ -551,6 +551,25 @@ register_panel(Panel("memory", lambda rs, ax: memory(rs, ax, notes=False), _has(
 register_panel(Panel("batch_scaling", lambda rs, ax: batch_scaling(rs, ax, notes=False),
                      lambda rs: len({r.batch_size for r in rs.rows}) > 1))
 
+AUTOQUANT_KEY = "autoquant"  # Row.extra key of torchao_nb.autoquant's per-layer decision table
+
+
+def _autoquant_rows(rs: ResultSet) -> list[Row]:
+    return [r for r in rs.rows if r.status == "ok" and AUTOQUANT_KEY in r.extra_dict]
+
+
+def _draw_autoquant(rs: ResultSet, ax: Axes) -> None:
+    from . import autoquant  # only reached when a row carries the table, i.e. when autoquant made it
+
+    rows = _autoquant_rows(rs)
+    autoquant.plot_choices(rows[-1], ax=ax)
+    if len(rows) > 1:
+        ax.set_title(f"{ax.get_title()}\n(the last of {len(rows)} autoquant rows; all of them: autoquant.decision_table)",
+                     fontsize=9)
+
+
+register_panel(Panel("autoquant", _draw_autoquant, lambda rs: bool(_autoquant_rows(rs)), wide=True))
+
 
 def _headline(rs: ResultSet) -> str:
     env = rs.environment or {}
@@ -596,6 +615,7 @@ def dashboard(results: ResultSet, panels: Sequence[str] | None = None) -> Figure
             ax = fig.add_subplot(grid[i, :] if len(row) == 1 else grid[i, j])
             p.draw(rs, ax)
             ax.set_gid(f"panel|{p.name}")
+    fig.set_layout_engine("constrained")  # in case a panel's code switched it (tight_layout)
     if lines:
         nax = fig.add_subplot(grid[-1, :])
         nax.axis("off")
