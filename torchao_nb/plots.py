@@ -262,6 +262,8 @@ def _grouped_bars(ax: Axes, groups: list[tuple[str, list[tuple[str, list[Row | N
             ax.hlines(value, a, b, colors="0.15", linestyles=style, linewidth=1, label=label, gid=f"ref|{label}|{glabel}")
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
+    # Room above the bars for value labels and group names (bars stick to 0, so only the top grows).
+    ax.margins(y=(0.12 if fmt else 0.05) + (0.1 if len(spans) > 1 else 0))
     return heights
 
 
@@ -349,7 +351,6 @@ def speedup(results: ResultSet, ax: Axes | None = None, notes: bool = True) -> F
     nt = _Notes(rs)
     _grouped_bars(ax, _bars_for(rs, series), series, nt, "{:.2f}×")
     ax.axhline(1.0, color="black", linewidth=1, linestyle="--", gid="one")
-    ax.margins(y=0.12)
     ax.set_ylabel("speedup (×)")
     ax.set_title(f"Speedup per mode (1.0× = as fast as the unquantized model)\n{_subject(rs.rows)}", fontsize=10)
     _notes_legend(fig, ax, nt.lines() if notes else [], own, *_series_legend(series, rs.rows))
@@ -367,7 +368,6 @@ def memory(results: ResultSet, ax: Axes | None = None, notes: bool = True) -> Fi
         series.append(_Series(peak, "peak_mem_bytes", scale=1e-6, hatch="///", alpha=0.55, timed=False))
     nt = _Notes(rs)
     _grouped_bars(ax, _bars_for(rs, series), series, nt, "{:.1f}")
-    ax.margins(y=0.12)
     ax.set_ylabel("size (MB)")
     what = "Weight size and peak memory" if len(series) > 1 else "Weight size"
     ax.set_title(f"{what} per mode\n{_subject(rs.rows)}", fontsize=10)
@@ -466,8 +466,9 @@ def batch_scaling(results: ResultSet, ax: Axes | None = None, notes: bool = True
     rs = _check(results)
     fig, ax, own = _new_axes(ax)
     nt = _Notes(rs)
-    line_fields = ("model", "device", "dtype", "compile")
+    line_fields = GROUP_FIELDS[:-1]  # one line per (model, device, dtype, compile); batch is the x axis
     lines = list(dict.fromkeys(tuple(getattr(r, f) for f in line_fields) for r in rs.rows))
+    varying = [i for i in range(len(line_fields)) if len({k[i] for k in lines}) > 1]
     styles = ["-", "--", ":", "-."]
     bottom = transforms.blended_transform_factory(ax.transData, ax.transAxes)
 
@@ -482,7 +483,7 @@ def batch_scaling(results: ResultSet, ax: Axes | None = None, notes: bool = True
             rows = sorted((r for r in rs.rows if r.mode == mode and tuple(getattr(r, f) for f in line_fields) == lkey),
                           key=lambda r: r.batch_size)
             ok = [(r.batch_size, value(r)) for r in rows if r.status == "ok" and value(r) is not None]
-            label = mode if len(lines) == 1 else f"{mode} · {' '.join(map(str, lkey))}"
+            label = mode if len(lines) == 1 else f"{mode} · {_group_label(lkey, varying)}"
             if ok:
                 ax.plot(*zip(*ok), marker="o", color=mode_color(mode), linestyle=styles[li % len(styles)], label=label,
                         gid=f"line|{mode}|{li}")
@@ -761,7 +762,6 @@ def compare(runs: Mapping[str, ResultSet] | Sequence[ResultSet], ax: Axes | None
     _grouped_bars(ax, groups, series, nt, fmt, prefixes=labels)
     if metric == "speedup":
         ax.axhline(1.0, color="black", linewidth=1, linestyle="--")
-        ax.margins(y=0.12)
     else:
         ax.set_yscale("log")
         ax.margins(y=0.15)
