@@ -321,3 +321,13 @@ def test_autoquant_panel_appears_only_with_a_decision_table(rs, monkeypatch):
     assert "panel|autoquant" in [ax.get_gid() for ax in fig.axes]
     assert drawn == [tagged[-1]]
     assert "the last of 2 autoquant rows" in next(ax for ax in fig.axes if ax.get_gid() == "panel|autoquant").get_title()
+
+
+def test_a_sweep_where_nothing_ran_is_still_drawn_and_marked(rs):
+    bad = rs.with_rows([r for r in rs.rows if r.status != "ok"])
+    fig = plots.dashboard(bad)
+    assert [ax.get_gid() for ax in fig.axes] == ["panel|speedup", "panel|latency", "panel|batch_scaling", "panel|notes"]
+    assert_marked(fig.axes[0], "float8dynamic", "skipped", "batch 4")
+    assert not gids(fig.axes[0], "bar|")
+    for draw in plots.FIGURES.values():
+        assert plots.to_png(draw(bad))  # renders, nothing to raise about
