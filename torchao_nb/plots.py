@@ -582,7 +582,7 @@ def _headline(rs: ResultSet) -> str:
     if env.get("torch"):
         parts.append(f"torch {env['torch']}, torchao {env.get('torchao')}")
     if env.get("threads"):
-        parts.append(f"{env['threads']} threads")
+        parts.append(f"{env['threads']} thread" + ("s" if env["threads"] != 1 else ""))
     parts.append("compiled" if any(r.compile for r in rs.rows) else "eager")
     return " · ".join(parts)
 
