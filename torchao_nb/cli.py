@@ -1,4 +1,4 @@
-"""The headless command line: `python -m torchao_nb run | list-modes | list-models`."""
+"""The headless command line: `python -m torchao_nb run | list-modes | list-models | report`."""
 
 from __future__ import annotations
 
@@ -57,6 +57,14 @@ def _list_models(args) -> int:
     return 0
 
 
+def _report(args) -> int:
+    from .report import build
+
+    rep = build(args.results, args.out, labels=args.label)
+    print(f"report: {rep.html} (self-contained, opens offline); figures: {', '.join(p.name for p in rep.figures)}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m torchao_nb", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -88,6 +96,12 @@ def parser() -> argparse.ArgumentParser:
     lm.set_defaults(func=_list_modes)
 
     sub.add_parser("list-models", help="the built-in models").set_defaults(func=_list_models)
+
+    rep = sub.add_parser("report", help="one self-contained HTML file (+ PNG figures beside it) from results folders")
+    rep.add_argument("results", nargs="+", help="results folder(s) written by `run --out`; several are compared")
+    rep.add_argument("--out", default="report.html", help="the HTML file to write (default: report.html)")
+    rep.add_argument("--label", action="append", help="a name for each results folder, in order (default: folder names)")
+    rep.set_defaults(func=_report)
     return p
 
 
