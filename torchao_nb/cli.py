@@ -1,4 +1,4 @@
-"""The headless command line: `python -m torchao_nb run | list-modes | list-models`."""
+"""The headless command line: `python -m torchao_nb run | list-modes | list-models | autoquant-cache`."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ def _run(args) -> int:
         model=args.model, modes=args.modes, device=args.device, dtype=args.dtype,
         batch_sizes=args.batch_sizes.split(","), compile=args.compile, baseline=args.baseline,
         out=args.out, resume=args.resume, threads=args.threads, seq_len=args.seq_len, progress=not args.quiet,
+        autoquant={k: v for k, v in (("sqnr_floor_db", args.autoquant_floor), ("margin", args.autoquant_margin)) if v is not None} or None,
     )
     env = result.environment
     print(f"torch {env['torch']}, torchao {env['torchao']}, {env['device']} ({env['device_name']}), "
@@ -51,6 +52,17 @@ def _list_models(args) -> int:
     return 0
 
 
+def _autoquant_cache(args) -> int:
+    from . import autoquant
+
+    folder = autoquant.cache_root(args.cache_dir) / "autoquant"
+    if args.action == "clear":
+        print(f"removed {autoquant.clear_cache(args.cache_dir)} stored timings from {folder}")
+    else:
+        print(f"{autoquant.cache_entries(args.cache_dir)} stored timings in {folder}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m torchao_nb", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -69,6 +81,10 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--out", required=True, help="results folder")
     run.add_argument("--resume", action="store_true", help="skip cells already in OUT/rows.jsonl")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument("--autoquant-floor", type=float, default=None, metavar="DB",
+                     help="autoquant: reject a candidate whose layer SQNR is below this (default 16.5)")
+    run.add_argument("--autoquant-margin", type=float, default=None, metavar="FRACTION",
+                     help="autoquant: a candidate must beat noquant by this fraction (default 0.05)")
     run.set_defaults(func=_run)
 
     lm = sub.add_parser("list-modes", help="every mode and whether it runs on this machine")
@@ -77,6 +93,11 @@ def parser() -> argparse.ArgumentParser:
     lm.set_defaults(func=_list_modes)
 
     sub.add_parser("list-models", help="the built-in models").set_defaults(func=_list_models)
+
+    aq = sub.add_parser("autoquant-cache", help="show or clear autoquant's stored per-layer timings")
+    aq.add_argument("action", choices=["info", "clear"])
+    aq.add_argument("--cache-dir", default=None, help="default: $TORCHAO_NB_CACHE_DIR or ~/.cache/torchao_nb")
+    aq.set_defaults(func=_autoquant_cache)
     return p
 
 
