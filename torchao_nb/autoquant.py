@@ -194,7 +194,7 @@ def _search_policy(policy: measure.TimingPolicy) -> measure.TimingPolicy:
 
 
 def time_modules(modules: dict[str, nn.Module], x: torch.Tensor, ctx: ApplyContext) -> dict[str, float | str]:
-    """name → median ms of one call (or the error text), compiled the way the run compiles.
+    """name → ms of one call (or the error text), compiled the way the run compiles.
 
     All candidates of one shape are compiled in one fresh dynamo state, then timed in rounds.
     """
@@ -215,7 +215,9 @@ def time_modules(modules: dict[str, nn.Module], x: torch.Tensor, ctx: ApplyConte
         names = list(fns)
         for r in range(SEARCH_ROUNDS):
             for name in names[r % max(1, len(names)):] + names[:r % max(1, len(names))]:
-                ms = measure.time_calls(lambda: fns[name](x), policy, ctx.clock, sync).median_ms
+                # Ranked by the fastest sample (timeit's rule): other processes only ever add time,
+                # and on a shared CPU a stalled thread can multiply a median many times over.
+                ms = min(measure.time_calls(lambda: fns[name](x), policy, ctx.clock, sync).samples_ms)
                 out[name] = min(ms, out.get(name, ms))
     return out
 
@@ -423,9 +425,53 @@ def _changed(model: nn.Module, fqns) -> int:
     return sum(1 for f in fqns if not isinstance(modules.get(f), nn.Linear) or recipes.is_quantized(modules[f]))
 
 
+def _db(sqnr: float | None) -> float:
+    return float("inf") if sqnr is None else sqnr  # None: identical output
+
+
+def _model_sqnr(model, choices, info, dtype, example_inputs, reference) -> float | None:
+    trial = copy.deepcopy(model)
+    apply_choices(trial, choices, info, dtype)
+    with torch.no_grad():
+        return measure.accuracy(reference, models.call(trial, example_inputs)).sqnr_db
+
+
+def hold_model_floor(model: nn.Module, table: dict, info: DeviceInfo, dtype: torch.dtype, example_inputs) -> dict:
+    """Layer errors add up: while the whole model's SQNR is under the floor, the quantized layer with the
+    lowest SQNR falls back to its next more accurate candidate (or noquant). Updates `table` in place."""
+    floor, margin = table["sqnr_floor_db"], table["margin"]
+    rows = {row["layer"]: row for row in table["layers"]}
+    with torch.no_grad():
+        reference = models.call(model, example_inputs)
+    while True:
+        choices = {f: row["choice"] for f, row in rows.items()}
+        sqnr = _model_sqnr(model, choices, info, dtype, example_inputs, reference)
+        table["model_sqnr_db"] = sqnr
+        quantized = [row for row in rows.values() if row["choice"] != NOQUANT]
+        if sqnr is None or sqnr >= floor or not quantized:
+            return table
+        worst = min(quantized, key=lambda row: _db(row["candidates"][row["choice"]]["sqnr_db"]))
+        old = worst["choice"]
+        old_sqnr = _db(worst["candidates"][old]["sqnr_db"])
+        better = {m: c for m, c in worst["candidates"].items()
+                  if c.get("ms") is not None and (m == NOQUANT or _db(c["sqnr_db"]) > old_sqnr)}
+        choice, why = choose({m: c["ms"] for m, c in better.items()}, {m: c["sqnr_db"] for m, c in better.items()}, floor, margin)
+        worst["candidates"][old]["status"] = "demoted"
+        if choice != NOQUANT:
+            worst["candidates"][choice]["status"] = "chosen"
+        elif NOQUANT in worst["candidates"]:
+            worst["candidates"][NOQUANT]["status"] = "chosen"
+        worst["choice"] = choice
+        worst["why"] = f"{why}; {old} was dropped: the whole model's SQNR with it was {sqnr:.1f} dB < {floor:g} dB"
+
+
 def apply(model: nn.Module, info: DeviceInfo, dtype: torch.dtype, example_inputs, ctx: ApplyContext | None = None) -> ApplyReport:
-    """The `autoquant` mode: search, then quantize each layer with its choice (in place)."""
+    """The `autoquant` mode: search, hold the floor for the whole model, then quantize each layer with its choice (in place)."""
+    ctx = ctx or ApplyContext(device=info.type)
+    start = ctx.clock()
     table = search(model, info, dtype, example_inputs, ctx)
+    hold_model_floor(model, table, info, dtype, example_inputs)
+    table["search_s"] = ctx.clock() - start
     choices = {row["layer"]: row["choice"] for row in table["layers"]}
     applied = apply_choices(model, choices, info, dtype)
     left = {row["layer"]: row["why"] for row in table["layers"] if row["choice"] == NOQUANT}
