@@ -37,6 +37,13 @@ CACHE_ENV = "TORCHAO_NB_CACHE_DIR"  # overrides the cache folder (default ~/.cac
 SEARCH_MAX_TIME_S = 0.6
 SEARCH_WARMUP_S = 0.05
 SEARCH_ROUNDS = 3
+# Timed alone, a layer's weights stay in the CPU caches (or a GPU's L2) from call to call, which a
+# model whose weights outgrow the cache never enjoys: memory-bound weight-only modes would look no
+# faster than noquant. So each candidate is timed as distinct copies of the layer called in turn,
+# whose unquantized weights add up to the model's Linear weights (capped): weights stream from
+# memory as they do in the model.
+STREAM_BYTES_MAX = 256 * 2**20
+MAX_COPIES = 64
 NOQUANT = "noquant"
 
 
@@ -182,8 +189,26 @@ def _shape_key(lin: nn.Linear, x: torch.Tensor) -> tuple:
 
 # ---- measuring one candidate ------------------------------------------------------------------------
 
-def _quantized_copy(layer: nn.Linear, recipe: Recipe, info: DeviceInfo, dtype: torch.dtype) -> nn.Module:
-    holder = nn.Sequential(copy.deepcopy(layer))  # quantize_ swaps children: give the layer a parent
+class Copies(nn.Module):
+    """`n` distinct copies of one layer, each called on the same input: one call costs n layer calls."""
+
+    def __init__(self, layer: nn.Module, n: int):
+        super().__init__()
+        self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(n))
+
+    def forward(self, x):
+        return tuple(layer(x) for layer in self.layers)
+
+
+def copies_for(layer: nn.Linear, model_linear_bytes: int) -> int:
+    """How many copies of `layer` hold as many weight bytes as the model's Linears (capped)."""
+    layer_bytes = layer.weight.numel() * layer.weight.element_size()
+    target = min(model_linear_bytes, STREAM_BYTES_MAX)
+    return max(1, min(MAX_COPIES, round(target / max(1, layer_bytes))))
+
+
+def _quantized_copy(layer: nn.Linear, recipe: Recipe, info: DeviceInfo, dtype: torch.dtype, n: int = 1) -> Copies:
+    holder = Copies(layer, n)  # quantize_ swaps children: the layers need a parent anyway
     recipes.quantize(holder, recipe, info, dtype)
     return holder
 
@@ -226,10 +251,10 @@ def _error_note(e: Exception) -> str:
     return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"[:300]
 
 
-def layer_sqnr(reference: torch.Tensor, module: nn.Module, x: torch.Tensor) -> float | None:
+def layer_sqnr(reference: torch.Tensor, module: Copies, x: torch.Tensor) -> float | None:
     """SQNR (dB) of the candidate's eager output; None when identical (infinite)."""
     with torch.no_grad():
-        return measure.accuracy(reference, module(x)).sqnr_db
+        return measure.accuracy(reference, module.layers[0](x)).sqnr_db
 
 
 # ---- the decision ------------------------------------------------------------------------------
@@ -300,6 +325,7 @@ def _search(model, info, dtype, example_inputs, ctx) -> dict[str, Any]:
         raise UserError("autoquant needs example inputs: one forward pass shows each Linear's real input shape.")
     inputs = capture_inputs(model, example_inputs)
     cands, unsupported = _candidates(settings, info, dtype)
+    linear_bytes = sum(lin.weight.numel() * lin.weight.element_size() for lin in layers.values())
     cache = TimingCache(settings.cache_dir, settings.use_cache)
     groups: dict[tuple, list[str]] = {}
     for fqn in layers:
@@ -314,9 +340,10 @@ def _search(model, info, dtype, example_inputs, ctx) -> dict[str, Any]:
         bar = tqdm(total=len(groups) * len(cands), desc="autoquant search", unit="candidate", leave=False, dynamic_ncols=True)
     try:
         for key, fqns in groups.items():
-            per_layer = _measure_group(key, fqns, cands, layers, inputs, info, dtype, ctx, cache, bar)
+            n = copies_for(layers[fqns[0]], linear_bytes)
+            per_layer = _measure_group(key, fqns, cands, layers, inputs, info, dtype, ctx, cache, bar, n)
             for f in fqns:
-                table[f] = _decide(f, key, per_layer[f], settings)
+                table[f] = _decide(f, key, per_layer[f], settings, n)
     finally:
         if bar is not None:
             bar.close()
@@ -333,8 +360,8 @@ def _search(model, info, dtype, example_inputs, ctx) -> dict[str, Any]:
     }
 
 
-def _measure_group(key, fqns, cands, layers, inputs, info, dtype, ctx, cache, bar) -> dict[str, dict[str, dict]]:
-    """Every candidate on one shape: each layer's SQNR (weights differ), one shared time (cached)."""
+def _measure_group(key, fqns, cands, layers, inputs, info, dtype, ctx, cache, bar, n) -> dict[str, dict[str, dict]]:
+    """Every candidate on one shape: each layer's SQNR (weights differ), one shared time (cached, of n copies)."""
     rep, x = layers[fqns[0]], inputs[fqns[0]]
     refs = {f: layers[f](inputs[f]) for f in fqns}
     result: dict[str, dict[str, dict]] = {f: {} for f in fqns}
@@ -354,7 +381,7 @@ def _measure_group(key, fqns, cands, layers, inputs, info, dtype, ctx, cache, ba
             continue
         try:
             with quiet_logs():
-                module = _quantized_copy(rep, recipe, info, dtype)
+                module = _quantized_copy(rep, recipe, info, dtype, n)
                 sqnr = {fqns[0]: layer_sqnr(refs[fqns[0]], module, x)}
                 for f in fqns[1:]:
                     sqnr[f] = layer_sqnr(refs[f], _quantized_copy(layers[f], recipe, info, dtype), inputs[f])
@@ -365,7 +392,8 @@ def _measure_group(key, fqns, cands, layers, inputs, info, dtype, ctx, cache, ba
         keys[recipe.name] = {
             "device": info.name, "device_type": info.type, "dtype": dtype_name(dtype), "shape": list(key),
             "candidate": recipe.name, "config": recipes.config_dict(recipe.config(info, dtype)),
-            "compile": ctx.compile, "baseline": ctx.baseline, "threads": torch.get_num_threads(), **_versions(),
+            "compile": ctx.compile, "baseline": ctx.baseline, "threads": torch.get_num_threads(), "copies": n,
+            **_versions(),
         }
         ms = cache.get(keys[recipe.name])
         record(recipe.name, ms=ms, sqnr_db=sqnr, cached=ms is not None)
@@ -378,6 +406,7 @@ def _measure_group(key, fqns, cands, layers, inputs, info, dtype, ctx, cache, ba
         with quiet_logs():
             times = time_modules(to_time, x, ctx)
         for mode, ms in times.items():
+            ms = ms if isinstance(ms, str) else ms / n  # per layer call
             for f in fqns:
                 if isinstance(ms, str):
                     result[f][mode].update(ms=None, status="error", note=ms)
@@ -389,7 +418,7 @@ def _measure_group(key, fqns, cands, layers, inputs, info, dtype, ctx, cache, ba
     return result
 
 
-def _decide(fqn: str, key: tuple, cands: dict[str, dict], settings: SearchSettings) -> dict:
+def _decide(fqn: str, key: tuple, cands: dict[str, dict], settings: SearchSettings, n: int = 1) -> dict:
     in_f, out_f, bias, x_shape, _ = key
     times = {m: c["ms"] for m, c in cands.items()}
     sqnrs = {m: c["sqnr_db"] for m, c in cands.items() if c["ms"] is not None}
@@ -399,7 +428,7 @@ def _decide(fqn: str, key: tuple, cands: dict[str, dict], settings: SearchSettin
         if c["ms"] is not None:
             c["status"] = _status(m, choice, c["ms"], c["sqnr_db"], base, settings.sqnr_floor_db, settings.margin)
     return {"layer": fqn, "in_features": in_f, "out_features": out_f, "input_shape": list(x_shape),
-            "choice": choice, "why": why, "candidates": cands}
+            "choice": choice, "why": why, "candidates": cands, "timed_copies": n}
 
 
 def apply_choices(model: nn.Module, choices: dict[str, str], info: DeviceInfo, dtype: torch.dtype) -> dict[str, Any]:
