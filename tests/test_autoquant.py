@@ -165,6 +165,16 @@ def test_the_whole_model_is_held_to_the_floor(fake_modes, tmp_path, monkeypatch)
     assert final >= 16.5 and final == pytest.approx(table["model_sqnr_db"], abs=1e-6)
 
 
+def test_copies_stream_as_many_weight_bytes_as_the_model():
+    lin = nn.Linear(1024, 2816, bias=False)  # 11.5 MB in fp32
+    assert autoquant.copies_for(lin, 6 * 1024 * 2816 * 4) == 6
+    assert autoquant.copies_for(lin, 1) == 1
+    assert autoquant.copies_for(nn.Linear(8, 8), 10**12) == autoquant.MAX_COPIES
+    stack = autoquant.Copies(lin, 3)
+    assert len(stack(torch.randn(1, 1024))) == 3
+    assert stack.layers[0].weight.data_ptr() != stack.layers[1].weight.data_ptr()
+
+
 def test_choose_is_a_pure_rule():
     times = {"noquant": 1.0, "x": 0.5, "y": 0.3, "z": 0.96}
     assert autoquant.choose(times, {"x": 40, "y": 10, "z": 50}, 16.5, 0.05)[0] == "x"
