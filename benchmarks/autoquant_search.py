@@ -29,7 +29,14 @@ def one_run(args, cache_dir: str) -> dict:
     common = dict(model=args.model, device=args.device, dtype=args.dtype, batch_sizes=[args.batch_size],
                   compile=args.compile, progress=False, threads=args.threads, autoquant=settings)
     modes = [m for m in recipes.RECIPES if m != "autoquant-torchao"]
-    rows = {r.mode: r for r in sweep(modes=modes, **common)}
+    result = sweep(modes=modes, **common)
+    rows = {r.mode: r for r in result}
+    if args.out:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        result.save(args.out)
+        autoquant.plot_choices(result).savefig(Path(args.out) / "autoquant_choices.png", dpi=110)
     aq = rows["autoquant"]
     if aq.status != "ok":
         raise SystemExit(f"autoquant row is {aq.status}: {aq.reason}")
@@ -63,6 +70,7 @@ def main() -> int:
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--floor", type=float, default=None, help=f"SQNR floor in dB (default {autoquant.DEFAULT_SQNR_FLOOR_DB})")
     p.add_argument("--repeat", type=int, default=1)
+    p.add_argument("--out", default=None, help="also save the sweep's results and the choices figure here")
     args = p.parse_args()
 
     ok = True

@@ -105,7 +105,7 @@ def test_model_that_fails_gives_error_rows():
 def test_compiled_sweep_restores_baseline_even_when_a_cell_raises(two_linear, monkeypatch):
     seen = {}
 
-    def hooked_apply(model, info, dtype, inputs):
+    def hooked_apply(model, info, dtype, inputs, context):
         def hook(mod, args, out):
             seen["cache_size_limit"] = torch._dynamo.config.cache_size_limit  # read while tracing
             raise RuntimeError("fails inside the compiled cell")
