@@ -339,7 +339,7 @@ def test_plot_choices(fake_modes, tmp_path):
     outlined = [p for p in ax.patches if p.get_linewidth() == 2.0]
     assert len(outlined) == 3  # one chosen bar per layer
     assert sum(1 for p in ax.patches if p.get_hatch() == "//") == 3  # sloppy, below the floor, on each layer
-    assert {t.get_text() for t in ax.get_legend().get_texts()} == {"noquant", *FAKE_MODES}
+    assert {t.get_text() for t in ax.get_legend().get_texts()} == {"noquant", *FAKE_MODES, "chosen", "below floor"}
     plt.close(fig)
     with pytest.raises(ValueError, match="no autoquant decision table"):
         autoquant.decision_table([])

@@ -568,46 +568,44 @@ def decision_table(results):
 
 
 _STATUS_STYLE = {"chosen": dict(edgecolor="black", linewidth=2.0), "below floor": dict(hatch="//", alpha=0.45),
-                 "not faster": dict(alpha=0.6), "slower": dict(alpha=0.6), "reference": dict(alpha=0.9)}
+                 "demoted": dict(hatch="xx", alpha=0.45), "not faster": dict(alpha=0.6), "slower": dict(alpha=0.6)}
 
 
 def plot_choices(results, ax=None):
     """Per layer, each candidate's time relative to noquant; the chosen bar outlined, below-floor ones hatched."""
     import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.patches import Patch
 
     tables = _tables(results)
     if ax is not None and len(tables) > 1:
         raise ValueError(f"{len(tables)} autoquant rows but one ax: pass a single row (results.where(...)) or no ax")
     if ax is None:
-        fig, axes = plt.subplots(len(tables), 1, figsize=(8, 3.2 * len(tables)), squeeze=False)
+        fig, axes = plt.subplots(len(tables), 1, figsize=(9, 3.4 * len(tables)), squeeze=False)
         axes = axes[:, 0]
     else:
         fig, axes = ax.figure, [ax]
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax_, (ident, table) in zip(axes, tables):
-        layers = [l for l in table["layers"] if l["candidates"]]
+        layers = [l for l in table["layers"] if l["candidates"].get(NOQUANT, {}).get("ms")]
         modes = list(dict.fromkeys(m for l in layers for m in l["candidates"]))
         width = 0.8 / max(1, len(modes))
-        xs = np.arange(len(layers))
-        colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
         for j, mode in enumerate(modes):
             for i, layer in enumerate(layers):
                 c = layer["candidates"].get(mode, {})
-                base = layer["candidates"].get(NOQUANT, {}).get("ms")
-                if c.get("ms") is None or not base:
-                    continue
-                style = _STATUS_STYLE.get(c.get("status"), {})
-                ax_.bar(xs[i] + (j - (len(modes) - 1) / 2) * width, c["ms"] / base, width,
-                        color=colors[j % len(colors)], label=mode if i == 0 or mode not in ax_.get_legend_handles_labels()[1] else None,
-                        **style)
+                if c.get("ms") is not None:
+                    ax_.bar(i + (j - (len(modes) - 1) / 2) * width, c["ms"] / layer["candidates"][NOQUANT]["ms"], width,
+                            color=colors[j % len(colors)], **_STATUS_STYLE.get(c.get("status"), {}))
         ax_.axhline(1 - table["margin"], color="grey", linestyle=":", linewidth=1)
-        ax_.set_xticks(xs, [f"{l['layer']}\n→ {l['choice']}" for l in layers], fontsize=8)
-        ax_.set_ylabel("time / noquant")
-        title = " ".join(f"{k}={v}" for k, v in ident.items() if k in ("model", "batch_size", "dtype"))
-        ax_.set_title(f"autoquant choices {title} (floor {table['sqnr_floor_db']:g} dB; outlined = chosen, hatched = below floor)",
-                      fontsize=9)
-        handles, labels = ax_.get_legend_handles_labels()
-        uniq = dict(zip(labels, handles))
-        ax_.legend(uniq.values(), uniq.keys(), fontsize=8, ncol=min(4, len(uniq)))
+        ax_.set_xticks(range(len(layers)), [f"{l['layer']}\n→ {l['choice']}" for l in layers], fontsize=8)
+        ax_.set_ylabel("time / noquant (lower is faster)")
+        who = ", ".join(f"{ident[k]}" for k in ("model", "dtype") if k in ident)
+        who += f", batch {ident['batch_size']}" if "batch_size" in ident else ""
+        ax_.set_title(f"autoquant choices{': ' + who if who else ''}\n"
+                      f"SQNR floor {table['sqnr_floor_db']:g} dB, margin {table['margin']:.0%} (dotted line)", fontsize=9)
+        handles = [Patch(color=colors[j % len(colors)], label=m) for j, m in enumerate(modes)]
+        handles += [Patch(facecolor="white", edgecolor="black", linewidth=2, label="chosen"),
+                    Patch(facecolor="white", edgecolor="grey", hatch="//", label="below floor")]
+        ax_.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     return fig
