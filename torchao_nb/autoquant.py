@@ -380,8 +380,16 @@ def _measure_group(key, fqns, cands, layers, inputs, info, dtype, ctx, cache, ba
             bar and bar.update(1)
             continue
         try:
+            keys[recipe.name] = {
+                "device": info.name, "device_type": info.type, "dtype": dtype_name(dtype), "shape": list(key),
+                "candidate": recipe.name, "config": recipes.config_dict(recipe.config(info, dtype)),
+                "compile": ctx.compile, "baseline": ctx.baseline, "threads": torch.get_num_threads(), "copies": n,
+                **_versions(),
+            }
+            ms = cache.get(keys[recipe.name])
             with quiet_logs():
-                module = _quantized_copy(rep, recipe, info, dtype, n)
+                # the n copies are only needed for timing; a cache hit needs one, for the SQNR
+                module = _quantized_copy(rep, recipe, info, dtype, n if ms is None else 1)
                 sqnr = {fqns[0]: layer_sqnr(refs[fqns[0]], module, x)}
                 for f in fqns[1:]:
                     sqnr[f] = layer_sqnr(refs[f], _quantized_copy(layers[f], recipe, info, dtype), inputs[f])
@@ -389,13 +397,6 @@ def _measure_group(key, fqns, cands, layers, inputs, info, dtype, ctx, cache, ba
             record(recipe.name, ms=None, sqnr_db={f: None for f in fqns}, status="error", note=_error_note(e))
             bar and bar.update(1)
             continue
-        keys[recipe.name] = {
-            "device": info.name, "device_type": info.type, "dtype": dtype_name(dtype), "shape": list(key),
-            "candidate": recipe.name, "config": recipes.config_dict(recipe.config(info, dtype)),
-            "compile": ctx.compile, "baseline": ctx.baseline, "threads": torch.get_num_threads(), "copies": n,
-            **_versions(),
-        }
-        ms = cache.get(keys[recipe.name])
         record(recipe.name, ms=ms, sqnr_db=sqnr, cached=ms is not None)
         if ms is None:
             to_time[recipe.name] = module
