@@ -26,6 +26,12 @@ class NoLinear(nn.Module):
         return self.conv(x)
 
 
+@pytest.fixture(autouse=True)
+def _autoquant_cache_in_tmp(tmp_path_factory, monkeypatch):
+    """autoquant's timing cache never touches ~/.cache during tests, and no test sees another's timings."""
+    monkeypatch.setenv("TORCHAO_NB_CACHE_DIR", str(tmp_path_factory.mktemp("torchao_nb_cache")))
+
+
 @pytest.fixture
 def two_linear():
     torch.manual_seed(0)

@@ -40,7 +40,8 @@ def test_reasons_before_running():
     assert "bfloat16" in recipes.RECIPES["int4weightonly"].unsupported_reason(H100, torch.float32)
     assert "8.0" in recipes.RECIPES["int4weightonly"].unsupported_reason(T4, torch.bfloat16)
     assert recipes.RECIPES["int4weightonly"].unsupported_reason(CPU, torch.bfloat16) is None
-    assert "not yet available" in recipes.RECIPES["autoquant"].unsupported_reason(CPU, torch.bfloat16)
+    assert recipes.RECIPES["autoquant"].unsupported_reason(CPU, torch.bfloat16) is None
+    assert recipes.RECIPES["autoquant"].apply is not None
 
 
 def test_int4_config_per_device():

@@ -35,7 +35,8 @@ def test_every_mode_gets_a_row_with_a_status(two_linear):
     for mode in ["noquant", "int8dynamic", "int8weightonly", "int4weightonly", "float8weightonly"]:
         assert rows[mode].status == "ok", rows[mode].reason
     assert rows["float8dynamic"].status == "skipped" and "CUDA" in rows["float8dynamic"].reason
-    assert rows["autoquant"].status == "skipped" and rows["autoquant"].reason
+    assert rows["autoquant"].status == "ok" and rows["autoquant"].search_s > 0
+    assert rows["autoquant"].extra_dict["autoquant"]["layers"]
     r = rows["int8dynamic"]
     assert r.sqnr_db >= 20 and r.cosine > 0.99
     assert r.speedup == pytest.approx(r.baseline_ms / r.median_ms)
@@ -104,7 +105,7 @@ def test_model_that_fails_gives_error_rows():
 def test_compiled_sweep_restores_baseline_even_when_a_cell_raises(two_linear, monkeypatch):
     seen = {}
 
-    def hooked_apply(model, info, dtype, inputs):
+    def hooked_apply(model, info, dtype, inputs, context):
         def hook(mod, args, out):
             seen["cache_size_limit"] = torch._dynamo.config.cache_size_limit  # read while tracing
             seen["coordinate_descent_tuning"] = torch._inductor.config.coordinate_descent_tuning

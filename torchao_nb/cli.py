@@ -1,4 +1,4 @@
-"""The headless command line: `python -m torchao_nb run | list-modes | list-models | report`."""
+"""The headless command line: `python -m torchao_nb run | list-modes | list-models | report | autoquant-cache`."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ def _run(args) -> int:
         out=args.out, resume=args.resume, threads=args.threads, seq_len=args.seq_len, progress=not args.quiet,
         compile_mode=args.compile_mode, torchao_tuning=args.torchao_tuning,
         policy=measure.FAST_POLICY if args.quick else None,
+        autoquant={k: v for k, v in (("sqnr_floor_db", args.autoquant_floor), ("margin", args.autoquant_margin)) if v is not None} or None,
     )
     env = result.environment
     print(f"torch {env['torch']}, torchao {env['torchao']}, {env['device']} ({env['device_name']}), "
@@ -65,6 +66,17 @@ def _report(args) -> int:
     return 0
 
 
+def _autoquant_cache(args) -> int:
+    from . import autoquant
+
+    folder = autoquant.cache_root(args.cache_dir) / "autoquant"
+    if args.action == "clear":
+        print(f"removed {autoquant.clear_cache(args.cache_dir)} stored timings from {folder}")
+    else:
+        print(f"{autoquant.cache_entries(args.cache_dir)} stored timings in {folder}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m torchao_nb", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -88,6 +100,10 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="skip cells already in OUT/rows.jsonl")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.add_argument("--quick", action="store_true", help="a few samples per cell: for smoke tests, not for numbers")
+    run.add_argument("--autoquant-floor", type=float, default=None, metavar="DB",
+                     help="autoquant: reject a candidate whose layer SQNR is below this (default 16.5)")
+    run.add_argument("--autoquant-margin", type=float, default=None, metavar="FRACTION",
+                     help="autoquant: a candidate must beat noquant by this fraction (default 0.05)")
     run.set_defaults(func=_run)
 
     lm = sub.add_parser("list-modes", help="every mode and whether it runs on this machine")
@@ -102,6 +118,10 @@ def parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", default="report.html", help="the HTML file to write (default: report.html)")
     rep.add_argument("--label", action="append", help="a name for each results folder, in order (default: folder names)")
     rep.set_defaults(func=_report)
+    aq = sub.add_parser("autoquant-cache", help="show or clear autoquant's stored per-layer timings")
+    aq.add_argument("action", choices=["info", "clear"])
+    aq.add_argument("--cache-dir", default=None, help="default: $TORCHAO_NB_CACHE_DIR or ~/.cache/torchao_nb")
+    aq.set_defaults(func=_autoquant_cache)
     return p
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -12,6 +13,7 @@ from torch import nn
 
 from ._torchao import quiet_logs, torchao
 from .env import DeviceInfo, UserError
+from .measure import TimingPolicy
 
 GROUP_SIZE = 128  # torchao's default int4 group size; also what its published tables use most
 
@@ -28,6 +30,21 @@ class ApplyReport:
 
 
 @dataclass(frozen=True)
+class ApplyContext:
+    """What the sweep tells a recipe's own `apply` hook (autoquant's search times layers like the run does)."""
+
+    device: str = "cpu"
+    compile: bool = False  # the run's compile setting
+    baseline: bool = True  # the run's baseline compiler settings
+    policy: TimingPolicy = TimingPolicy()
+    clock: Callable[[], float] = time.perf_counter
+    progress: bool = False
+    search: Any = None  # autoquant.SearchSettings (or a dict of its fields); None: the defaults
+    compile_mode: str = "default"  # the run's torch.compile mode
+    torchao_tuning: bool = False  # the run's torchao inductor settings
+
+
+@dataclass(frozen=True)
 class Recipe:
     name: str
     description: str
@@ -37,7 +54,8 @@ class Recipe:
     unsupported: Callable[[DeviceInfo, torch.dtype], str | None] = lambda info, dtype: None
     # (linear, device, dtype) -> why this layer can't take the mode, or None.
     layer_reason: Callable[[nn.Linear, DeviceInfo, torch.dtype], str | None] = lambda lin, info, dtype: None
-    # Replaces the default "quantize_ every fitting Linear" (autoquant's search).
+    # (model, device, dtype, example_inputs, ApplyContext) -> ApplyReport: replaces the default
+    # "quantize_ every fitting Linear" (autoquant's search).
     apply: Callable[..., ApplyReport] | None = None
 
     def unsupported_reason(self, info: DeviceInfo, dtype: torch.dtype) -> str | None:
@@ -156,9 +174,26 @@ def _float8dyn_config(info: DeviceInfo, dtype: torch.dtype):
     return _make("Float8DynamicActivationFloat8WeightConfig", granularity=PerRow())
 
 
-def _autoquant_unsupported(info: DeviceInfo, dtype: torch.dtype) -> str | None:
-    return ("not yet available: torchao deleted its own autoquant before 0.17 and torchao_nb's "
-            "per-layer search is still being built")
+def _autoquant_apply(model, info, dtype, example_inputs, context) -> ApplyReport:
+    from . import autoquant  # imported on use: it builds on this registry
+
+    return autoquant.apply(model, info, dtype, example_inputs, context)
+
+
+def _torchao_autoquant_apply(model, info, dtype, example_inputs, context) -> ApplyReport:
+    from . import autoquant
+
+    return autoquant.apply_torchao_autoquant(model, info, dtype, example_inputs, context)
+
+
+def torchao_autoquant_recipe() -> Recipe | None:
+    """The seed's own `torchao.autoquant`, only where the installed torchao still has it (< 0.17)."""
+    mod = torchao()
+    if mod is None or not callable(getattr(mod, "autoquant", None)):
+        return None
+    return Recipe("autoquant-torchao",
+                  "torchao's own (deprecated) autoquant, as the seed calls it: error_on_unseen=False, one forward pass.",
+                  lambda info, dtype: None, apply=_torchao_autoquant_apply)
 
 
 # ---- the registry ---------------------------------------------------------------------------
@@ -199,8 +234,10 @@ register(Recipe(
 ))
 register(Recipe(
     "autoquant", "Per-layer search: times each mode on each Linear's real shapes and keeps the fastest accurate one.",
-    lambda info, dtype: None, _autoquant_unsupported,
+    lambda info, dtype: None, apply=_autoquant_apply,
 ))
+if torchao_autoquant_recipe() is not None:
+    register(torchao_autoquant_recipe())
 
 
 def mode_names() -> list[str]:
@@ -254,10 +291,11 @@ def config_dict(config: Any) -> dict[str, Any]:
     return json.loads(json.dumps(data, default=str))
 
 
-def quantize(model: nn.Module, recipe: Recipe, info: DeviceInfo, dtype: torch.dtype, example_inputs=None) -> ApplyReport:
+def quantize(model: nn.Module, recipe: Recipe, info: DeviceInfo, dtype: torch.dtype, example_inputs=None,
+             context: ApplyContext | None = None) -> ApplyReport:
     """Quantize `model` in place with `recipe`; layers that don't fit are left alone and reported."""
     if recipe.apply is not None:
-        return recipe.apply(model, info, dtype, example_inputs)
+        return recipe.apply(model, info, dtype, example_inputs, context or ApplyContext(device=info.type))
     layers = linear_layers(model)
     skipped = {}
     for fqn, lin in layers.items():

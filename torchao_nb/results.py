@@ -39,6 +39,7 @@ class Row:
     speedup_vs_eager: float | None = None  # eager_ms / median_ms
     compile_s: float | None = None  # compile + first call
     quantize_s: float | None = None
+    search_s: float | None = None  # autoquant: the per-layer search, part of quantize_s
     sqnr_db: float | None = None  # vs the unquantized eager output on the same inputs; None = identical
     cosine: float | None = None
     max_abs_err: float | None = None

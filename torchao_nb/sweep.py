@@ -46,6 +46,8 @@ class SweepConfig:
     threads: int = field(default_factory=torch.get_num_threads)
     seq_len: int | None = None  # None: each model's default
     policy: measure.TimingPolicy = measure.TimingPolicy()
+    progress: bool = False  # also the autoquant search's own progress bar
+    autoquant: Any = None  # autoquant.SearchSettings; None: its documented defaults
 
 
 @contextlib.contextmanager
@@ -62,7 +64,7 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 
 
 @contextlib.contextmanager
-def compiled_cell(cfg: "SweepConfig") -> Iterator[None]:
+def compiled_cell(cfg: "SweepConfig | recipes.ApplyContext") -> Iterator[None]:
     """Fresh dynamo state and the chosen compiler settings for one compiled cell, all restored after."""
     torch._dynamo.reset()
     with baseline_mod.preserved_compiler_configs(), baseline_mod.applied(cfg.baseline), \
@@ -72,7 +74,7 @@ def compiled_cell(cfg: "SweepConfig") -> Iterator[None]:
     torch._dynamo.reset()
 
 
-def compiled(model: nn.Module, cfg: "SweepConfig"):
+def compiled(model: nn.Module, cfg: "SweepConfig | recipes.ApplyContext"):
     return torch.compile(model, mode=None if cfg.compile_mode == "default" else cfg.compile_mode)
 
 
@@ -180,14 +182,18 @@ def run_cell(cfg: SweepConfig, ref: Reference, mode: str, batch: int, clock=time
     sync = measure.sync_for(cfg.device)
     try:
         model = copy.deepcopy(ref.module)
-        report, quantize_s = measure.time_once(lambda: recipes.quantize(model, recipe, info, cfg.dtype, ref.inputs), clock, sync)
+        context = recipes.ApplyContext(cfg.device, cfg.compile, cfg.baseline, cfg.policy, clock, cfg.progress, cfg.autoquant,
+                                       cfg.compile_mode, cfg.torchao_tuning)
+        report, quantize_s = measure.time_once(
+            lambda: recipes.quantize(model, recipe, info, cfg.dtype, ref.inputs, context), clock, sync)
         extra = dict(report.extra)
         task_score = ref.task.score(ref.task_output, ref.task.run(model, ref.task_inputs)) if ref.task else None
         if task_score:
             extra.update(cosine=ref.task.metric, task_min_cosine=task_score["min"])
         if report.skipped_layers:
             extra["layers_left_alone"] = report.skipped_layers
-        if mode != "noquant" and report.layers_quantized == 0:
+        # A recipe with its own search (autoquant) may rightly leave every layer alone: that is its result.
+        if mode != "noquant" and report.layers_quantized == 0 and recipe.apply is None:
             why = next(iter(report.skipped_layers.values()), "torchao changed no layer")
             return _row(cfg, ref, mode, batch, "skipped", f"no Linear layer fits this mode ({why})",
                         layers_quantized=0, recipe=json.dumps(report.recipe), extra=json.dumps(extra))
@@ -213,7 +219,7 @@ def run_cell(cfg: SweepConfig, ref: Reference, mode: str, batch: int, clock=time
             median_ms=median, iqr_ms=m.iqr_ms, samples=len(m.samples_ms), noisy=m.noisy(cfg.policy),
             speedup=None if ref.baseline_ms is None else ref.baseline_ms / median,
             speedup_vs_eager=None if ref.eager_ms is None else ref.eager_ms / median,
-            compile_s=compile_s if cfg.compile else None, quantize_s=quantize_s,
+            compile_s=compile_s if cfg.compile else None, quantize_s=quantize_s, search_s=report.extra.get("search_s"),
             sqnr_db=acc.sqnr_db, cosine=acc.cosine, max_abs_err=acc.max_abs_err,
             bytes_per_step=step_bytes, achieved_gbs=achieved,
             roofline_pct=None if not ref.copy_gbs else 100 * achieved / ref.copy_gbs,
@@ -289,6 +295,12 @@ def resolve_models(model: Any, example_inputs: Any) -> list[ModelSource]:
     return out
 
 
+def _autoquant_settings(value: Any):
+    from .autoquant import SearchSettings  # the search imports this module's compile context
+
+    return SearchSettings.of(value)
+
+
 def _progress(total: int, enabled: bool):
     if not enabled:
         return None
@@ -318,13 +330,15 @@ def sweep(
     stop: threading.Event | None = None,
     on_row: Callable[[Row], None] | None = None,
     clock: Callable[[], float] = time.perf_counter,
+    autoquant: Any = None,
 ) -> ResultSet:
     """Measure every (model, batch size, mode) cell; returns the rows, also written to `out` if given.
 
     `model` is a registry name (see `torchao_nb.models.MODELS`), a list of them, or an `nn.Module`
     with `example_inputs=` (a tuple of positional args or a dict of keyword args). Rows are
     appended to `out/rows.jsonl` as they finish, so an interrupted sweep keeps them;
-    `resume=True` skips cells already done there.
+    `resume=True` skips cells already done there. `autoquant=` takes an `autoquant.SearchSettings`
+    (or a dict of its fields, e.g. `{"sqnr_floor_db": 30}`) for the `autoquant` mode's search.
     """
     sources = resolve_models(model, example_inputs)
     mode_list = recipes.resolve_modes(modes)
@@ -335,8 +349,9 @@ def sweep(
         dtype=envmod.resolve_dtype(dtype, info),
         batch_sizes=check_batch_sizes(batch_sizes if batch_sizes is not None else (1,)),
         compile=bool(compile), baseline=bool(baseline), threads=int(threads or torch.get_num_threads()),
-        seq_len=seq_len, policy=policy or measure.TimingPolicy(),
         compile_mode=compile_mode or "default", torchao_tuning=bool(torchao_tuning),
+        seq_len=seq_len, policy=policy or measure.TimingPolicy(), progress=bool(progress),
+        autoquant=None if autoquant is None else _autoquant_settings(autoquant),
     )
     if cfg.compile_mode not in COMPILE_MODES:
         raise UserError(f"unknown compile mode {cfg.compile_mode!r}; choose one of: {', '.join(COMPILE_MODES)}.")
