@@ -14,7 +14,7 @@ def test_gpu_check_dry_run_runs_the_whole_pipeline_on_cpu(tmp_path):
                           capture_output=True, text=True, timeout=600, env=dict(os.environ, PYTHON=sys.executable))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     decode, prefill = ResultSet.load(out / "decode"), ResultSet.load(out / "prefill")
-    expected = ["noquant", "int8weightonly", "int4weightonly", "int8dynamic", "float8weightonly", "float8dynamic", "autoquant"]
+    expected = ["noquant", "int4weightonly", "int8weightonly", "float8weightonly", "float8dynamic", "int8dynamic", "autoquant"]
     assert [r.mode for r in decode] == expected and [r.mode for r in prefill] == expected
     assert decode.where(mode="noquant").rows[0].status == "ok"
     assert decode.where(mode="noquant").rows[0].tokens_per_s > 0

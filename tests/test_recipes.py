@@ -75,3 +75,9 @@ def test_availability_covers_every_mode():
     avail = recipes.availability(CPU, torch.bfloat16)
     assert set(avail) == set(recipes.RECIPES)
     assert avail["noquant"] is None and avail["int8dynamic"] is None
+
+
+def test_known_failures_get_an_explanation():
+    why = recipes.explain_failure("self.size(0) needs to be greater than 16, but got 1")
+    assert "more than 16 rows" in why
+    assert recipes.explain_failure("some new error") is None

@@ -240,6 +240,20 @@ if torchao_autoquant_recipe() is not None:
     register(torchao_autoquant_recipe())
 
 
+# Errors torch/torchao raise with messages that don't say what to do: pattern → explanation.
+KNOWN_FAILURES: tuple[tuple[str, str], ...] = (
+    (r"self\.size\(0\) needs to be greater than 16",
+     "torch._int_mm on CUDA needs more than 16 rows per matmul (batch x tokens); use a larger batch or a prefill"),
+    (r"Requires mslk", "this packing needs the separate `mslk` kernel package"),
+)
+
+
+def explain_failure(message: str) -> str | None:
+    import re
+
+    return next((why for pattern, why in KNOWN_FAILURES if re.search(pattern, message)), None)
+
+
 def mode_names() -> list[str]:
     return list(RECIPES)
 

@@ -230,7 +230,8 @@ def run_cell(cfg: SweepConfig, ref: Reference, mode: str, batch: int, clock=time
         )
     except Exception as e:  # one failing cell must not end the sweep: it becomes an error row
         message = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        return _row(cfg, ref, mode, batch, "error", f"{type(e).__name__}: {message}"[:500])
+        hint = recipes.explain_failure(message)
+        return _row(cfg, ref, mode, batch, "error", f"{type(e).__name__}: {message}"[:500] + (f" ({hint})" if hint else ""))
     finally:
         _free(cfg.device)
 
