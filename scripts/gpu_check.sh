@@ -30,7 +30,8 @@ if [ -n "$WHEELS" ]; then
   export PYTHONPATH="/tmp/gpu_check_site:$PYTHONPATH"
 fi
 
-MODES=noquant,int8weightonly,int4weightonly,int8dynamic,float8weightonly,float8dynamic,autoquant
+# Most informative first: a sweep stopped by its time limit loses the last modes.
+MODES=noquant,int4weightonly,int8weightonly,float8weightonly,float8dynamic,int8dynamic,autoquant
 if [ "$DRY" = 1 ]; then
   DECODE=(--model llama-tiny --device cpu --no-compile --quick)
   PREFILL=(--model llama-tiny:prefill --device cpu --no-compile --quick --seq-len 16)
@@ -39,7 +40,7 @@ else
   command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
   DECODE=(--model llama-1b --device cuda --dtype bfloat16 --compile-mode reduce-overhead)
   PREFILL=(--model llama-1b:prefill --device cuda --dtype bfloat16 --seq-len 256)
-  LIMIT_DECODE=${LIMIT_DECODE:-170} LIMIT_PREFILL=${LIMIT_PREFILL:-120}
+  LIMIT_DECODE=${LIMIT_DECODE:-180} LIMIT_PREFILL=${LIMIT_PREFILL:-100}
 fi
 
 run() {  # name, limit, args...
