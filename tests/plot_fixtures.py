@@ -26,7 +26,13 @@ def row(mode, batch, status="ok", model="mlp", device="cpu", **kw):
 def ok_row(mode, batch, ms, iqr, speedup, vs_eager, sqnr, cosine, weight_mb, **kw):
     return row(mode, batch, median_ms=ms, iqr_ms=iqr, speedup=speedup, speedup_vs_eager=vs_eager, sqnr_db=sqnr,
                cosine=cosine, weight_bytes=int(weight_mb * 1e6), peak_mem_bytes=int(weight_mb * 2e6),
-               baseline_ms=ms * speedup, eager_ms=ms * vs_eager, layers_quantized=2, layers_total=2, **kw)
+               baseline_ms=ms * speedup, eager_ms=ms * vs_eager, layers_quantized=2, layers_total=2,
+               roofline_pct=roofline_pct(weight_mb, ms), **kw)
+
+
+def roofline_pct(weight_mb, ms):
+    """A made-up but distinct % of the copy bandwidth per cell."""
+    return 100 * weight_mb / ms / 5
 
 
 def result_set(**env) -> ResultSet:

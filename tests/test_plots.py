@@ -97,6 +97,19 @@ def test_memory_bars_are_megabytes(rs):
     assert bars(ax, "peak_mem_bytes") == pytest.approx({k: 2 * v for k, v in expected("weight_mb").items()})
 
 
+def test_roofline_bars_are_percent_of_copy_bandwidth(rs):
+    from tests.plot_fixtures import roofline_pct
+
+    fig = plots.roofline(result_set(copy_gbs=123.0))
+    ax = fig.axes[0]
+    want = {(spec[0], f"batch {spec[1]}"): roofline_pct(spec[8], spec[2]) for spec in OK}
+    assert bars(ax, "roofline_pct") == pytest.approx(want)
+    assert any(list(line.get_ydata()) == [100, 100] for line in ax.lines)
+    assert "123 GB/s" in ax.get_title() and "%" in ax.get_ylabel()
+    assert_marked(ax, "float8dynamic", "skipped", "batch 1")
+    assert "roofline" in plots.PANELS
+
+
 def test_accuracy_points_and_pareto_front(rs):
     fig = plots.accuracy_vs_speedup(rs)
     ax = fig.axes[0]
@@ -182,7 +195,7 @@ def test_figures_draw_into_a_given_axes_and_never_touch_pyplot(rs):
 def test_dashboard_composes_the_panels_that_apply(rs):
     fig = plots.dashboard(rs)
     names = [ax.get_gid() for ax in fig.axes]
-    assert names == ["panel|speedup", "panel|latency", "panel|accuracy", "panel|memory", "panel|batch_scaling", "panel|notes"]
+    assert names == ["panel|speedup", "panel|latency", "panel|accuracy", "panel|memory", "panel|roofline", "panel|batch_scaling", "panel|notes"]
     notes = next(t.get_text() for t in fig.axes[-1].texts)
     assert SKIP_REASON in notes and ERROR_REASON in notes
     assert "Test CPU" in fig.get_suptitle() and "torchao 0.18.0" in fig.get_suptitle()

@@ -375,6 +375,26 @@ def memory(results: ResultSet, ax: Axes | None = None, notes: bool = True) -> Fi
     return fig
 
 
+def roofline(results: ResultSet, ax: Axes | None = None, notes: bool = True) -> Figure:
+    """Achieved memory bandwidth per mode as % of the device's measured copy bandwidth.
+
+    Bytes per step are the weights read once plus the input and output tensors; memory-bound
+    work (small-batch decode) should approach 100 %, whatever its speedup over the baseline.
+    """
+    rs = _check(results)
+    fig, ax, own = _new_axes(ax)
+    series = [_Series("% of memory roofline", "roofline_pct")]
+    nt = _Notes(rs)
+    _grouped_bars(ax, _bars_for(rs, series), series, nt, "{:.0f}")
+    ax.axhline(100, color="black", linewidth=0.8, linestyle="--")
+    copy = rs.environment.get("copy_gbs")
+    ax.set_ylabel("achieved bandwidth (% of copy bandwidth)")
+    bw = f" (copy bandwidth {copy:.0f} GB/s)" if copy else ""
+    ax.set_title(f"Distance to the memory roofline{bw}\n{_subject(rs.rows)}", fontsize=10)
+    _notes_legend(fig, ax, nt.lines() if notes else [], own, *_series_legend(series, rs.rows))
+    return fig
+
+
 def _accuracy(row: Row, metric: str) -> float | None:
     value = getattr(row, metric)
     if value is None and metric == "sqnr_db" and row.cosine is not None:
@@ -549,6 +569,7 @@ register_panel(Panel("latency", lambda rs, ax: latency(rs, ax, notes=False)))
 register_panel(Panel("accuracy", lambda rs, ax: accuracy_vs_speedup(rs, ax, notes=False),
                      lambda rs: any(r.status == "ok" and r.speedup is not None and r.cosine is not None for r in rs.rows)))
 register_panel(Panel("memory", lambda rs, ax: memory(rs, ax, notes=False), _has("weight_bytes")))
+register_panel(Panel("roofline", lambda rs, ax: roofline(rs, ax, notes=False), _has("roofline_pct")))
 register_panel(Panel("batch_scaling", lambda rs, ax: batch_scaling(rs, ax, notes=False),
                      lambda rs: len({r.batch_size for r in rs.rows}) > 1))
 
