@@ -1,5 +1,6 @@
 """autoquant: the per-layer decision (fake clock and fake modes), the cache, real torchao modes, torchao's own autoquant."""
 
+import importlib
 import math
 import sys
 import types
@@ -169,6 +170,7 @@ def test_copies_stream_as_many_weight_bytes_as_the_model():
     lin = nn.Linear(1024, 2816, bias=False)  # 11.5 MB in fp32
     assert autoquant.copies_for(lin, 6 * 1024 * 2816 * 4) == 6
     assert autoquant.copies_for(lin, 1) == 1
+    assert autoquant.copies_for(lin, autoquant.STREAM_BYTES_MIN) == 1  # fits in cache: one layer is faithful
     assert autoquant.copies_for(nn.Linear(8, 8), 10**12) == autoquant.MAX_COPIES
     stack = autoquant.Copies(lin, 3)
     assert len(stack(torch.randn(1, 1024))) == 3
@@ -304,9 +306,13 @@ def test_bad_settings_are_clear_errors_before_anything_runs(settings, message, t
         run(two_linear, (torch.randn(1, 128),), autoquant=settings)
 
 
-def test_cli_floor_flag(tmp_path):
+def test_cli_floor_flag(tmp_path, monkeypatch):
+    sweep_mod = importlib.import_module("torchao_nb.sweep")  # the package exports the function under that name
+
+    real = sweep_mod.sweep
+    monkeypatch.setattr(sweep_mod, "sweep", lambda **kw: real(**kw, policy=measure.FAST_POLICY))  # quick timing
     out = tmp_path / "out"
-    assert main(["run", "--model", "mlp", "--modes", "autoquant", "--device", "cpu", "--no-compile", "--quiet",
+    assert main(["run", "--model", "llama-tiny", "--modes", "autoquant", "--device", "cpu", "--no-compile", "--quiet",
                  "--autoquant-floor", "1000", "--out", str(out)]) == 0
     from torchao_nb.results import ResultSet
 

@@ -41,7 +41,8 @@ SEARCH_ROUNDS = 3
 # model whose weights outgrow the cache never enjoys: memory-bound weight-only modes would look no
 # faster than noquant. So each candidate is timed as distinct copies of the layer called in turn,
 # whose unquantized weights add up to the model's Linear weights (capped): weights stream from
-# memory as they do in the model.
+# memory as they do in the model. A model whose Linears fit in cache is timed one layer at a time.
+STREAM_BYTES_MIN = 16 * 2**20
 STREAM_BYTES_MAX = 256 * 2**20
 MAX_COPIES = 64
 NOQUANT = "noquant"
@@ -202,6 +203,8 @@ class Copies(nn.Module):
 
 def copies_for(layer: nn.Linear, model_linear_bytes: int) -> int:
     """How many copies of `layer` hold as many weight bytes as the model's Linears (capped)."""
+    if model_linear_bytes <= STREAM_BYTES_MIN:
+        return 1
     layer_bytes = layer.weight.numel() * layer.weight.element_size()
     target = min(model_linear_bytes, STREAM_BYTES_MAX)
     return max(1, min(MAX_COPIES, round(target / max(1, layer_bytes))))
