@@ -32,8 +32,8 @@ DEFAULT_MARGIN = 0.05
 CACHE_ENV = "TORCHAO_NB_CACHE_DIR"  # overrides the cache folder (default ~/.cache/torchao_nb)
 # Each candidate is timed for at most this long after warm-up: one layer's kernel settles fast,
 # and the search times (shapes x candidates) of them. The time is split into rounds that visit
-# every candidate in turn; a candidate's time is its best round's median, so a burst of load from
-# another process penalises one round, not one candidate.
+# every candidate in turn, and a candidate's time is its fastest sample over all rounds, so a burst
+# of load from another process can't single out one candidate.
 SEARCH_MAX_TIME_S = 0.6
 SEARCH_WARMUP_S = 0.05
 SEARCH_ROUNDS = 3
