@@ -186,6 +186,14 @@ def test_choose_is_a_pure_rule():
     assert autoquant.choose({"noquant": None, "x": 0.1}, {"x": 40}, 16.5, 0.05)[0] == "noquant"
 
 
+def test_a_layer_the_forward_pass_never_calls_is_left_alone(fake_modes, tmp_path):
+    model, x = fake_modes
+    model.unused = TimedLinear(128, 128)
+    report = autoquant.apply(model, CPU, torch.float32, x, ctx(tmp_path))
+    assert "not called by one forward pass" in report.skipped_layers["unused"]
+    assert type(model.unused) is TimedLinear and report.layers_total == 4 and report.layers_quantized == 2
+
+
 def test_the_search_does_not_change_the_model(fake_modes, tmp_path):
     model, x = fake_modes
     autoquant.search(model, CPU, torch.float32, x, ctx(tmp_path))
