@@ -2,6 +2,8 @@
 
     python benchmarks/autoquant_search.py                 # default CPU model (mlp), bf16, compiled
     python benchmarks/autoquant_search.py --repeat 3      # the CPU is shared: see how much the figures move
+    python benchmarks/autoquant_search.py --threads 1     # on a CPU other processes load: 2-thread OpenMP
+                                                          # regions stall when one thread is descheduled
 
 Each repeat uses a fresh, empty cache folder (so "cold" means no stored timings; inductor's own
 compile cache may still be warm), sweeps every mode plus autoquant, then sweeps autoquant again

@@ -1,5 +1,6 @@
 """autoquant: the per-layer decision (fake clock and fake modes), the cache, real torchao modes, torchao's own autoquant."""
 
+import importlib
 import math
 import sys
 import types
@@ -169,6 +170,7 @@ def test_copies_stream_as_many_weight_bytes_as_the_model():
     lin = nn.Linear(1024, 2816, bias=False)  # 11.5 MB in fp32
     assert autoquant.copies_for(lin, 6 * 1024 * 2816 * 4) == 6
     assert autoquant.copies_for(lin, 1) == 1
+    assert autoquant.copies_for(lin, autoquant.STREAM_BYTES_MIN) == 1  # fits in cache: one layer is faithful
     assert autoquant.copies_for(nn.Linear(8, 8), 10**12) == autoquant.MAX_COPIES
     stack = autoquant.Copies(lin, 3)
     assert len(stack(torch.randn(1, 1024))) == 3
@@ -182,6 +184,14 @@ def test_choose_is_a_pure_rule():
     assert autoquant.choose(times, {"x": 1, "y": 1, "z": 50}, 16.5, 0.05)[0] == "noquant"  # z only 4% faster
     assert autoquant.choose(times, {"x": 1, "y": 1, "z": 50}, 16.5, 0.0)[0] == "z"
     assert autoquant.choose({"noquant": None, "x": 0.1}, {"x": 40}, 16.5, 0.05)[0] == "noquant"
+
+
+def test_a_layer_the_forward_pass_never_calls_is_left_alone(fake_modes, tmp_path):
+    model, x = fake_modes
+    model.unused = TimedLinear(128, 128)
+    report = autoquant.apply(model, CPU, torch.float32, x, ctx(tmp_path))
+    assert "not called by one forward pass" in report.skipped_layers["unused"]
+    assert type(model.unused) is TimedLinear and report.layers_total == 4 and report.layers_quantized == 2
 
 
 def test_the_search_does_not_change_the_model(fake_modes, tmp_path):
@@ -304,9 +314,13 @@ def test_bad_settings_are_clear_errors_before_anything_runs(settings, message, t
         run(two_linear, (torch.randn(1, 128),), autoquant=settings)
 
 
-def test_cli_floor_flag(tmp_path):
+def test_cli_floor_flag(tmp_path, monkeypatch):
+    sweep_mod = importlib.import_module("torchao_nb.sweep")  # the package exports the function under that name
+
+    real = sweep_mod.sweep
+    monkeypatch.setattr(sweep_mod, "sweep", lambda **kw: real(**kw, policy=measure.FAST_POLICY))  # quick timing
     out = tmp_path / "out"
-    assert main(["run", "--model", "mlp", "--modes", "autoquant", "--device", "cpu", "--no-compile", "--quiet",
+    assert main(["run", "--model", "llama-tiny", "--modes", "autoquant", "--device", "cpu", "--no-compile", "--quiet",
                  "--autoquant-floor", "1000", "--out", str(out)]) == 0
     from torchao_nb.results import ResultSet
 

@@ -32,8 +32,8 @@ DEFAULT_MARGIN = 0.05
 CACHE_ENV = "TORCHAO_NB_CACHE_DIR"  # overrides the cache folder (default ~/.cache/torchao_nb)
 # Each candidate is timed for at most this long after warm-up: one layer's kernel settles fast,
 # and the search times (shapes x candidates) of them. The time is split into rounds that visit
-# every candidate in turn; a candidate's time is its best round's median, so a burst of load from
-# another process penalises one round, not one candidate.
+# every candidate in turn, and a candidate's time is its fastest sample over all rounds, so a burst
+# of load from another process can't single out one candidate.
 SEARCH_MAX_TIME_S = 0.6
 SEARCH_WARMUP_S = 0.05
 SEARCH_ROUNDS = 3
@@ -41,7 +41,8 @@ SEARCH_ROUNDS = 3
 # model whose weights outgrow the cache never enjoys: memory-bound weight-only modes would look no
 # faster than noquant. So each candidate is timed as distinct copies of the layer called in turn,
 # whose unquantized weights add up to the model's Linear weights (capped): weights stream from
-# memory as they do in the model.
+# memory as they do in the model. A model whose Linears fit in cache is timed one layer at a time.
+STREAM_BYTES_MIN = 16 * 2**20
 STREAM_BYTES_MAX = 256 * 2**20
 MAX_COPIES = 64
 NOQUANT = "noquant"
@@ -202,6 +203,8 @@ class Copies(nn.Module):
 
 def copies_for(layer: nn.Linear, model_linear_bytes: int) -> int:
     """How many copies of `layer` hold as many weight bytes as the model's Linears (capped)."""
+    if model_linear_bytes <= STREAM_BYTES_MIN:
+        return 1
     layer_bytes = layer.weight.numel() * layer.weight.element_size()
     target = min(model_linear_bytes, STREAM_BYTES_MAX)
     return max(1, min(MAX_COPIES, round(target / max(1, layer_bytes))))
