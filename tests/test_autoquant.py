@@ -1,6 +1,5 @@
 """autoquant: the per-layer decision (fake clock and fake modes), the cache, real torchao modes, torchao's own autoquant."""
 
-import importlib
 import math
 import sys
 import types
@@ -315,13 +314,9 @@ def test_bad_settings_are_clear_errors_before_anything_runs(settings, message, t
 
 
 def test_cli_floor_flag(tmp_path, monkeypatch):
-    sweep_mod = importlib.import_module("torchao_nb.sweep")  # the package exports the function under that name
-
-    real = sweep_mod.sweep
-    monkeypatch.setattr(sweep_mod, "sweep", lambda **kw: real(**kw, policy=measure.FAST_POLICY))  # quick timing
     out = tmp_path / "out"
     assert main(["run", "--model", "llama-tiny", "--modes", "autoquant", "--device", "cpu", "--no-compile", "--quiet",
-                 "--autoquant-floor", "1000", "--out", str(out)]) == 0
+                 "--quick", "--autoquant-floor", "1000", "--out", str(out)]) == 0
     from torchao_nb.results import ResultSet
 
     (row,) = ResultSet.load(out)

@@ -11,7 +11,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -578,19 +578,20 @@ _STATUS_STYLE = {"chosen": dict(edgecolor="black", linewidth=2.0), "below floor"
 
 def plot_choices(results, ax=None):
     """Per layer, each candidate's time relative to noquant; the chosen bar outlined, below-floor ones hatched."""
-    import matplotlib.pyplot as plt
-    import numpy as np
+    from matplotlib.figure import Figure
     from matplotlib.patches import Patch
+
+    from .plots import mode_color  # one colour per mode, the same as in every other figure
 
     tables = _tables(results)
     if ax is not None and len(tables) > 1:
         raise ValueError(f"{len(tables)} autoquant rows but one ax: pass a single row (results.where(...)) or no ax")
     if ax is None:
-        fig, axes = plt.subplots(len(tables), 1, figsize=(9, 3.4 * len(tables)), squeeze=False)
-        axes = axes[:, 0]
+        # Figure() rather than pyplot: no global figure registry, safe from the panel's worker thread.
+        fig = Figure(figsize=(9, 3.4 * len(tables)), layout="constrained")
+        axes = [fig.add_subplot(len(tables), 1, i + 1) for i in range(len(tables))]
     else:
-        fig, axes = ax.figure, [ax]
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        fig, axes = ax.get_figure(root=True), [ax]
     for ax_, (ident, table) in zip(axes, tables):
         layers = [l for l in table["layers"] if l["candidates"].get(NOQUANT, {}).get("ms")]
         modes = list(dict.fromkeys(m for l in layers for m in l["candidates"]))
@@ -600,7 +601,7 @@ def plot_choices(results, ax=None):
                 c = layer["candidates"].get(mode, {})
                 if c.get("ms") is not None:
                     ax_.bar(i + (j - (len(modes) - 1) / 2) * width, c["ms"] / layer["candidates"][NOQUANT]["ms"], width,
-                            color=colors[j % len(colors)], **_STATUS_STYLE.get(c.get("status"), {}))
+                            color=mode_color(mode), **_STATUS_STYLE.get(c.get("status"), {}))
         ax_.axhline(1 - table["margin"], color="grey", linestyle=":", linewidth=1)
         ax_.set_xticks(range(len(layers)), [f"{l['layer']}\n→ {l['choice']}" for l in layers], fontsize=8)
         ax_.set_ylabel("time / noquant (lower is faster)")
@@ -608,9 +609,8 @@ def plot_choices(results, ax=None):
         who += f", batch {ident['batch_size']}" if "batch_size" in ident else ""
         ax_.set_title(f"autoquant choices{': ' + who if who else ''}\n"
                       f"SQNR floor {table['sqnr_floor_db']:g} dB, margin {table['margin']:.0%} (dotted line)", fontsize=9)
-        handles = [Patch(color=colors[j % len(colors)], label=m) for j, m in enumerate(modes)]
+        handles = [Patch(color=mode_color(m), label=m) for m in modes]
         handles += [Patch(facecolor="white", edgecolor="black", linewidth=2, label="chosen"),
                     Patch(facecolor="white", edgecolor="grey", hatch="//", label="below floor")]
         ax_.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-    fig.tight_layout()
     return fig

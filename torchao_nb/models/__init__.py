@@ -146,7 +146,7 @@ for _name, _v in vit.SIZES.items():
 
 DEFAULT_MODEL = "mlp"
 
-from . import hf  # noqa: E402  (registers minilm and the hf forms; imports transformers only when used)
+from . import hf  # noqa: E402,F401  (registers minilm and the hf forms; imports transformers only when used)
 
 
 def get(name: str) -> ModelSpec:
