@@ -16,7 +16,7 @@ from torch import nn
 
 from . import baseline as baseline_mod
 from . import env as envmod
-from . import measure, models, recipes
+from . import measure, models, recipes, tables
 from .env import UserError
 from .results import ResultSet, Row
 from .sweep import check_batch_sizes, sweep
@@ -62,27 +62,9 @@ def default_namespace() -> dict[str, Any]:
 # ---- pieces that hold no widget state: reachable from tests without a browser -------------------
 
 def table_html(results: ResultSet | None) -> str:
-    """The headline columns of each row, as a small HTML table."""
     if not results:
         return "<i>No results yet: pick modes and press Run.</i>"
-
-    def f(v, fmt):
-        return "" if v is None else format(v, fmt)
-
-    head = ["model", "mode", "batch", "status", "median ms", "speedup", "vs eager", "SQNR dB", "weights MB", "layers", "note"]
-    body = []
-    for r in results:
-        sqnr = "inf" if r.status == "ok" and r.sqnr_db is None and r.cosine is not None else f(r.sqnr_db, ".1f")
-        layers = "" if r.layers_quantized is None else f"{r.layers_quantized}/{r.layers_total}"
-        note = r.reason if r.status != "ok" else ("noisy" if r.noisy else "")
-        cells = [r.model, r.mode, str(r.batch_size), r.status, f(r.median_ms, ".3f"), f(r.speedup, ".2f"),
-                 f(r.speedup_vs_eager, ".2f"), sqnr, f(None if r.weight_bytes is None else r.weight_bytes / 1e6, ".1f"),
-                 layers, note]
-        style = {"error": ' style="color:#b00020"', "skipped": ' style="color:#777"'}.get(r.status, "")
-        body.append(f"<tr{style}>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
-    return ('<table class="torchao-nb-results" style="border-collapse:collapse;font-size:12px">'
-            "<thead><tr>" + "".join(f"<th style='text-align:left;padding-right:8px'>{h}</th>" for h in head)
-            + "</tr></thead><tbody>" + "".join(body) + "</tbody></table>")
+    return tables.headline_html(results)
 
 
 def baseline_html() -> str:
