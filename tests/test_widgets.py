@@ -213,3 +213,28 @@ def test_export_before_a_run_says_what_to_do():
     p = BenchmarkPanel()
     with pytest.raises(UserError, match="press Run first"):
         p.export()
+
+
+def test_export_writes_results_files_and_the_html_report(notebook, tmp_path):
+    from torchao_nb import ResultSet
+
+    p = panel_on(notebook, modes=("noquant",), out=str(tmp_path / "exp"))
+    p.run()
+    p.export_button.click()
+    assert p.error is None, p.log.value
+    files = {f.name for f in (tmp_path / "exp").iterdir()}
+    assert {"results.csv", "results.json", "environment.json", "report.html"} <= files
+    assert ResultSet.load(tmp_path / "exp").rows == p.results.rows
+    assert "data:image/png;base64" in (tmp_path / "exp" / "report.html").read_text()
+    assert "exported" in p.status.value
+
+
+def test_export_to_an_unwritable_folder_is_shown(notebook, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    p = panel_on(notebook, modes=("noquant",))
+    p.run()
+    p.export_dir.value = str(blocker / "sub")
+    p.export_button.click()
+    assert isinstance(p.error, UserError) and "cannot write to" in str(p.error)
+    assert "cannot write to" in p.errors.value

@@ -1,4 +1,4 @@
-"""The headless command line: `python -m torchao_nb run | list-modes | list-models | notebook`."""
+"""The headless command line: `python -m torchao_nb run | list-modes | list-models | report | notebook`."""
 
 from __future__ import annotations
 
@@ -76,6 +76,14 @@ def _notebook(args) -> int:
     return 0
 
 
+def _report(args) -> int:
+    from .report import build
+
+    rep = build(args.results, args.out, labels=args.label)
+    print(f"report: {rep.html} (self-contained, opens offline); figures: {', '.join(p.name for p in rep.figures)}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m torchao_nb", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -116,6 +124,12 @@ def parser() -> argparse.ArgumentParser:
     nb.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE", help="any other parameter")
     nb.add_argument("--timeout", type=int, default=3600, help="seconds allowed per cell")
     nb.set_defaults(func=_notebook)
+
+    rep = sub.add_parser("report", help="one self-contained HTML file (+ PNG figures beside it) from results folders")
+    rep.add_argument("results", nargs="+", help="results folder(s) written by `run --out`; several are compared")
+    rep.add_argument("--out", default="report.html", help="the HTML file to write (default: report.html)")
+    rep.add_argument("--label", action="append", help="a name for each results folder, in order (default: folder names)")
+    rep.set_defaults(func=_report)
     return p
 
 

@@ -15,6 +15,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
+from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from .env import UserError
 from .results import ResultSet, Row
@@ -114,34 +115,38 @@ def _short(text: str, width: int = 100) -> str:
 class _Notes:
     """Numbered footnotes for skipped/error cells, numbered the same way in every figure of one result set.
 
-    Cells that failed the same way in several runs share one footnote naming the runs."""
+    One footnote per (model, mode, status, reason): the batch sizes and runs it applies to are listed in it."""
 
     def __init__(self, results: ResultSet | None = None, prefix: str = ""):
         self._index: dict[tuple, int] = {}
         self._rows: list[Row] = []
-        self._prefixes: list[list[str]] = []
+        self._where: list[tuple[list, list]] = []  # (runs, batch sizes) per footnote
         if results is not None:
             for row in results.rows:
                 if row.status != "ok":
                     self.number(row, prefix)
 
     def number(self, row: Row, prefix: str = "") -> int:
-        key = (row.model, row.mode, row.batch_size, row.status, row.reason)
+        key = (row.model, row.mode, row.status, row.reason)
         if key not in self._index:
             self._index[key] = len(self._rows) + 1
             self._rows.append(row)
-            self._prefixes.append([])
+            self._where.append(([], []))
         n = self._index[key]
-        if prefix and prefix not in self._prefixes[n - 1]:
-            self._prefixes[n - 1].append(prefix)
+        runs, sizes = self._where[n - 1]
+        if prefix and prefix not in runs:
+            runs.append(prefix)
+        if row.batch_size not in sizes:
+            sizes.append(row.batch_size)
         return n
 
     def lines(self, width: int | None = 160) -> list[str]:
         out = []
-        for n, (row, prefixes) in enumerate(zip(self._rows, self._prefixes), 1):
-            where = f"{', '.join(prefixes)}: " if prefixes else ""
+        for n, (row, (runs, sizes)) in enumerate(zip(self._rows, self._where), 1):
+            where = f"{', '.join(runs)}: " if runs else ""
             reason = row.reason or "no reason recorded"
-            out.append(f"[{n}] {where}{row.mode} ({row.model}, batch {row.batch_size}) {row.status}: "
+            batches = ", ".join(map(str, sizes))
+            out.append(f"[{n}] {where}{row.mode} ({row.model}, batch {batches}) {row.status}: "
                        f"{_short(reason, width) if width else ' '.join(reason.split())}")
         return out
 
@@ -256,6 +261,11 @@ def _grouped_bars(ax: Axes, groups: list[tuple[str, list[tuple[str, list[Row | N
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
     return heights
+
+
+def _decades(ax: Axes) -> float:
+    lo, hi = ax.dataLim.intervaly
+    return math.log10(hi / lo) if lo > 0 and hi > 0 else 0.0
 
 
 def _single_run_groups(results: ResultSet) -> list[tuple[str, list[tuple[str, Row]]]]:
@@ -377,35 +387,41 @@ def accuracy_vs_speedup(results: ResultSet, ax: Axes | None = None, notes: bool 
                if r.status == "ok" and r.speedup is not None and _accuracy(r, metric) is not None]
     finite = [a for _, _, a in plotted if math.isfinite(a)]
     top = (max(finite) + max(3.0, 0.12 * (max(finite) - min(finite)))) if finite else 1.0  # where "identical" sits
-    handles = {}
+    handles: dict[str, Any] = {}
+    several = len(groups) > 1
     for gi, (gkey, glabel) in enumerate(groups):
         pts = [(r, s, a) for r, s, a in plotted if _group_key(r) == gkey]
         if not pts:
             continue
-        marker = markers[gi % len(markers)]
+        marker, style = markers[gi % len(markers)], ["--", ":", "-."][gi % 3]
+        if several:  # marker shape tells the groups apart; colour stays the mode's
+            handles[glabel] = Line2D([], [], marker=marker, color="0.5", markeredgecolor="black", linestyle="none")
         xy = [(s, top if math.isinf(a) else a) for _, s, a in pts]
         for (r, s, a), (x, y) in zip(pts, xy):
             ax.scatter([x], [y], s=60, color=mode_color(r.mode), marker="^" if math.isinf(a) else marker,
                        edgecolor="black", linewidth=0.6, zorder=3, gid=f"point|{r.mode}|{glabel}")
-            text = r.mode + (" (identical)" if math.isinf(a) else "") + (f" · {glabel}" if len(groups) > 1 else "")
-            ax.annotate(text, (x, y), xytext=(5, 4), textcoords="offset points", fontsize=8)
+            ax.annotate(r.mode + (" (identical)" if math.isinf(a) else ""), (x, y), xytext=(5, 4),
+                        textcoords="offset points", fontsize=8)
         front = pareto_front(xy)
         if len(front) > 1:
             fx, fy = zip(*(xy[i] for i in front))
-            line, = ax.plot(fx, fy, color="0.3", linestyle="--", linewidth=1, zorder=2, gid=f"pareto|{glabel}")
-            handles["Pareto front" + (f" ({glabel})" if len(groups) > 1 else "")] = line
+            line, = ax.plot(fx, fy, color="0.3", linestyle=style, linewidth=1, zorder=2, gid=f"pareto|{glabel}")
+            handles["Pareto front" + (f" ({glabel})" if several else "")] = line
         ax.scatter([xy[i][0] for i in front], [xy[i][1] for i in front], s=170, facecolor="none", edgecolor="0.2",
                    linewidth=1.2, zorder=2, gid=f"pareto-points|{glabel}")
     ax.axvline(1.0, color="black", linewidth=1, linestyle=":")
     if any(math.isinf(a) for _, _, a in plotted):
         ax.axhline(top, color="0.7", linewidth=0.8, linestyle=":")
-    # Cells with no point: listed inside the axes, so they are seen, each pointing to its reason.
-    absent = [r for r in rs.rows if r not in {p[0] for p in plotted}]
-    for k, r in enumerate(absent):
-        tag = f"[{nt.number(r)}]" if r.status != "ok" else f"(no {'speedup' if r.speedup is None else 'accuracy'})"
-        ax.text(0.99, 0.03 + 0.065 * k, f"✗ {r.mode} {r.status} {tag}", transform=ax.transAxes, ha="right", va="bottom",
-                fontsize=8, color=mode_color(r.mode), gid=f"{r.status}|{r.mode}|{_group_label(_group_key(r), [])}",
-                bbox=dict(facecolor="white", edgecolor="none", alpha=0.8, pad=1))
+    # Cells with no point are listed in the legend (✗, the mode's colour, the footnote number): seen, never dropped.
+    shown = {p[0] for p in plotted}
+    for r in rs.rows:
+        if r in shown:
+            continue
+        tag = f"{r.status} [{nt.number(r)}]" if r.status != "ok" else f"no {'speedup' if r.speedup is None else 'accuracy'}"
+        label = f"✗ {r.mode}: {tag}"
+        if label not in handles:
+            handles[label] = Line2D([], [], marker="x", mew=2, color=mode_color(r.mode), linestyle="none",
+                                    gid=f"{r.status}|{r.mode}")
     ax.set_xlabel("speedup vs compiled unquantized baseline (×)")
     ax.set_ylabel(ACCURACY[metric][0])
     ax.set_title(f"Accuracy vs speedup (up and right is better)\n{_subject(rs.rows)}", fontsize=10)
@@ -583,10 +599,14 @@ def load_runs(paths: Sequence[str | Path], labels: Sequence[str] | None = None) 
     for i, path in enumerate(paths):
         p = Path(path)
         try:
+            if not p.exists():
+                raise FileNotFoundError(p)
             rs = ResultSet.load(p)
         except FileNotFoundError:
             raise UserError(f"no results in {p}: expected a folder written by `python -m torchao_nb run --out {p}` "
                             "(results.json, rows.jsonl or results.csv), or one of those files") from None
+        except ValueError as e:  # a file that isn't results
+            raise UserError(str(e)) from None
         label = labels[i] if labels else (p.name if p.is_dir() else p.parent.name) or str(p)
         base, n = label, 2
         while label in runs:
@@ -705,6 +725,10 @@ def compare(runs: Mapping[str, ResultSet] | Sequence[ResultSet], ax: Axes | None
         ax.margins(y=0.12)
     else:
         ax.set_yscale("log")
+        ax.margins(y=0.15)
+        plain = FuncFormatter(lambda v, _: f"{v:g}")
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain if _decades(ax) < 2 else NullFormatter())
     ax.set_ylabel(ylabel)
     devices = " vs ".join(f"{l} ({', '.join(dict.fromkeys(f'{r.device} {r.dtype}' for r in runs[l].rows))})" for l in labels)
     models = ", ".join(dict.fromkeys(c[0] for c in cells))

@@ -100,12 +100,13 @@ def _parse(name: str, text: str) -> Any:
     return text
 
 
-def atomic_write(path: str | os.PathLike, text: str) -> None:
+def atomic_write(path: str | os.PathLike, text: str | bytes) -> None:
     """Write to a temporary file beside `path`, then rename: readers never see half a file."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", newline="") as f:
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; results and reports are meant to be shared
+        with (os.fdopen(fd, "wb") if isinstance(text, bytes) else os.fdopen(fd, "w", newline="")) as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())

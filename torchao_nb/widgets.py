@@ -438,10 +438,13 @@ class BenchmarkPanel:
         from . import report
 
         folder = Path(out or self.export_dir.value.strip() or "results/panel")
-        self.results.save(folder)
-        page = report.write_html(self.results, folder / "report.html")
+        try:
+            self.results.save(folder)
+        except OSError as e:
+            raise UserError(f"cannot write to {folder}: {e.strerror or e}; type another folder.") from None
+        page = report.build([folder], folder / "report.html").html
         self.status.value = f"exported to {html.escape(str(folder))}"
-        self._log(f"exported: {folder}/results.csv, results.json, {Path(page).name}")
+        self._log(f"exported: {folder}/results.csv, results.json, environment.json, {page.name}")
         return folder
 
     def table_frame(self):

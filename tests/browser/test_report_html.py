@@ -1,0 +1,72 @@
+"""Opens the HTML report in headless Debian chromium, with the network cut off, and checks what it rendered."""
+
+import struct
+from pathlib import Path
+
+import pytest
+
+from tests.plot_fixtures import SKIP_REASON, other_run, result_set
+from torchao_nb import report
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the `test` extra) for browser tests")
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"]
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),
+                                reason="Debian chromium is missing: apt-get install -y chromium (scripts/test.sh does it)")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        yield b
+        b.close()
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    return struct.unpack(">II", path.read_bytes()[16:24])
+
+
+def test_report_renders_offline_in_chromium(browser, tmp_path):
+    result_set().save(tmp_path / "cpu-run")
+    other_run().save(tmp_path / "gpu-run")
+    rep = report.build([tmp_path / "cpu-run", tmp_path / "gpu-run"], tmp_path / "report.html")
+
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    fetched = []
+
+    def only_local(route):
+        url = route.request.url
+        if url.startswith(("file:", "data:")):
+            route.continue_()
+        else:  # the report must need nothing from a network
+            fetched.append(url)
+            route.abort()
+
+    page.route("**/*", only_local)
+    page.goto(rep.html.as_uri(), wait_until="load")
+
+    images = page.eval_on_selector_all(
+        "figure img", "imgs => imgs.map(i => [i.complete, i.naturalWidth, i.naturalHeight, i.getBoundingClientRect().width])")
+    assert len(images) == 4
+    sizes = sorted(png_size(p) for p in rep.figures)
+    assert sorted((w, h) for _, w, h, _ in images) == sizes  # decoded, at the size of the PNGs beside the report
+    assert all(done and shown > 300 for done, _, _, shown in images)
+    for css, rows in (("results", len(result_set())), ("differences", 10)):
+        counts = page.eval_on_selector_all(f"table.{css}", "ts => ts.map(t => t.tBodies[0].rows.length)")
+        assert counts[0] == rows
+        assert page.locator(f"table.{css}").first.is_visible()
+    assert page.locator("table.reasons").first.get_by_text(SKIP_REASON).first.is_visible()
+    assert page.locator("table.environment").first.get_by_text("Test CPU").is_visible()
+    assert page.title().startswith("torchao_nb report")
+    assert fetched == []
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "report.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+    page.close()

@@ -1,0 +1,81 @@
+import base64
+import html
+import re
+import stat
+
+import pytest
+
+from tests.plot_fixtures import ERROR_REASON, SKIP_REASON, other_run, result_set
+from torchao_nb import report
+from torchao_nb.cli import main
+
+
+@pytest.fixture
+def runs(tmp_path):
+    result_set().save(tmp_path / "cpu-run")
+    other_run().save(tmp_path / "gpu-run")
+    return tmp_path / "cpu-run", tmp_path / "gpu-run"
+
+
+def embedded_pngs(text):
+    return re.findall(r'<img src="data:image/png;base64,([^"]+)"', text)
+
+
+def test_report_is_self_contained_and_its_figures_sit_beside_it(runs, tmp_path):
+    out = tmp_path / "share" / "report.html"
+    rep = report.build(runs, out)
+    text = out.read_text()
+    assert rep.html == out
+    # offline: nothing to fetch, nothing to run
+    assert "<script" not in text.lower()
+    assert not re.search(r'(src|href)="(?!data:)', text)
+    assert "http://" not in text and "https://" not in text
+    # every embedded image is exactly one of the PNG files written beside it
+    beside = sorted(p.name for p in out.parent.glob("*.png"))
+    assert beside == sorted(p.name for p in rep.figures)
+    assert beside == ["report-1-cpu-run-dashboard.png", "report-2-gpu-run-dashboard.png",
+                      "report-compare-latency.png", "report-compare-speedup.png"]
+    assert sorted(base64.b64decode(d) for d in embedded_pngs(text)) == sorted(p.read_bytes() for p in rep.figures)
+    # tables: results of each run, reasons, environment, differences
+    assert text.count('<table class="results">') == 2
+    assert text.count('<table class="environment">') == 2
+    assert text.count('<table class="differences">') == 1
+    assert html.escape(SKIP_REASON) in text and html.escape(ERROR_REASON) in text
+    assert "Test CPU" in text and "Other GPU" in text
+    results = text.split('<table class="results">')[1].split("</table>")[0]
+    assert results.count("<tr") == 1 + len(result_set())
+    assert results.count('<tr class="skipped">') == 2 and results.count('<tr class="error">') == 2
+    # written atomically: no temporary files left, and readable by others
+    assert not list(out.parent.glob(".*tmp"))
+    assert stat.S_IMODE(out.stat().st_mode) & 0o044 == 0o044
+
+
+def test_report_escapes_what_it_quotes(tmp_path):
+    import dataclasses
+
+    rs = result_set()
+    rs = rs.with_rows([dataclasses.replace(rs.rows[3], reason="<script>alert(1)</script>"), *rs.rows[:3], *rs.rows[4:]])
+    rs.save(tmp_path / "r")
+    text = report.build([tmp_path / "r"], tmp_path / "r.html").html.read_text()
+    assert "<script>" not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+
+
+def test_report_command(runs, tmp_path, capsys):
+    out = tmp_path / "cli.html"
+    assert main(["report", str(runs[0]), "--out", str(out), "--label", "laptop"]) == 0
+    printed = capsys.readouterr().out
+    assert str(out) in printed and "cli-1-laptop-dashboard.png" in printed
+    text = out.read_text()
+    assert "<h2>laptop</h2>" in text and 'id="comparison"' not in text  # one run: nothing to compare
+    assert len(embedded_pngs(text)) == 1
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["report", "{tmp}/nowhere", "--out", "{tmp}/r.html"], "no results in"),
+    (["report", "{run}", "--out", "{tmp}/r.pdf"], "must name an .html file"),
+    (["report", "{run}", "--out", "{tmp}/r.html", "--label", "a", "--label", "b"], "one label per folder"),
+])
+def test_report_user_errors(argv, message, runs, tmp_path, capsys):
+    rc = main([a.replace("{tmp}", str(tmp_path)).replace("{run}", str(runs[0])) for a in argv])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and err.startswith("error: ")
