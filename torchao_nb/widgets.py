@@ -216,7 +216,8 @@ class BenchmarkPanel:
         self.modes = ToggleGroup({n: r.description for n, r in recipes.RECIPES.items()}, multiple=True, value=())
         self.batch_sizes = w.Text(value="1", description="batch sizes", placeholder="e.g. 1,8", style=style)
         self.compile = w.Checkbox(value=True, description="torch.compile each cell", indent=False)
-        self.baseline = w.Checkbox(value=True, description="baseline settings (the seed's compiler flags)", indent=False)
+        self.baseline = w.Checkbox(value=True, description="baseline settings", indent=False)
+        self.baseline.tooltip = "the compiler flags PyTorch's torchao benchmark sets (expand below to see them)"
         self.baseline_view = w.Accordion([w.HTML(baseline_html())], titles=("what the baseline settings set",))
         self.baseline_view.selected_index = None
 
@@ -227,7 +228,7 @@ class BenchmarkPanel:
         self.status = w.HTML("")
         self.errors = w.HTML("")
         self.table = w.HTML(table_html(None))
-        self.figure_view = w.Image(format="png", layout=w.Layout(max_width="100%"))
+        self.figure_view = w.Image(format="png", layout=w.Layout(max_width="100%", display="none"))
         self.export_dir = w.Text(value=out, description="export to", style=style)
         self.export_button = w.Button(description="Export", icon="download", disabled=True,
                                       tooltip="write results.csv/json and report.html into the folder")
@@ -261,7 +262,12 @@ class BenchmarkPanel:
             self.errors, self.table, self.figure_view,
             w.HBox([self.export_dir, self.export_button]), self.log_view,
         ], layout=w.Layout(border="1px solid #ddd", padding="6px"))
+        # Stable hooks for browser tests and user CSS.
         self.widget.add_class("torchao-nb-panel")
+        for widget, name in ((self.modes.box, "modes"), (self.device.box, "device"), (self.figure_view, "figure"),
+                             (self.run_button, "run"), (self.stop_button, "stop"), (self.table, "table"),
+                             (self.errors, "errors"), (self.status, "status"), (self.compile, "compile")):
+            widget.add_class(f"torchao-nb-{name}")
 
     def _repr_mimebundle_(self, **kwargs):
         return self.widget._repr_mimebundle_(**kwargs)
@@ -337,6 +343,7 @@ class BenchmarkPanel:
         self.progress.bar_style = ""
         self.table.value = table_html(None)
         self.figure_view.value = b""
+        self.figure_view.layout.display = "none"
         self._set_running(True)
         self.status.value = "measuring the unquantized reference…"
         self._log(f"run: {_describe(kwargs)}")
@@ -392,6 +399,7 @@ class BenchmarkPanel:
         if any(r.status == "ok" for r in rs):
             try:
                 self.figure_view.value = figure_png(self.figure(rs))
+                self.figure_view.layout.display = ""
             except Exception as e:  # a drawing failure must not end the sweep, only be shown and kept
                 self._fail(_CallbackError(f"drawing the results failed: {type(e).__name__}: {e}"), cause=e)
         self.errors.value = error_html(self.error, failed)
