@@ -44,7 +44,7 @@ def headline_html(results: ResultSet) -> str:
     body = []
     for rec in frame.to_dict("records"):
         style = _ROW_STYLE.get(rec["status"], "")
-        body.append(f'<tr style="{style}">' + "".join(f"<td>{html.escape(cell(c, rec[c]))}</td>" for c in HEADLINE) + "</tr>")
+        body.append(f'<tr style="{style}">' + "".join(f'<td style="padding-right:10px">{html.escape(cell(c, rec[c]))}</td>' for c in HEADLINE) + "</tr>")
     head = "".join(f'<th style="text-align:left;padding-right:10px">{c}</th>' for c in HEADLINE)
     return (f'<table class="torchao-nb-results" style="border-collapse:collapse;font-size:12px">'
             f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>")
