@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.browser.jupyterlab import chromium, jupyterlab, open_and_run_all  # noqa: E402
+from tests.browser.lab import chromium, jupyterlab, open_and_run_all  # noqa: E402
 
 
 def main() -> int:

@@ -71,20 +71,25 @@ def test_modes_that_cannot_run_here_are_disabled_with_their_reason():
         assert button.disabled == (reason is not None)
         if reason:
             assert reason in button.tooltip and name not in p.modes.value
+            with pytest.raises(UserError, match="can't run here"):
+                BenchmarkPanel(modes=[name])
         else:
             assert name in p.modes.value  # every runnable mode is selected by default
     cuda = p.device.buttons["cuda"]
     assert cuda.disabled == (not torch.cuda.is_available())
     if cuda.disabled:
         assert "no CUDA GPU" in cuda.tooltip
-        p.device.value = "cuda"
-        assert p.device.value is None or p.device.value != "cuda"
+        with pytest.raises(UserError, match="no CUDA GPU"):
+            p.device.value = "cuda"
+        assert p.device.value == "auto"
 
 
 def test_device_buttons_are_exclusive_and_refresh_mode_availability():
     p = BenchmarkPanel()
     p.device.buttons["cpu"].value = True
     assert p.device.value == "cpu" and not p.device.buttons["auto"].value
+    p.device.buttons["cpu"].value = False  # clicking the chosen device again keeps it chosen
+    assert p.device.value == "cpu"
     p.dtype.value = "float32"
     # In fp32 on the CPU int4 uses Intx and needs no bf16 kernel: its availability is recomputed.
     expected = recipes.availability(env.device_info("cpu"), torch.float32)

@@ -156,13 +156,18 @@ class ToggleGroup:
                 b.value = False
 
     def _toggled(self, name: str, on: bool) -> None:
-        if self._syncing or self.multiple or not on:
+        if self._syncing or self.multiple:
             return
         self._syncing = True
-        for other, b in self.buttons.items():
-            if other != name:
-                b.value = False
-        self._syncing = False
+        try:
+            if on:
+                for other, b in self.buttons.items():
+                    if other != name:
+                        b.value = False
+            else:  # a radio choice can't be emptied: clicking the chosen button keeps it chosen
+                self.buttons[name].value = True
+        finally:
+            self._syncing = False
 
     @property
     def value(self):
@@ -175,8 +180,15 @@ class ToggleGroup:
         unknown = wanted - set(self.buttons)
         if unknown:
             raise UserError(f"unknown choice {sorted(unknown)}; choose from {', '.join(self.buttons)}.")
-        for name, b in self.buttons.items():
-            b.value = name in wanted and not b.disabled
+        blocked = {n: self.buttons[n].tooltip for n in wanted if self.buttons[n].disabled}
+        if blocked:
+            raise UserError("; ".join(f"{n}: {why}" for n, why in blocked.items()))
+        self._syncing = True
+        try:
+            for name, b in self.buttons.items():
+                b.value = name in wanted
+        finally:
+            self._syncing = False
 
 
 class BenchmarkPanel:
@@ -354,7 +366,11 @@ class BenchmarkPanel:
     def wait(self, timeout: float | None = None) -> ResultSet | None:
         """Block until the current run ends; returns `.results`."""
         if self._thread is not None:
-            self._thread.join(timeout)
+            try:
+                self._thread.join(timeout)
+            except KeyboardInterrupt:  # the kernel's interrupt button: stop the sweep too, not just the wait
+                self.stop()
+                raise
         return self.results
 
     def run(self) -> ResultSet | None:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.browser.jupyterlab import ARTIFACTS, CHROMIUM, chromium, jupyterlab, open_and_run_all, set_modes
+from tests.browser.lab import ARTIFACTS, CHROMIUM, chromium, jupyterlab, open_and_run_all, set_modes
 
 pytest.importorskip("playwright.sync_api", reason="pip install playwright (the `test` extra) for browser tests")
 pytest.importorskip("jupyterlab", reason="pip install jupyterlab (the `test` extra) for browser tests")
