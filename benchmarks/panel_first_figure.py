@@ -31,6 +31,7 @@ def main() -> int:
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--warm-cache", action="store_true", help="keep inductor's on-disk cache (default: start cold)")
     ap.add_argument("--screenshot", default=None, help="save a PNG of the panel after the run")
+    ap.add_argument("--stop-after-first", action="store_true", help="press Stop once the first figure is shown")
     ap.add_argument("--timeout", type=int, default=1200, help="seconds allowed for the whole run")
     args = ap.parse_args()
 
@@ -56,6 +57,8 @@ def main() -> int:
         first = time.perf_counter() - t0
         print(f"click Run -> first figure: {first:.1f} s  (modes selected: {', '.join(modes)}; "
               f"compile {'on' if args.compile else 'off'}; cache {'warm' if args.warm_cache else 'cold'})", flush=True)
+        if args.stop_after_first:
+            panel.locator(".torchao-nb-stop").click()
         page.wait_for_function("el => /^(done|stopped|failed)/.test(el.textContent)", arg=status, timeout=args.timeout * 1000)
         total = time.perf_counter() - t0
         print(f"click Run -> run finished: {total:.1f} s; panel says: {panel.locator('.torchao-nb-status').inner_text()}")
