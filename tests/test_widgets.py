@@ -91,6 +91,7 @@ def test_device_buttons_are_exclusive_and_refresh_mode_availability():
     p.device.buttons["cpu"].value = False  # clicking the chosen device again keeps it chosen
     assert p.device.value == "cpu"
     p.dtype.value = "float32"
+    assert "runs on cpu" in p.resolved.value and "float32" in p.resolved.value
     # In fp32 on the CPU int4 uses Intx and needs no bf16 kernel: its availability is recomputed.
     expected = recipes.availability(env.device_info("cpu"), torch.float32)
     assert {n: b.disabled for n, b in p.modes.buttons.items()} == {n: r is not None for n, r in expected.items()}

@@ -225,6 +225,7 @@ class BenchmarkPanel:
 
         self.device = ToggleGroup({d: "" for d in DEVICE_OPTIONS}, multiple=False, value="auto")
         self.dtype = w.Dropdown(options=DTYPE_OPTIONS, value="auto", description="dtype", style=style)
+        self.resolved = w.HTML()  # what auto means on this machine
         self.modes = ToggleGroup({n: r.description for n, r in recipes.RECIPES.items()}, multiple=True, value=())
         self.batch_sizes = w.Text(value="1", description="batch sizes", placeholder="e.g. 1,8", style=style)
         self.compile = w.Checkbox(value=True, description="torch.compile each cell", indent=False)
@@ -268,7 +269,7 @@ class BenchmarkPanel:
             w.HTML("<h3 style='margin:4px 0'>torchao_nb: quantization benchmark</h3>"),
             w.HBox([self.model, self.model_help]), self.module_box,
             w.HBox([label("modes"), self.modes.box]),
-            w.HBox([label("device"), self.device.box, self.dtype]),
+            w.HBox([label("device"), self.device.box, self.dtype, self.resolved]),
             w.HBox([self.batch_sizes, self.compile, self.baseline]), self.baseline_view,
             w.HBox([self.run_button, self.stop_button, self.progress, self.status]),
             self.errors, self.table, self.figure_view,
@@ -302,6 +303,8 @@ class BenchmarkPanel:
         except UserError:
             return
         info = envmod.device_info(device)
+        self.resolved.value = (f"<span style='font-size:12px;color:#555'>runs on {device} ({html.escape(info.name)}), "
+                               f"{envmod.dtype_name(dtype)}</span>")
         self.modes.set_available(recipes.availability(info, dtype), {n: r.description for n, r in recipes.RECIPES.items()})
 
     # ---- what Run sends to the engine ----
