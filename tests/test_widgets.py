@@ -215,6 +215,14 @@ def test_library_noise_goes_to_the_log_not_stderr(capsys):
     assert logging.getLogger("torchao").propagate and not logging.getLogger("torchao").handlers
 
 
+def test_unknown_model_or_mode_in_the_constructor_says_what_is_valid():
+    with pytest.raises(UserError, match="unknown model 'gpt-9'.*mlp"):
+        BenchmarkPanel(model="gpt-9")
+    with pytest.raises(UserError, match="unknown mode 'int3'"):
+        BenchmarkPanel(modes="int3")
+    assert BenchmarkPanel(model="llama-tiny", modes="noquant,int8dynamic").modes.value == ("noquant", "int8dynamic")
+
+
 def test_export_before_a_run_says_what_to_do():
     p = BenchmarkPanel()
     with pytest.raises(UserError, match="press Run first"):

@@ -214,6 +214,9 @@ class BenchmarkPanel:
         self._log_lines: list[str] = []
         self._lock = threading.Lock()
 
+        if model is not None and model not in models.MODELS:
+            raise UserError(f"unknown model {model!r}; the panel offers: {', '.join(models.MODELS)} "
+                            "(or pick 'a module from this notebook…' for your own nn.Module).")
         style = {"description_width": "90px"}
         model_options = [(f"{n}  ({s.params / 1e6:.1f}M params)", n) for n, s in models.MODELS.items()]
         model_options.append(("a module from this notebook…", NOTEBOOK_MODULE))
