@@ -42,20 +42,24 @@ class LinearStudy:
     after: dict[str, torch.Tensor] = field(default_factory=dict)  # mode → the same weights, dequantized
 
     def figure(self):
-        """The first weights of one output row, original and as each mode stores them."""
+        """The first weights of one output row as each mode stores them (left), and each mode's error (right)."""
         from matplotlib.figure import Figure
 
         from .plots import mode_color
 
-        fig = Figure(figsize=(9, 3.6), layout="constrained")
-        ax = fig.add_subplot()
-        ax.plot(self.original.numpy(), color="black", lw=2.5, alpha=0.35, label="original (float)")
-        for mode, w in self.after.items():
-            ax.plot(w.numpy(), drawstyle="steps-mid", lw=1, color=mode_color(mode), label=mode)
-        ax.set_xlabel("input feature (first weights of output row 0)")
-        ax.set_ylabel("weight value")
-        ax.set_title("One Linear's weights before and after quantization")
-        ax.legend(fontsize=8, ncols=3)
+        fig = Figure(figsize=(12, 3.8), layout="constrained")
+        left, right = fig.subplots(1, 2, width_ratios=(3, 2))
+        x = range(len(self.original))
+        left.bar(x, self.original.numpy(), color="#ccc", label="original (float)")
+        quantized = {m: w for m, w in self.after.items() if m != "noquant"}
+        for mode, w in quantized.items():
+            left.scatter(x, w.numpy(), marker="_", s=60, color=mode_color(mode), label=mode)
+            right.plot(x, (w - self.original).numpy(), marker=".", lw=0.8, color=mode_color(mode), label=mode)
+        left.set(xlabel="input feature (first weights of output row 0)", ylabel="weight value",
+                 title="Weights as each mode stores them")
+        right.axhline(0, color="black", lw=0.6)
+        right.set(xlabel="input feature", ylabel="stored − original", title="Rounding error per weight")
+        left.legend(fontsize=8, ncols=2)
         return fig
 
 
