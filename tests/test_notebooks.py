@@ -29,7 +29,7 @@ def check_clean(nb) -> None:
 
 
 def test_stored_notebooks_are_small_and_have_no_outputs():
-    assert notebooks.available() == ["01_quickstart", "02_walkthrough", "03_report"]
+    assert {"01_quickstart", "02_walkthrough", "03_report"} <= set(notebooks.available())
     for name in notebooks.available():
         path = notebooks.find(name)
         nb = nbformat.read(path, as_version=4)
