@@ -270,3 +270,64 @@ def test_load_runs_labels_from_folder_names(rs, tmp_path):
     assert runs["cpu"].rows == rs.rows
     with pytest.raises(UserError, match="one label per folder"):
         plots.load_runs([tmp_path / "cpu"], labels=["a", "b"])
+
+
+def test_noisy_rows_are_outlined_and_wide_latencies_go_log(rs):
+    import dataclasses
+
+    rows = [dataclasses.replace(r, noisy=True, median_ms=500.0) if (r.mode, r.batch_size) == ("int8dynamic", 1) else r
+            for r in rs.rows]
+    fig = plots.latency(rs.with_rows(rows))
+    ax = fig.axes[0]
+    assert gids(ax, "bar|median_ms|int8dynamic|batch 1")["bar|median_ms|int8dynamic|batch 1|median latency"].get_linestyle() in ("--", "dashed")
+    assert gids(ax, "bar|median_ms|noquant|batch 1")["bar|median_ms|noquant|batch 1|median latency"].get_linestyle() in ("-", "solid")
+    assert ax.get_yscale() == "log" and "log scale" in ax.get_ylabel()
+    assert "noisy" in legend_text(fig)
+    assert plots.latency(rs).axes[0].get_yscale() == "linear"
+    mem = plots.memory(rs.with_rows(rows))
+    assert all(p.get_linestyle() in ("-", "solid") for p in gids(mem.axes[0], "bar|").values())  # sizes aren't timings
+    assert "noisy" not in legend_text(mem)
+
+
+def test_dashboard_of_a_real_sweep(two_linear, fast):
+    from torchao_nb import sweep
+
+    real = sweep(model=two_linear, example_inputs=(__import__("torch").randn(2, 128),), modes="noquant,int8dynamic,float8dynamic",
+                 device="cpu", dtype="float32", compile=False, progress=False, policy=fast)
+    fig = plots.dashboard(real)
+    speed = bars(fig.axes[0], "speedup")
+    assert speed == pytest.approx({(r.mode, ""): r.speedup for r in real.rows if r.status == "ok"})
+    assert_marked(fig.axes[0], "float8dynamic", "skipped", "")
+    assert "eager (no compile)" in fig.axes[0].get_title()
+    assert len(speed) == 2 and all(v > 0 for v in speed.values())
+
+
+def test_autoquant_panel_appears_only_with_a_decision_table(rs, monkeypatch):
+    import dataclasses
+    import sys
+    import types
+
+    import torchao_nb
+
+    assert "panel|autoquant" not in [ax.get_gid() for ax in plots.dashboard(rs).axes]
+    drawn = []
+    fake = types.ModuleType("torchao_nb.autoquant")  # stands in for the autoquant module's own figure
+    fake.plot_choices = lambda row, ax=None: (drawn.append(row), ax.set_title("choices"))
+    monkeypatch.setitem(sys.modules, "torchao_nb.autoquant", fake)
+    monkeypatch.setattr(torchao_nb, "autoquant", fake, raising=False)
+    table = '{"autoquant": {"layers": []}}'
+    tagged = [dataclasses.replace(r, mode="autoquant", extra=table) for r in rs.rows if r.mode == "int8dynamic"]
+    fig = plots.dashboard(rs.with_rows([*rs.rows, *tagged]))
+    assert "panel|autoquant" in [ax.get_gid() for ax in fig.axes]
+    assert drawn == [tagged[-1]]
+    assert "the last of 2 autoquant rows" in next(ax for ax in fig.axes if ax.get_gid() == "panel|autoquant").get_title()
+
+
+def test_a_sweep_where_nothing_ran_is_still_drawn_and_marked(rs):
+    bad = rs.with_rows([r for r in rs.rows if r.status != "ok"])
+    fig = plots.dashboard(bad)
+    assert [ax.get_gid() for ax in fig.axes] == ["panel|speedup", "panel|latency", "panel|batch_scaling", "panel|notes"]
+    assert_marked(fig.axes[0], "float8dynamic", "skipped", "batch 4")
+    assert not gids(fig.axes[0], "bar|")
+    for draw in plots.FIGURES.values():
+        assert plots.to_png(draw(bad))  # renders, nothing to raise about

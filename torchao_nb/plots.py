@@ -191,6 +191,7 @@ class _Series:
     err: str | None = None  # Row attribute drawn as the full length of the error bar (IQR)
     hatch: str = ""
     alpha: float = 1.0
+    timed: bool = True  # a measured time (or ratio of times): a noisy row is outlined
 
 
 def _value(row: Row | None, series: _Series) -> float | None:
@@ -236,10 +237,11 @@ def _grouped_bars(ax: Axes, groups: list[tuple[str, list[tuple[str, list[Row | N
                 if s.err and getattr(row, s.err) is not None:
                     half = getattr(row, s.err) * s.scale / 2
                     err = [[min(half, v)], [half]]  # a latency can't go below 0
-                bars = ax.bar(left + width / 2, v, width * 0.95, color=color, hatch=s.hatch, alpha=s.alpha,
-                              edgecolor="white" if not s.hatch else "0.2", linewidth=0.5, yerr=err,
-                              error_kw=dict(ecolor="0.2", capsize=3, linewidth=1), gid=f"bar|{tail}")
-                bars.patches[0].set_gid(f"bar|{tail}")
+                edge = dict(edgecolor="white" if not s.hatch else "0.2", linewidth=0.5)
+                if row.noisy and s.timed:  # a spread-out measurement: outlined, so nobody reads too much into it
+                    edge = dict(edgecolor="black", linewidth=1.2, linestyle="--")
+                bars = ax.bar(left + width / 2, v, width * 0.95, color=color, hatch=s.hatch, alpha=s.alpha, yerr=err,
+                              error_kw=dict(ecolor="0.2", capsize=3, linewidth=1), gid=f"bar|{tail}", **edge)
                 heights.append(v)
                 if fmt:
                     ax.bar_label(bars, [fmt.format(v)], padding=2, fontsize=7.5, rotation=90 if len(series) > 2 else 0)
@@ -260,6 +262,8 @@ def _grouped_bars(ax: Axes, groups: list[tuple[str, list[tuple[str, list[Row | N
             ax.hlines(value, a, b, colors="0.15", linestyles=style, linewidth=1, label=label, gid=f"ref|{label}|{glabel}")
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
+    # Room above the bars for value labels and group names (bars stick to 0, so only the top grows).
+    ax.margins(y=(0.12 if fmt else 0.05) + (0.1 if len(spans) > 1 else 0))
     return heights
 
 
@@ -281,10 +285,25 @@ def _bars_for(results: ResultSet, series: list[_Series]):
     return [(g, [(m, [row] * len(series)) for m, row in cells]) for g, cells in _single_run_groups(results)]
 
 
-def _series_legend(series: list[_Series]) -> tuple[list, list[str]]:
-    if len(series) < 2:
-        return [], []
-    return [Patch(facecolor="0.55", hatch=s.hatch, alpha=s.alpha, edgecolor="0.2") for s in series], [s.label for s in series]
+def _series_legend(series: list[_Series], rows: Sequence[Row] = ()) -> tuple[list, list[str]]:
+    handles, labels = [], []
+    if len(series) > 1:
+        handles = [Patch(facecolor="0.55", hatch=s.hatch, alpha=s.alpha, edgecolor="0.2") for s in series]
+        labels = [s.label for s in series]
+    if any(s.timed for s in series) and any(r.noisy for r in rows if r.status == "ok"):
+        handles.append(Patch(facecolor="white", edgecolor="black", linewidth=1.2, linestyle="--"))
+        labels.append("dashed outline: noisy (IQR > 10% of the median)")
+    return handles, labels
+
+
+def _log_if_wide(ax: Axes, values: Sequence[float], ratio: float = 30.0) -> None:
+    """A log axis when the bars span more than `ratio`×, so the short ones stay visible."""
+    positive = [v for v in values if v and v > 0]
+    if positive and max(positive) / min(positive) > ratio:
+        ax.set_yscale("log")
+        plain = FuncFormatter(lambda v, _: f"{v:g}")
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(NullFormatter())
 
 
 # ---- the figures ------------------------------------------------------------------------------
@@ -306,12 +325,14 @@ def latency(results: ResultSet, ax: Axes | None = None, notes: bool = True) -> F
         return lines
 
     nt = _Notes(rs)
-    _grouped_bars(ax, _bars_for(rs, series), series, nt, None, refs=refs)
-    ax.set_ylabel("latency per call (ms)")
+    heights = _grouped_bars(ax, _bars_for(rs, series), series, nt, None, refs=refs)
+    _log_if_wide(ax, heights + [v for r in ref_rows.values() if r for v in (r.eager_ms, r.baseline_ms) if v])
+    ax.set_ylabel("latency per call (ms" + (", log scale)" if ax.get_yscale() == "log" else ")"))
     ax.set_title(f"Latency per mode (median, error bar = IQR)\n{_subject(rs.rows)}", fontsize=10)
     h, l = ax.get_legend_handles_labels()
     seen = dict(zip(l, h))
-    _notes_legend(fig, ax, nt.lines() if notes else [], own, list(seen.values()), list(seen))
+    nh, nl = _series_legend(series, rs.rows)
+    _notes_legend(fig, ax, nt.lines() if notes else [], own, list(seen.values()) + nh, list(seen) + nl)
     return fig
 
 
@@ -330,10 +351,9 @@ def speedup(results: ResultSet, ax: Axes | None = None, notes: bool = True) -> F
     nt = _Notes(rs)
     _grouped_bars(ax, _bars_for(rs, series), series, nt, "{:.2f}×")
     ax.axhline(1.0, color="black", linewidth=1, linestyle="--", gid="one")
-    ax.margins(y=0.12)
     ax.set_ylabel("speedup (×)")
     ax.set_title(f"Speedup per mode (1.0× = as fast as the unquantized model)\n{_subject(rs.rows)}", fontsize=10)
-    _notes_legend(fig, ax, nt.lines() if notes else [], own, *_series_legend(series))
+    _notes_legend(fig, ax, nt.lines() if notes else [], own, *_series_legend(series, rs.rows))
     return fig
 
 
@@ -342,17 +362,16 @@ def memory(results: ResultSet, ax: Axes | None = None, notes: bool = True) -> Fi
     rs = _check(results)
     fig, ax, own = _new_axes(ax)
     cuda = any(r.device.startswith("cuda") for r in rs.rows)
-    series = [_Series("weights", "weight_bytes", scale=1e-6)]
+    series = [_Series("weights", "weight_bytes", scale=1e-6, timed=False)]
     if any(r.peak_mem_bytes for r in rs.rows if r.status == "ok"):  # CPU RSS growth is often 0: nothing to show
         peak = "peak allocated (CUDA)" if cuda else "peak RSS growth while timing"
-        series.append(_Series(peak, "peak_mem_bytes", scale=1e-6, hatch="///", alpha=0.55))
+        series.append(_Series(peak, "peak_mem_bytes", scale=1e-6, hatch="///", alpha=0.55, timed=False))
     nt = _Notes(rs)
     _grouped_bars(ax, _bars_for(rs, series), series, nt, "{:.1f}")
-    ax.margins(y=0.12)
     ax.set_ylabel("size (MB)")
     what = "Weight size and peak memory" if len(series) > 1 else "Weight size"
     ax.set_title(f"{what} per mode\n{_subject(rs.rows)}", fontsize=10)
-    _notes_legend(fig, ax, nt.lines() if notes else [], own, *_series_legend(series))
+    _notes_legend(fig, ax, nt.lines() if notes else [], own, *_series_legend(series, rs.rows))
     return fig
 
 
@@ -447,8 +466,9 @@ def batch_scaling(results: ResultSet, ax: Axes | None = None, notes: bool = True
     rs = _check(results)
     fig, ax, own = _new_axes(ax)
     nt = _Notes(rs)
-    line_fields = ("model", "device", "dtype", "compile")
+    line_fields = GROUP_FIELDS[:-1]  # one line per (model, device, dtype, compile); batch is the x axis
     lines = list(dict.fromkeys(tuple(getattr(r, f) for f in line_fields) for r in rs.rows))
+    varying = [i for i in range(len(line_fields)) if len({k[i] for k in lines}) > 1]
     styles = ["-", "--", ":", "-."]
     bottom = transforms.blended_transform_factory(ax.transData, ax.transAxes)
 
@@ -463,7 +483,7 @@ def batch_scaling(results: ResultSet, ax: Axes | None = None, notes: bool = True
             rows = sorted((r for r in rs.rows if r.mode == mode and tuple(getattr(r, f) for f in line_fields) == lkey),
                           key=lambda r: r.batch_size)
             ok = [(r.batch_size, value(r)) for r in rows if r.status == "ok" and value(r) is not None]
-            label = mode if len(lines) == 1 else f"{mode} · {' '.join(map(str, lkey))}"
+            label = mode if len(lines) == 1 else f"{mode} · {_group_label(lkey, varying)}"
             if ok:
                 ax.plot(*zip(*ok), marker="o", color=mode_color(mode), linestyle=styles[li % len(styles)], label=label,
                         gid=f"line|{mode}|{li}")
@@ -532,6 +552,25 @@ register_panel(Panel("memory", lambda rs, ax: memory(rs, ax, notes=False), _has(
 register_panel(Panel("batch_scaling", lambda rs, ax: batch_scaling(rs, ax, notes=False),
                      lambda rs: len({r.batch_size for r in rs.rows}) > 1))
 
+AUTOQUANT_KEY = "autoquant"  # Row.extra key of torchao_nb.autoquant's per-layer decision table
+
+
+def _autoquant_rows(rs: ResultSet) -> list[Row]:
+    return [r for r in rs.rows if r.status == "ok" and AUTOQUANT_KEY in r.extra_dict]
+
+
+def _draw_autoquant(rs: ResultSet, ax: Axes) -> None:
+    from . import autoquant  # only reached when a row carries the table, i.e. when autoquant made it
+
+    rows = _autoquant_rows(rs)
+    autoquant.plot_choices(rows[-1], ax=ax)
+    if len(rows) > 1:
+        ax.set_title(f"{ax.get_title()}\n(the last of {len(rows)} autoquant rows; all of them: autoquant.decision_table)",
+                     fontsize=9)
+
+
+register_panel(Panel("autoquant", _draw_autoquant, lambda rs: bool(_autoquant_rows(rs)), wide=True))
+
 
 def _headline(rs: ResultSet) -> str:
     env = rs.environment or {}
@@ -543,7 +582,7 @@ def _headline(rs: ResultSet) -> str:
     if env.get("torch"):
         parts.append(f"torch {env['torch']}, torchao {env.get('torchao')}")
     if env.get("threads"):
-        parts.append(f"{env['threads']} threads")
+        parts.append(f"{env['threads']} thread" + ("s" if env["threads"] != 1 else ""))
     parts.append("compiled" if any(r.compile for r in rs.rows) else "eager")
     return " · ".join(parts)
 
@@ -577,6 +616,7 @@ def dashboard(results: ResultSet, panels: Sequence[str] | None = None) -> Figure
             ax = fig.add_subplot(grid[i, :] if len(row) == 1 else grid[i, j])
             p.draw(rs, ax)
             ax.set_gid(f"panel|{p.name}")
+    fig.set_layout_engine("constrained")  # in case a panel's code switched it (tight_layout)
     if lines:
         nax = fig.add_subplot(grid[-1, :])
         nax.axis("off")
@@ -722,7 +762,6 @@ def compare(runs: Mapping[str, ResultSet] | Sequence[ResultSet], ax: Axes | None
     _grouped_bars(ax, groups, series, nt, fmt, prefixes=labels)
     if metric == "speedup":
         ax.axhline(1.0, color="black", linewidth=1, linestyle="--")
-        ax.margins(y=0.12)
     else:
         ax.set_yscale("log")
         ax.margins(y=0.15)
