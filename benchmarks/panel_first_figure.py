@@ -1,6 +1,6 @@
 """Click Run → first figure in a real browser: JupyterLab + Debian chromium, the quickstart panel with its defaults.
 
-    python benchmarks/panel_first_figure.py [--model mlp] [--no-compile] [--screenshot docs/panel.png]
+    python benchmarks/panel_first_figure.py [--model mlp] [--no-compile] [--threads N] [--screenshot docs/panel.png]
 
 Opens notebooks/01_quickstart in JupyterLab, runs it, leaves every panel setting at its default
 (default model, every runnable mode, compile on, baseline on, batch 1) unless told otherwise,
@@ -29,6 +29,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="default: the panel's default model")
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--threads", type=int, default=None, help="type this into the panel's CPU threads box")
     ap.add_argument("--warm-cache", action="store_true", help="keep inductor's on-disk cache (default: start cold)")
     ap.add_argument("--screenshot", default=None, help="save a PNG of the panel after the run")
     ap.add_argument("--stop-after-first", action="store_true", help="press Stop once the first figure is shown")
@@ -45,6 +46,10 @@ def main() -> int:
         if args.model:
             picker = panel.locator("select").first
             picker.select_option(label=picker.locator("option", has_text=args.model).first.inner_text())
+        if args.threads:
+            box = panel.locator(".torchao-nb-threads input")
+            box.fill(str(args.threads))
+            box.press("Enter")
         if not args.compile:
             panel.locator(".torchao-nb-compile input[type=checkbox]").uncheck()
         modes = [b.inner_text().strip() for b in panel.locator(".torchao-nb-modes button.mod-active").all()]

@@ -99,12 +99,15 @@ def test_device_buttons_are_exclusive_and_refresh_mode_availability():
 
 def test_run_button_runs_in_the_background_and_fills_table_figure_and_results(notebook):
     before = {k: v.clone() for k, v in notebook["net"].state_dict().items()}
+    threads_before = torch.get_num_threads()
     p = panel_on(notebook)
+    p.threads.value = 1
     p.run_button.click()
     assert p.wait(timeout=300) is not None and not p.running
     assert p.error is None, p.log.value
     assert [r.mode for r in p.results] == ["noquant", "int8dynamic"]
     assert all(r.status == "ok" and r.model == "TwoLinear" and r.dtype == "float32" and not r.compile for r in p.results)
+    assert all(r.threads == 1 for r in p.results) and torch.get_num_threads() == threads_before
     assert p.results.where(mode="int8dynamic").rows[0].sqnr_db > 20
     assert bytes(p.figure_view.value).startswith(PNG)
     assert "int8dynamic" in p.table.value and "TwoLinear" in p.table.value

@@ -6,12 +6,14 @@ import contextlib
 import html
 import io
 import logging
+import os
 import threading
 import traceback
 from pathlib import Path
 from typing import Any, Callable
 
 import ipywidgets as w
+import torch
 from torch import nn
 
 from . import baseline as baseline_mod
@@ -231,6 +233,8 @@ class BenchmarkPanel:
         self.resolved = w.HTML()  # what auto means on this machine
         self.modes = ToggleGroup({n: r.description for n, r in recipes.RECIPES.items()}, multiple=True, value=())
         self.batch_sizes = w.Text(value="1", description="batch sizes", placeholder="e.g. 1,8", style=style)
+        self.threads = w.BoundedIntText(value=torch.get_num_threads(), min=1, max=max(os.cpu_count() or 1, torch.get_num_threads()),
+                                        description="CPU threads", style=style, layout=w.Layout(width="160px"))
         self.compile = w.Checkbox(value=True, description="torch.compile each cell", indent=False)
         self.baseline = w.Checkbox(value=True, description="baseline settings", indent=False)
         self.baseline.tooltip = "the compiler flags PyTorch's torchao benchmark sets (expand below to see them)"
@@ -273,7 +277,7 @@ class BenchmarkPanel:
             w.HBox([self.model, self.model_help]), self.module_box,
             w.HBox([label("modes"), self.modes.box]),
             w.HBox([label("device"), self.device.box, self.dtype, self.resolved]),
-            w.HBox([self.batch_sizes, self.compile, self.baseline]), self.baseline_view,
+            w.HBox([self.batch_sizes, self.threads, self.compile, self.baseline]), self.baseline_view,
             w.HBox([self.run_button, self.stop_button, self.progress, self.status]),
             self.errors, self.table, self.figure_view,
             w.HBox([self.export_dir, self.export_button]), self.log_view,
@@ -282,7 +286,8 @@ class BenchmarkPanel:
         self.widget.add_class("torchao-nb-panel")
         for widget, name in ((self.modes.box, "modes"), (self.device.box, "device"), (self.figure_view, "figure"),
                              (self.run_button, "run"), (self.stop_button, "stop"), (self.table, "table"),
-                             (self.errors, "errors"), (self.status, "status"), (self.compile, "compile")):
+                             (self.errors, "errors"), (self.status, "status"), (self.compile, "compile"),
+                             (self.threads, "threads")):
             widget.add_class(f"torchao-nb-{name}")
 
     def _repr_mimebundle_(self, **kwargs):
@@ -339,7 +344,7 @@ class BenchmarkPanel:
             raise UserError("no mode selected; click at least one mode button.")
         return dict(self._model_args(), modes=list(modes), device=self.device.value or "auto",
                     dtype=self.dtype.value, batch_sizes=check_batch_sizes(self.batch_sizes.value.split(",")),
-                    compile=self.compile.value, baseline=self.baseline.value, policy=self.policy)
+                    compile=self.compile.value, baseline=self.baseline.value, threads=self.threads.value, policy=self.policy)
 
     # ---- running ----
     @property
@@ -489,5 +494,6 @@ class _CallbackError(RuntimeError):
 def _describe(kwargs: dict[str, Any]) -> str:
     model = kwargs["model"] if isinstance(kwargs["model"], str) else type(kwargs["model"]).__name__
     return (f"model={model} modes={','.join(kwargs['modes'])} device={kwargs['device']} dtype={kwargs['dtype']} "
-            f"batch={','.join(map(str, kwargs['batch_sizes']))} compile={kwargs['compile']} baseline={kwargs['baseline']}")
+            f"batch={','.join(map(str, kwargs['batch_sizes']))} compile={kwargs['compile']} baseline={kwargs['baseline']} "
+            f"threads={kwargs['threads']}")
 
