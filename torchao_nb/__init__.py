@@ -4,7 +4,7 @@ from .env import UserError
 from .results import ResultSet, Row
 from .sweep import sweep
 
-__all__ = ["sweep", "ResultSet", "Row", "UserError", "list_modes", "list_models"]
+__all__ = ["sweep", "ResultSet", "Row", "UserError", "list_modes", "list_models", "BenchmarkPanel"]
 __version__ = "0.1.0"
 
 
@@ -20,3 +20,12 @@ def list_models() -> dict[str, str]:
     from . import models
 
     return {name: spec.description for name, spec in models.MODELS.items()}
+
+
+def __getattr__(name: str):
+    # The panel needs ipywidgets; import it only when asked for, so headless use never loads it.
+    if name == "BenchmarkPanel":
+        from .widgets import BenchmarkPanel
+
+        return BenchmarkPanel
+    raise AttributeError(f"module 'torchao_nb' has no attribute {name!r}")

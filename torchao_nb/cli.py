@@ -1,4 +1,4 @@
-"""The headless command line: `python -m torchao_nb run | list-modes | list-models | report | autoquant-cache`."""
+"""The headless command line: `python -m torchao_nb run | list-modes | list-models | report | notebook | autoquant-cache`."""
 
 from __future__ import annotations
 
@@ -58,6 +58,31 @@ def _list_models(args) -> int:
     return 0
 
 
+def _notebook(args) -> int:
+    from nbclient.exceptions import CellExecutionError
+
+    from . import notebooks
+    from .sweep import check_batch_sizes
+
+    params = dict(notebooks.parse_param(p) for p in args.param)
+    batch_sizes = None if args.batch_sizes is None else list(check_batch_sizes(args.batch_sizes.split(",")))
+    flags = {"model": args.model, "modes": args.modes, "device": args.device, "dtype": args.dtype,
+             "batch_sizes": batch_sizes, "compile": args.compile, "fast": args.fast or None}
+    params.update({k: v for k, v in flags.items() if v is not None})
+    nb = notebooks.find(args.name)
+    import nbformat
+
+    if "out" in notebooks.parameter_names(nbformat.read(nb, as_version=4)):
+        params.setdefault("out", str(args.out))  # the notebook's results go beside it
+    try:
+        ipynb, html = notebooks.execute(nb, args.out, params, timeout_s=args.timeout)
+    except CellExecutionError as e:
+        print(f"error: a cell of {nb.name} failed; the notebook as far as it ran is in {args.out}\n{e}", file=sys.stderr)
+        return 1
+    print(f"executed notebook: {ipynb}\nHTML export: {html}")
+    return 0
+
+
 def _report(args) -> int:
     from .report import build
 
@@ -112,6 +137,20 @@ def parser() -> argparse.ArgumentParser:
     lm.set_defaults(func=_list_modes)
 
     sub.add_parser("list-models", help="the built-in models").set_defaults(func=_list_models)
+
+    nb = sub.add_parser("notebook", help="execute a bundled notebook (e.g. 03_report) and write it with an HTML export")
+    nb.add_argument("name", help="a notebook in notebooks/ (01_quickstart, 02_walkthrough, 03_report) or a path to an .ipynb")
+    nb.add_argument("--out", required=True, help="folder for the executed notebook, its HTML and its results")
+    nb.add_argument("--model", default=None, help="sets the notebook's `model` parameter")
+    nb.add_argument("--modes", default=None, help="sets `modes`, e.g. noquant,int8dynamic or all")
+    nb.add_argument("--device", default=None)
+    nb.add_argument("--dtype", default=None)
+    nb.add_argument("--batch-sizes", default=None, help="sets `batch_sizes`, e.g. 1,8")
+    nb.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="sets `compile`")
+    nb.add_argument("--fast", action="store_true", help="short timing (for smoke runs; numbers are rougher)")
+    nb.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE", help="any other parameter")
+    nb.add_argument("--timeout", type=int, default=3600, help="seconds allowed per cell")
+    nb.set_defaults(func=_notebook)
 
     rep = sub.add_parser("report", help="one self-contained HTML file (+ PNG figures beside it) from results folders")
     rep.add_argument("results", nargs="+", help="results folder(s) written by `run --out`; several are compared")

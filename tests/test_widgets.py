@@ -1,0 +1,257 @@
+"""The widget panel, driven headless as a user would: set values, click, wait on the run, look at what it shows."""
+
+import logging
+import subprocess
+import sys
+import warnings
+
+import matplotlib
+import pytest
+import torch
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from torchao_nb import env, measure, models, recipes  # noqa: E402
+from torchao_nb.env import UserError  # noqa: E402
+from torchao_nb.widgets import NOTEBOOK_MODULE, BenchmarkPanel, library_noise_to  # noqa: E402
+
+from .conftest import TwoLinear  # noqa: E402
+
+PNG = b"\x89PNG"
+
+
+def bar_figure(rs):
+    fig, ax = plt.subplots(figsize=(3, 2))
+    ok = [r for r in rs if r.status == "ok"]
+    ax.bar([r.mode for r in ok], [r.median_ms for r in ok])
+    return fig
+
+
+@pytest.fixture
+def notebook():
+    torch.manual_seed(0)
+    return {"net": TwoLinear(), "x": torch.randn(4, 128)}
+
+
+def panel_on(notebook, modes=("noquant", "int8dynamic"), figure=bar_figure, **kw) -> BenchmarkPanel:
+    """A panel set up by clicking, as a user would: the notebook's module, eager, fp32, fast timing."""
+    p = BenchmarkPanel(namespace=notebook, policy=measure.FAST_POLICY, figure=figure, **kw)
+    p.model.value = NOTEBOOK_MODULE
+    p.module_name.value = "net"
+    p.inputs_name.value = "x"
+    p.dtype.value = "float32"
+    p.compile.value = False
+    p.modes.value = modes
+    return p
+
+
+def test_importing_the_package_does_not_import_ipywidgets():
+    code = "import sys, torchao_nb; assert 'ipywidgets' not in sys.modules; torchao_nb.BenchmarkPanel; assert 'ipywidgets' in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_options_come_from_the_registries(monkeypatch):
+    monkeypatch.setitem(models.MODELS, "extra-model", models.MODELS["mlp"])
+    monkeypatch.setitem(recipes.RECIPES, "extra-mode", recipes.Recipe("extra-mode", "a new mode", lambda i, d: None))
+    p = BenchmarkPanel()
+    assert "extra-model" in [v for _, v in p.model.options]
+    assert NOTEBOOK_MODULE in [v for _, v in p.model.options]
+    assert set(p.modes.buttons) == set(recipes.RECIPES)
+    assert p.modes.buttons["extra-mode"].tooltip == "a new mode"
+
+
+def test_modes_that_cannot_run_here_are_disabled_with_their_reason():
+    p = BenchmarkPanel()
+    device, dtype = p._resolved()
+    reasons = recipes.availability(env.device_info(device), dtype)
+    assert any(reasons.values()), "some mode always needs something this CPU lacks"
+    for name, reason in reasons.items():
+        button = p.modes.buttons[name]
+        assert button.disabled == (reason is not None)
+        if reason:
+            assert reason in button.tooltip and name not in p.modes.value
+            with pytest.raises(UserError, match="can't run here"):
+                BenchmarkPanel(modes=[name])
+        else:
+            assert name in p.modes.value  # every runnable mode is selected by default
+    cuda = p.device.buttons["cuda"]
+    assert cuda.disabled == (not torch.cuda.is_available())
+    if cuda.disabled:
+        assert "no CUDA GPU" in cuda.tooltip
+        with pytest.raises(UserError, match="no CUDA GPU"):
+            p.device.value = "cuda"
+        assert p.device.value == "auto"
+
+
+def test_device_buttons_are_exclusive_and_refresh_mode_availability():
+    p = BenchmarkPanel()
+    p.device.buttons["cpu"].value = True
+    assert p.device.value == "cpu" and not p.device.buttons["auto"].value
+    p.device.buttons["cpu"].value = False  # clicking the chosen device again keeps it chosen
+    assert p.device.value == "cpu"
+    p.dtype.value = "float32"
+    assert "runs on cpu" in p.resolved.value and "float32" in p.resolved.value
+    # In fp32 on the CPU int4 uses Intx and needs no bf16 kernel: its availability is recomputed.
+    expected = recipes.availability(env.device_info("cpu"), torch.float32)
+    assert {n: b.disabled for n, b in p.modes.buttons.items()} == {n: r is not None for n, r in expected.items()}
+
+
+def test_run_button_runs_in_the_background_and_fills_table_figure_and_results(notebook):
+    before = {k: v.clone() for k, v in notebook["net"].state_dict().items()}
+    threads_before = torch.get_num_threads()
+    p = panel_on(notebook)
+    p.threads.value = 1
+    p.run_button.click()
+    assert p.wait(timeout=300) is not None and not p.running
+    assert p.error is None, p.log.value
+    assert [r.mode for r in p.results] == ["noquant", "int8dynamic"]
+    assert all(r.status == "ok" and r.model == "TwoLinear" and r.dtype == "float32" and not r.compile for r in p.results)
+    assert all(r.threads == 1 for r in p.results) and torch.get_num_threads() == threads_before
+    assert p.results.where(mode="int8dynamic").rows[0].sqnr_db > 20
+    assert bytes(p.figure_view.value).startswith(PNG)
+    assert "int8dynamic" in p.table.value and "TwoLinear" in p.table.value
+    assert p.progress.value == p.progress.max == 2
+    assert p.status.value.startswith("done") and p.errors.value == ""
+    assert not p.run_button.disabled and p.stop_button.disabled and not p.export_button.disabled
+    assert p.results.environment["device"] == "cpu"  # the final set carries the environment
+    assert all(torch.equal(before[k], v) for k, v in notebook["net"].state_dict().items())  # never mutated
+    assert "int8dynamic: ok" in p.log.value
+
+
+def test_run_blocks_and_returns_the_results(notebook):
+    p = panel_on(notebook, modes=("noquant",))
+    rs = p.run()
+    assert rs is p.results and len(rs) == 1 and rs.rows[0].status == "ok"
+
+
+def test_a_failing_mode_is_shown_in_the_panel(notebook, monkeypatch):
+    def broken(info, dtype):
+        raise RuntimeError("kernel exploded on purpose")
+
+    monkeypatch.setitem(recipes.RECIPES, "broken", recipes.Recipe("broken", "always fails", broken))
+    p = panel_on(notebook, modes=("broken", "int8dynamic"))
+    p.run_button.click()
+    p.wait(timeout=300)
+    assert [(r.mode, r.status) for r in p.results] == [("int8dynamic", "ok"), ("broken", "error")]
+    assert "kernel exploded on purpose" in p.results.rows[1].reason
+    assert "broken" in p.errors.value and "kernel exploded on purpose" in p.errors.value
+    assert p.progress.bar_style == "warning"
+    assert p.error is None  # the run itself succeeded; the failed cell is a row
+
+
+def test_an_exception_while_drawing_is_shown_and_kept_and_the_sweep_goes_on(notebook):
+    def bad_figure(rs):
+        raise ValueError("cannot draw this")
+
+    p = panel_on(notebook, figure=bad_figure)
+    p.run_button.click()
+    p.wait(timeout=300)
+    assert isinstance(p.error, RuntimeError) and "cannot draw this" in str(p.error)
+    assert "cannot draw this" in p.errors.value
+    assert "ValueError: cannot draw this" in p.log.value  # the traceback goes to the log
+    assert len(p.results) == 2  # both cells ran anyway
+    assert p.run() is p.results  # run() does not raise for a drawing failure, it shows it
+
+
+def test_stop_takes_effect_between_cells(notebook):
+    panel = None
+
+    def stop_after_first(rs):
+        panel.stop_button.click()
+        return bar_figure(rs)
+
+    panel = panel_on(notebook, modes=("noquant", "int8dynamic", "int8weightonly"), figure=stop_after_first)
+    panel.run_button.click()
+    panel.wait(timeout=300)
+    assert len(panel.results) == 1 and panel.results.rows[0].mode == "noquant"
+    assert panel.status.value.startswith("stopped") and panel.error is None
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda p: setattr(p.modes, "value", ()), "no mode selected"),
+    (lambda p: setattr(p.batch_sizes, "value", "1,x"), "not a whole number"),
+    (lambda p: setattr(p.batch_sizes, "value", "0"), "positive integer"),
+    (lambda p: setattr(p.module_name, "value", "missing"), "no variable 'missing'"),
+    (lambda p: setattr(p.module_name, "value", ""), "variable name of an nn.Module"),
+    (lambda p: setattr(p.inputs_name, "value", ""), "example inputs"),
+    (lambda p: setattr(p.inputs_name, "value", "nope"), "could not read the example inputs"),
+    (lambda p: setattr(p.module_name, "value", "x"), "nn.Module"),
+])
+def test_bad_input_is_shown_clearly(notebook, change, message):
+    p = panel_on(notebook)
+    change(p)
+    p.run_button.click()
+    assert isinstance(p.error, UserError) and message in str(p.error)
+    assert message.split("'")[0] in p.errors.value.replace("&#x27;", "'")
+    assert not p.running and p.results is None
+    with pytest.raises(UserError, match=message.split("'")[0]):
+        p.run()
+
+
+def test_a_second_run_while_running_is_refused(notebook):
+    p = panel_on(notebook)
+    p._thread = type("Alive", (), {"is_alive": lambda self: True})()
+    p.run_button.click()
+    assert isinstance(p.error, RuntimeError) and "already in progress" in str(p.error)
+
+
+def test_baseline_view_lists_every_setting():
+    from torchao_nb import baseline
+
+    p = BenchmarkPanel()
+    text = p.baseline_view.children[0].value
+    assert all(s.key in text for s in baseline.BASELINE_SETTINGS)
+    assert "not set" in text  # the seed's no-op epilogue_fusion is shown as not applied
+
+
+def test_library_noise_goes_to_the_log_not_stderr(capsys):
+    lines = []
+    with library_noise_to(lines.append):
+        logging.getLogger("torchao").warning("Failed to load _C_mxfp8")
+        logging.getLogger("torch._dynamo").warning("recompiling")
+        warnings.warn("some deprecation", UserWarning)
+    err = capsys.readouterr().err
+    assert "_C_mxfp8" not in err and "recompiling" not in err and "some deprecation" not in err
+    assert any("_C_mxfp8" in l for l in lines) and any("recompiling" in l for l in lines)
+    assert any("some deprecation" in l for l in lines)
+    assert logging.getLogger("torchao").propagate and not logging.getLogger("torchao").handlers
+
+
+def test_unknown_model_or_mode_in_the_constructor_says_what_is_valid():
+    with pytest.raises(UserError, match="unknown model 'gpt-9'.*mlp"):
+        BenchmarkPanel(model="gpt-9")
+    with pytest.raises(UserError, match="unknown mode 'int3'"):
+        BenchmarkPanel(modes="int3")
+    assert BenchmarkPanel(model="llama-tiny", modes="noquant,int8dynamic").modes.value == ("noquant", "int8dynamic")
+
+
+def test_export_before_a_run_says_what_to_do():
+    p = BenchmarkPanel()
+    with pytest.raises(UserError, match="press Run first"):
+        p.export()
+
+
+def test_export_writes_results_files_and_the_html_report(notebook, tmp_path):
+    from torchao_nb import ResultSet
+
+    p = panel_on(notebook, modes=("noquant",), out=str(tmp_path / "exp"))
+    p.run()
+    p.export_button.click()
+    assert p.error is None, p.log.value
+    files = {f.name for f in (tmp_path / "exp").iterdir()}
+    assert {"results.csv", "results.json", "environment.json", "report.html"} <= files
+    assert ResultSet.load(tmp_path / "exp").rows == p.results.rows
+    assert "data:image/png;base64" in (tmp_path / "exp" / "report.html").read_text()
+    assert "exported" in p.status.value
+
+
+def test_export_to_an_unwritable_folder_is_shown(notebook, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    p = panel_on(notebook, modes=("noquant",))
+    p.run()
+    p.export_dir.value = str(blocker / "sub")
+    p.export_button.click()
+    assert isinstance(p.error, UserError) and "cannot write to" in str(p.error)
+    assert "cannot write to" in p.errors.value

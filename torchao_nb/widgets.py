@@ -1,0 +1,499 @@
+"""BenchmarkPanel: an ipywidgets panel over `sweep`, with figures, a results table, errors and a quiet log."""
+
+from __future__ import annotations
+
+import contextlib
+import html
+import io
+import logging
+import os
+import threading
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import ipywidgets as w
+import torch
+from torch import nn
+
+from . import baseline as baseline_mod
+from . import env as envmod
+from . import measure, models, recipes, tables
+from .env import UserError
+from .results import ResultSet, Row
+from .sweep import check_batch_sizes, sweep
+
+NOTEBOOK_MODULE = "__notebook__"  # the model picker's entry for "a module from this notebook"
+DTYPE_OPTIONS = ("auto", *envmod.DTYPES)
+DEVICE_OPTIONS = ("auto", "cpu", "cuda")
+# Libraries whose chatter belongs in the collapsed log, not in red boxes under the cell.
+NOISY_LOGGERS = ("torch", "torchao", "py.warnings")
+
+
+def default_figure(results: ResultSet):
+    """The panel's figure: the figures module's dashboard (imported lazily, matplotlib is slow to load)."""
+    from . import plots
+
+    return plots.dashboard(results)
+
+
+def figure_png(fig) -> bytes:
+    """Render a matplotlib Figure to PNG bytes and release it (pyplot would otherwise keep it alive)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    with contextlib.suppress(Exception):
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+    return buf.getvalue()
+
+
+def default_namespace() -> dict[str, Any]:
+    """The notebook's variables: IPython's user namespace when there is one, else __main__'s."""
+    with contextlib.suppress(ImportError):
+        from IPython import get_ipython
+
+        ip = get_ipython()
+        if ip is not None:
+            return ip.user_ns
+    import __main__
+
+    return vars(__main__)
+
+
+# ---- pieces that hold no widget state: reachable from tests without a browser -------------------
+
+def table_html(results: ResultSet | None) -> str:
+    if not results:
+        return "<i>No results yet: pick modes and press Run.</i>"
+    return tables.headline_html(results)
+
+
+def baseline_html() -> str:
+    """What the baseline settings set: key, value now → baseline value, applied or not, and why."""
+    rows = []
+    for st in baseline_mod.describe():
+        mark = "set" if st.applied else "not set"
+        rows.append(f"<tr><td><code>{html.escape(st.key)}</code></td><td>{html.escape(repr(st.old))} → "
+                    f"{html.escape(repr(st.new))}</td><td>{mark}</td><td>{html.escape(st.note)}</td></tr>")
+    return ("<table style='font-size:12px'><tr><th>setting</th><th>value</th><th></th><th>why</th></tr>"
+            + "".join(rows) + "</table><p style='font-size:12px'>Applied only while a compiled cell runs, "
+            "then restored. They affect compiled runs only.</p>")
+
+
+def error_html(error: BaseException | None, failed_rows: list[Row]) -> str:
+    parts = []
+    if error is not None:
+        what = "Check the inputs above" if isinstance(error, UserError) else "The run stopped"
+        parts.append(f"<b>{html.escape(type(error).__name__)}</b>: {html.escape(str(error))} "
+                     f"<span style='color:#555'>({what}; <code>panel.error</code> holds it, the log has the traceback.)</span>")
+    for r in failed_rows:
+        parts.append(f"<b>{html.escape(r.model)} / {html.escape(r.mode)} / batch {r.batch_size}</b> failed: "
+                     f"{html.escape(r.reason)}")
+    if not parts:
+        return ""
+    return ("<div class='torchao-nb-error' style='color:#b00020;border-left:3px solid #b00020;padding-left:6px'>"
+            + "<br>".join(parts) + "</div>")
+
+
+class _LogHandler(logging.Handler):
+    def __init__(self, sink: Callable[[str], None]):
+        super().__init__(logging.DEBUG)
+        self.sink = sink
+        self.setFormatter(logging.Formatter("%(name)s %(levelname)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(Exception):
+            self.sink(self.format(record))
+
+
+def _library_loggers() -> list[logging.Logger]:
+    """The noisy libraries' top loggers, plus any of their children torch gave handlers of its own."""
+    names = [n for n in logging.root.manager.loggerDict if n.split(".")[0] in NOISY_LOGGERS]
+    loggers = [logging.getLogger(n) for n in NOISY_LOGGERS]
+    loggers += [logging.getLogger(n) for n in names if logging.getLogger(n).handlers]
+    return list(dict.fromkeys(loggers))
+
+
+@contextlib.contextmanager
+def library_noise_to(sink: Callable[[str], None]):
+    """Send torch/torchao log records and Python warnings to `sink` instead of the cell's stderr; all restored."""
+    handler = _LogHandler(sink)
+    saved = [(lg, lg.handlers[:], lg.propagate) for lg in _library_loggers()]
+    for lg, _, _ in saved:
+        lg.handlers = [handler]
+        lg.propagate = False
+    logging.captureWarnings(True)
+    try:
+        yield
+    finally:
+        logging.captureWarnings(False)
+        for lg, handlers, propagate in saved:
+            lg.handlers = handlers
+            lg.propagate = propagate
+
+
+# ---- the panel ------------------------------------------------------------------------------
+
+class ToggleGroup:
+    """Toggle buttons, one per option; options that can't be chosen are disabled with their reason as tooltip."""
+
+    def __init__(self, options: dict[str, str], multiple: bool, value: Any):
+        self.multiple = multiple
+        self.buttons = {name: w.ToggleButton(description=name, layout=w.Layout(width="auto")) for name in options}
+        self.box = w.HBox(list(self.buttons.values()), layout=w.Layout(flex_flow="row wrap"))
+        self._syncing = False
+        for name, b in self.buttons.items():
+            b.observe(lambda change, name=name: self._toggled(name, change["new"]), "value")
+        self.set_available({}, options)
+        self.value = value
+
+    def set_available(self, unavailable: dict[str, str | None], descriptions: dict[str, str]) -> None:
+        for name, b in self.buttons.items():
+            reason = unavailable.get(name)
+            b.disabled = reason is not None
+            b.tooltip = f"can't run here: {reason}" if reason else descriptions.get(name, "")
+            b.icon = "ban" if reason else ""
+            if reason and b.value:
+                b.value = False
+
+    def _toggled(self, name: str, on: bool) -> None:
+        if self._syncing or self.multiple:
+            return
+        self._syncing = True
+        try:
+            if on:
+                for other, b in self.buttons.items():
+                    if other != name:
+                        b.value = False
+            else:  # a radio choice can't be emptied: clicking the chosen button keeps it chosen
+                self.buttons[name].value = True
+        finally:
+            self._syncing = False
+
+    @property
+    def value(self):
+        chosen = tuple(n for n, b in self.buttons.items() if b.value)
+        return chosen if self.multiple else (chosen[0] if chosen else None)
+
+    @value.setter
+    def value(self, value) -> None:
+        wanted = set(value) if self.multiple else {value}
+        unknown = wanted - set(self.buttons)
+        if unknown:
+            raise UserError(f"unknown choice {sorted(unknown)}; choose from {', '.join(self.buttons)}.")
+        blocked = {n: self.buttons[n].tooltip for n in wanted if self.buttons[n].disabled}
+        if blocked:
+            raise UserError("; ".join(f"{n}: {why}" for n, why in blocked.items()))
+        self._syncing = True
+        try:
+            for name, b in self.buttons.items():
+                b.value = name in wanted
+        finally:
+            self._syncing = False
+
+
+class BenchmarkPanel:
+    """Pick a model and modes, press Run, watch the table and figures fill in cell by cell.
+
+    `.results` holds the latest ResultSet (None before the first run) and `.error` the latest
+    exception (or None). `run()` does what the Run button does, but blocks and returns the results;
+    the button runs the sweep on a background thread so the notebook stays responsive, and Stop
+    takes effect between cells.
+    """
+
+    def __init__(self, model: str | None = None, modes: Any = None, *, namespace: dict | None = None,
+                 policy: measure.TimingPolicy | None = None, figure: Callable[[ResultSet], Any] = default_figure,
+                 out: str = "results/panel"):
+        self.results: ResultSet | None = None
+        self.error: BaseException | None = None
+        self.policy = policy
+        self.figure = figure
+        self.namespace = namespace
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._rows: list[Row] = []
+        self._log_lines: list[str] = []
+        self._lock = threading.Lock()
+
+        if model is not None and model not in models.MODELS:
+            raise UserError(f"unknown model {model!r}; the panel offers: {', '.join(models.MODELS)} "
+                            "(or pick 'a module from this notebook…' for your own nn.Module).")
+        style = {"description_width": "90px"}
+        model_options = [(f"{n}  ({s.params / 1e6:.1f}M params)", n) for n, s in models.MODELS.items()]
+        model_options.append(("a module from this notebook…", NOTEBOOK_MODULE))
+        self.model = w.Dropdown(options=model_options, value=model or models.DEFAULT_MODEL, description="model", style=style)
+        self.model_help = w.HTML()
+        self.module_name = w.Text(description="variable", placeholder="name of an nn.Module, e.g. net", style=style)
+        self.inputs_name = w.Text(description="inputs", placeholder="its example inputs, e.g. x or (x, mask)", style=style)
+        self.module_box = w.VBox([self.module_name, self.inputs_name])
+
+        self.device = ToggleGroup({d: "" for d in DEVICE_OPTIONS}, multiple=False, value="auto")
+        self.dtype = w.Dropdown(options=DTYPE_OPTIONS, value="auto", description="dtype", style=style)
+        self.resolved = w.HTML()  # what auto means on this machine
+        self.modes = ToggleGroup({n: r.description for n, r in recipes.RECIPES.items()}, multiple=True, value=())
+        self.batch_sizes = w.Text(value="1", description="batch sizes", placeholder="e.g. 1,8", style=style)
+        self.threads = w.BoundedIntText(value=torch.get_num_threads(), min=1, max=max(os.cpu_count() or 1, torch.get_num_threads()),
+                                        description="CPU threads", style=style, layout=w.Layout(width="160px"))
+        self.compile = w.Checkbox(value=True, description="torch.compile each cell", indent=False)
+        self.baseline = w.Checkbox(value=True, description="baseline settings", indent=False)
+        self.baseline.tooltip = "the compiler flags PyTorch's torchao benchmark sets (expand below to see them)"
+        self.baseline_view = w.Accordion([w.HTML(baseline_html())], titles=("what the baseline settings set",))
+        self.baseline_view.selected_index = None
+
+        self.run_button = w.Button(description="Run", button_style="primary", icon="play")
+        self.stop_button = w.Button(description="Stop", icon="stop", disabled=True,
+                                    tooltip="stops after the cell that is running now")
+        self.progress = w.IntProgress(value=0, min=0, max=1, description="", layout=w.Layout(width="260px"))
+        self.status = w.HTML("")
+        self.errors = w.HTML("")
+        self.table = w.HTML(table_html(None))
+        self.figure_view = w.Image(format="png", layout=w.Layout(max_width="100%", display="none"))
+        self.export_dir = w.Text(value=out, description="export to", style=style)
+        self.export_button = w.Button(description="Export", icon="download", disabled=True,
+                                      tooltip="write results.csv/json and report.html into the folder")
+        self.log = w.Textarea(layout=w.Layout(width="100%", height="160px"), disabled=True)
+        self.log_view = w.Accordion([self.log], titles=("log (library messages, tracebacks)",))
+        self.log_view.selected_index = None
+
+        self.model.observe(lambda _: self._model_changed(), "value")
+        for b in self.device.buttons.values():
+            b.observe(lambda _: self._refresh_modes(), "value")
+        self.dtype.observe(lambda _: self._refresh_modes(), "value")
+        self.run_button.on_click(lambda _: self._guarded(self.start))
+        self.stop_button.on_click(lambda _: self.stop())
+        self.export_button.on_click(lambda _: self._guarded(self.export))
+
+        if not envmod.cuda_available():
+            self.device.set_available({"cuda": "torch sees no CUDA GPU here"}, {})
+        self._model_changed()
+        self._refresh_modes()
+        runnable = [n for n, b in self.modes.buttons.items() if not b.disabled]
+        self.modes.value = runnable if modes is None else recipes.resolve_modes(modes)
+
+        label = lambda text: w.HTML(f"<b style='display:inline-block;width:90px'>{text}</b>")  # noqa: E731
+        self.widget = w.VBox([
+            w.HTML("<h3 style='margin:4px 0'>torchao_nb: quantization benchmark</h3>"),
+            w.HBox([self.model, self.model_help]), self.module_box,
+            w.HBox([label("modes"), self.modes.box]),
+            w.HBox([label("device"), self.device.box, self.dtype, self.resolved]),
+            w.HBox([self.batch_sizes, self.threads, self.compile, self.baseline]), self.baseline_view,
+            w.HBox([self.run_button, self.stop_button, self.progress, self.status]),
+            self.errors, self.table, self.figure_view,
+            w.HBox([self.export_dir, self.export_button]), self.log_view,
+        ], layout=w.Layout(border="1px solid #ddd", padding="6px"))
+        # Stable hooks for browser tests and user CSS.
+        self.widget.add_class("torchao-nb-panel")
+        for widget, name in ((self.modes.box, "modes"), (self.device.box, "device"), (self.figure_view, "figure"),
+                             (self.run_button, "run"), (self.stop_button, "stop"), (self.table, "table"),
+                             (self.errors, "errors"), (self.status, "status"), (self.compile, "compile"),
+                             (self.threads, "threads")):
+            widget.add_class(f"torchao-nb-{name}")
+
+    def _repr_mimebundle_(self, **kwargs):
+        return self.widget._repr_mimebundle_(**kwargs)
+
+    # ---- reacting to choices ----
+    def _model_changed(self) -> None:
+        custom = self.model.value == NOTEBOOK_MODULE
+        self.module_box.layout.display = "" if custom else "none"
+        spec = models.MODELS.get(self.model.value)
+        self.model_help.value = "" if spec is None else f"<span style='font-size:12px'>{html.escape(spec.description)}</span>"
+
+    def _resolved(self) -> tuple[str, Any]:
+        device = envmod.resolve_device(self.device.value or "auto")
+        dtype = envmod.resolve_dtype(self.dtype.value, envmod.device_info(device))
+        return device, dtype
+
+    def _refresh_modes(self) -> None:
+        try:
+            device, dtype = self._resolved()
+        except UserError:
+            return
+        info = envmod.device_info(device)
+        self.resolved.value = (f"<span style='font-size:12px;color:#555'>runs on {device} ({html.escape(info.name)}), "
+                               f"{envmod.dtype_name(dtype)}</span>")
+        self.modes.set_available(recipes.availability(info, dtype), {n: r.description for n, r in recipes.RECIPES.items()})
+
+    # ---- what Run sends to the engine ----
+    def _model_args(self) -> dict[str, Any]:
+        if self.model.value != NOTEBOOK_MODULE:
+            return {"model": self.model.value}
+        ns = self.namespace if self.namespace is not None else default_namespace()
+        name = self.module_name.value.strip()
+        if not name:
+            raise UserError("type the variable name of an nn.Module from this notebook, or pick a registry model.")
+        if name not in ns:
+            raise UserError(f"there is no variable {name!r} in this notebook; run the cell that defines it first.")
+        if not isinstance(ns[name], nn.Module):
+            raise UserError(f"{name} is a {type(ns[name]).__name__}, not an nn.Module; give the variable that holds your model.")
+        expr = self.inputs_name.value.strip()
+        if not expr:
+            raise UserError(f"type the example inputs of {name} (a variable name, or a tuple like (x, mask)).")
+        try:
+            # Evaluated in the notebook's namespace with no builtins: variable names and tuples of them.
+            inputs = eval(expr, {"__builtins__": {}}, ns)  # noqa: S307
+        except Exception as e:
+            raise UserError(f"could not read the example inputs {expr!r}: {type(e).__name__}: {e}.") from None
+        return {"model": ns[name], "example_inputs": inputs}
+
+    def sweep_kwargs(self) -> dict[str, Any]:
+        """The arguments Run passes to `torchao_nb.sweep`, validated (bad input raises UserError)."""
+        modes = self.modes.value
+        if not modes:
+            raise UserError("no mode selected; click at least one mode button.")
+        return dict(self._model_args(), modes=list(modes), device=self.device.value or "auto",
+                    dtype=self.dtype.value, batch_sizes=check_batch_sizes(self.batch_sizes.value.split(",")),
+                    compile=self.compile.value, baseline=self.baseline.value, threads=self.threads.value, policy=self.policy)
+
+    # ---- running ----
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> threading.Thread:
+        """What the Run button does: validate, then sweep on a background thread."""
+        if self.running:
+            raise RuntimeError("a run is already in progress; press Stop or wait for it to finish.")
+        self.error = None
+        self.errors.value = ""
+        kwargs = self.sweep_kwargs()
+        self._stop.clear()
+        self._rows = []
+        self.results = None
+        self.progress.max = len(kwargs["batch_sizes"]) * len(kwargs["modes"])  # the panel runs one model
+        self.progress.value = 0
+        self.progress.bar_style = ""
+        self.table.value = table_html(None)
+        self.figure_view.value = b""
+        self.figure_view.layout.display = "none"
+        self._set_running(True)
+        self.status.value = "measuring the unquantized reference…"
+        self._log(f"run: {_describe(kwargs)}")
+        self._thread = threading.Thread(target=self._work, args=(kwargs,), name="torchao_nb-sweep", daemon=True)
+        self._thread.start()
+        return self._thread
+
+    def wait(self, timeout: float | None = None) -> ResultSet | None:
+        """Block until the current run ends; returns `.results`."""
+        if self._thread is not None:
+            try:
+                self._thread.join(timeout)
+            except KeyboardInterrupt:  # the kernel's interrupt button: stop the sweep too, not just the wait
+                self.stop()
+                raise
+        return self.results
+
+    def run(self) -> ResultSet | None:
+        """Like pressing Run, but blocks until done. A failure of the run itself is raised (and kept in `.error`)."""
+        self.start()
+        self.wait()
+        if self.error is not None and not isinstance(self.error, _CallbackError):
+            raise self.error
+        return self.results
+
+    def stop(self) -> None:
+        """Ask the running sweep to stop once the current cell is done."""
+        if self.running:
+            self._stop.set()
+            self.status.value = "stopping after this cell…"
+
+    def _work(self, kwargs: dict[str, Any]) -> None:
+        try:
+            with library_noise_to(self._log):
+                rs = sweep(**kwargs, progress=False, stop=self._stop, on_row=self._on_row)
+            self.results = rs
+            self._show(rs, final=True)
+        except Exception as e:  # shown in the panel and kept; an exception here would otherwise vanish
+            self._fail(e)
+        finally:
+            self._set_running(False)
+
+    def _on_row(self, row: Row) -> None:
+        # Runs on the sweep thread, after each cell.
+        with self._lock:
+            self._rows.append(row)
+            rows = list(self._rows)
+        self.progress.value = len(rows)
+        self._log(f"{row.model} bs={row.batch_size} {row.mode}: {row.status}"
+                  + (f" {row.median_ms:.3f} ms" if row.median_ms is not None else "") + (f" ({row.reason})" if row.reason else ""))
+        self.results = ResultSet(tuple(rows), {})
+        self._show(self.results, final=False)
+
+    def _show(self, rs: ResultSet, final: bool) -> None:
+        self.table.value = table_html(rs)
+        failed = [r for r in rs if r.status == "error"]
+        if any(r.status == "ok" for r in rs):
+            try:
+                self.figure_view.value = figure_png(self.figure(rs))
+                self.figure_view.layout.display = ""
+            except Exception as e:  # a drawing failure must not end the sweep, only be shown and kept
+                self._fail(_CallbackError(f"drawing the results failed: {type(e).__name__}: {e}"), cause=e)
+        self.errors.value = error_html(self.error, failed)
+        n = len(rs)
+        if final:
+            stopped = self._stop.is_set() and n < self.progress.max
+            self.status.value = f"{'stopped' if stopped else 'done'}: {n} cell{'s' * (n != 1)}"
+            self.progress.bar_style = "danger" if self.error else "warning" if stopped or failed else "success"
+            self.export_button.disabled = n == 0
+        else:
+            self.status.value = f"{n}/{self.progress.max} cells"
+
+    def _fail(self, error: BaseException, cause: BaseException | None = None) -> None:
+        self.error = error
+        self._log("".join(traceback.format_exception(cause or error)))
+        self.errors.value = error_html(error, [r for r in self._rows if r.status == "error"])
+        self.progress.bar_style = "danger"
+        self.status.value = "failed"
+
+    def _guarded(self, action: Callable[[], Any]) -> None:
+        # ipywidgets' click dispatcher only logs exceptions: catch, show and keep them instead.
+        try:
+            action()
+        except Exception as e:
+            self._fail(e)
+
+    def _set_running(self, running: bool) -> None:
+        self.run_button.disabled = running
+        self.stop_button.disabled = not running
+        if running:
+            self.export_button.disabled = True
+
+    def _log(self, text: str) -> None:
+        with self._lock:
+            self._log_lines.append(text.rstrip())
+            del self._log_lines[:-500]  # keep the widget light on long sessions
+            self.log.value = "\n".join(self._log_lines)
+
+    # ---- export ----
+    def export(self, out: str | None = None) -> Path:
+        """Write the latest results (results.csv/.json, environment.json) and report.html into `out`."""
+        if not self.results:
+            raise UserError("nothing to export yet: press Run first.")
+        from . import report
+
+        folder = Path(out or self.export_dir.value.strip() or "results/panel")
+        try:
+            self.results.save(folder)
+        except OSError as e:
+            raise UserError(f"cannot write to {folder}: {e.strerror or e}; type another folder.") from None
+        page = report.build([folder], folder / "report.html").html
+        self.status.value = f"exported to {html.escape(str(folder))}"
+        self._log(f"exported: {folder}/results.csv, results.json, environment.json, {page.name}")
+        return folder
+
+    def table_frame(self):
+        """The latest results as a DataFrame (empty before the first run)."""
+        return (self.results or ResultSet()).to_dataframe()
+
+
+class _CallbackError(RuntimeError):
+    """A failure while showing results (drawing a figure): shown and kept, but the sweep goes on."""
+
+
+def _describe(kwargs: dict[str, Any]) -> str:
+    model = kwargs["model"] if isinstance(kwargs["model"], str) else type(kwargs["model"]).__name__
+    return (f"model={model} modes={','.join(kwargs['modes'])} device={kwargs['device']} dtype={kwargs['dtype']} "
+            f"batch={','.join(map(str, kwargs['batch_sizes']))} compile={kwargs['compile']} baseline={kwargs['baseline']} "
+            f"threads={kwargs['threads']}")
+
