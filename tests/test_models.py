@@ -211,6 +211,26 @@ def test_hf_local_folder_loads_pretrained_weights():
     assert set(inputs) == {"input_ids", "attention_mask"}
 
 
+def test_hf_hub_id_loads_from_the_local_cache(tmp_path, monkeypatch):
+    # A hub id already in the Hugging Face cache loads from there; nothing is fetched.
+    import huggingface_hub.constants as hub_constants
+
+    snapshot = tmp_path / "models--someone--minilm" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    for f in hf.minilm_folder().iterdir():
+        if f.is_file():
+            (snapshot / f.name).symlink_to(f)
+    (tmp_path / "models--someone--minilm" / "refs").mkdir()
+    (tmp_path / "models--someone--minilm" / "refs" / "main").write_text("abc123")
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    spec = models.get("hf:someone/minilm")
+    assert str(snapshot) in spec.description
+    module, inputs = spec.build("cpu", torch.float32, 1, 4)
+    with torch.no_grad():
+        assert models.call(module, inputs).shape == (1, 4, 384)
+
+
 @pytest.mark.parametrize("name, message", [
     ("hf:nobody-xyz/no-such-model", "no local copy"),
     ("hf:/no/such/folder", "no local copy"),
