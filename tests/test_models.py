@@ -30,9 +30,12 @@ SMALLEST = {
 }
 
 
-def cpu_modes(dtype):
-    modes = [n for n, r in recipes.RECIPES.items() if r.unsupported_reason(CPU, dtype) is None]
-    assert {"noquant", "int8dynamic", "int8weightonly", "int4weightonly"} <= set(modes)
+def cpu_modes(dtype, own_search: bool = False):
+    """Modes that run on this CPU: plain configs, or (own_search) those with their own search, like autoquant."""
+    modes = [n for n, r in recipes.RECIPES.items()
+             if r.unsupported_reason(CPU, dtype) is None and (r.apply is not None) == own_search]
+    if not own_search:
+        assert {"noquant", "int8dynamic", "int8weightonly", "int4weightonly"} <= set(modes)
     return modes
 
 
@@ -65,6 +68,20 @@ def test_model_through_every_cpu_mode(name, dtype):
                 assert acc.cosine > 0.93, (mode, acc)  # int4 on MiniLM is the worst seen: 0.944
     for k, v in module.state_dict().items():  # quantizing copies leaves the built model alone
         assert torch.equal(v, before[k]), k
+
+
+@pytest.mark.parametrize("name", list(SMALLEST))
+def test_model_through_the_sweep_and_modes_with_their_own_search(name, fast):
+    # Modes with their own search (autoquant) take the sweep's timing policy, so they run through the sweep.
+    modes = ["noquant", *cpu_modes(torch.float32, own_search=True)]
+    rs = torchao_nb.sweep(model=name, modes=modes, device="cpu", dtype="float32", batch_sizes=[B], compile=False,
+                          seq_len=S, policy=fast, progress=False)
+    assert [r.mode for r in rs] == modes
+    for r in rs:
+        assert r.status == "ok", (r.mode, r.reason)
+        assert r.cosine > 0.93 and r.median_ms > 0 and r.layers_total > 0
+    decoder = models.get(name).step in ("decode", "prefill")
+    assert (rs.rows[0].tokens_per_s is not None) == decoder
 
 
 # ---- the LLaMA decoder --------------------------------------------------------------------
@@ -192,6 +209,26 @@ def test_hf_local_folder_loads_pretrained_weights():
         out = models.call(module, inputs)
     assert out.shape == (2, 8, 384)
     assert set(inputs) == {"input_ids", "attention_mask"}
+
+
+def test_hf_hub_id_loads_from_the_local_cache(tmp_path, monkeypatch):
+    # A hub id already in the Hugging Face cache loads from there; nothing is fetched.
+    import huggingface_hub.constants as hub_constants
+
+    snapshot = tmp_path / "models--someone--minilm" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    for f in hf.minilm_folder().iterdir():
+        if f.is_file():
+            (snapshot / f.name).symlink_to(f)
+    (tmp_path / "models--someone--minilm" / "refs").mkdir()
+    (tmp_path / "models--someone--minilm" / "refs" / "main").write_text("abc123")
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    spec = models.get("hf:someone/minilm")
+    assert str(snapshot) in spec.description
+    module, inputs = spec.build("cpu", torch.float32, 1, 4)
+    with torch.no_grad():
+        assert models.call(module, inputs).shape == (1, 4, 384)
 
 
 @pytest.mark.parametrize("name, message", [

@@ -170,6 +170,13 @@ def _free(device: str) -> None:
         torch.cuda.empty_cache()
 
 
+def _task_accuracy(ref: Reference, model: nn.Module, acc: measure.Accuracy, extra: dict) -> measure.Accuracy:
+    """The model's task-level score takes the `cosine` column; the raw-output cosine moves to extra."""
+    score = ref.task.score(ref.task_output, ref.task.run(model, ref.task_inputs))  # eager: the task's shapes differ
+    extra.update(cosine=ref.task.metric, task_min_cosine=score["min"], output_cosine=acc.cosine)
+    return dataclasses.replace(acc, cosine=score["mean"])
+
+
 def run_cell(cfg: SweepConfig, ref: Reference, mode: str, batch: int, clock=time.perf_counter) -> Row:
     """Quantize a fresh copy, compile, check accuracy, time: one Row, never an exception."""
     recipe = recipes.get(mode)
@@ -187,9 +194,6 @@ def run_cell(cfg: SweepConfig, ref: Reference, mode: str, batch: int, clock=time
         report, quantize_s = measure.time_once(
             lambda: recipes.quantize(model, recipe, info, cfg.dtype, ref.inputs, context), clock, sync)
         extra = dict(report.extra)
-        task_score = ref.task.score(ref.task_output, ref.task.run(model, ref.task_inputs)) if ref.task else None
-        if task_score:
-            extra.update(cosine=ref.task.metric, task_min_cosine=task_score["min"])
         if report.skipped_layers:
             extra["layers_left_alone"] = report.skipped_layers
         # A recipe with its own search (autoquant) may rightly leave every layer alone: that is its result.
@@ -205,9 +209,8 @@ def run_cell(cfg: SweepConfig, ref: Reference, mode: str, batch: int, clock=time
             if cfg.compile and graphs == 0:
                 raise RuntimeError("torch.compile captured no graph: the model ran eager, so its timing would be mislabelled")
             acc = measure.accuracy(ref.output, out)
-            if task_score:
-                extra["output_cosine"] = acc.cosine
-                acc = dataclasses.replace(acc, cosine=task_score["mean"])
+            if ref.task is not None:
+                acc = _task_accuracy(ref, model, acc, extra)
             with measure.PeakMemory(cfg.device) as mem:
                 m = _time(lambda: models.call(fn, ref.inputs), cfg, clock)
         median = m.median_ms

@@ -115,7 +115,7 @@ def _check_seq(seq_len: int) -> int:
 
 
 def _llama(args: llama.LlamaArgs, step: str):
-    make = llama.build_decode if step == "decode" else llama.build_prefill
+    make = llama.BUILDERS[step]
     return lambda device, dtype, batch, seq: make(args, device, dtype, batch, _check_seq(seq))
 
 

@@ -192,3 +192,6 @@ def build_prefill(a: LlamaArgs, device, dtype, batch: int, seq_len: int):
     model.setup_cache(batch, seq_len)
     gen = torch.Generator(device=device).manual_seed(1)
     return model, (_tokens(a, (batch, seq_len), device, gen), torch.arange(seq_len, device=device))
+
+
+BUILDERS = {"decode": build_decode, "prefill": build_prefill}  # what one timed call is → its builder
