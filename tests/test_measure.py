@@ -98,3 +98,38 @@ def test_peak_memory_on_cpu_sees_an_allocation():
         big += 1
     del big
     assert mem.peak_bytes is not None and mem.peak_bytes >= 48 * 1024 * 1024
+
+
+def test_time_paired_interleaves_and_is_exact_with_a_fake_clock():
+    clock = FakeClock()
+    order = []
+
+    def a():
+        order.append("a")
+        clock.now += 0.004
+
+    def b():
+        order.append("b")
+        clock.now += 0.002
+
+    ma, mb = measure.time_paired(a, b, measure.TimingPolicy(warmup_s=0.0), clock=clock)
+    assert ma.median_ms == pytest.approx(4.0) and mb.median_ms == pytest.approx(2.0)
+    assert len(ma.samples_ms) == len(mb.samples_ms) == 30  # both settle at the second check
+    timed = order[-60:]
+    assert timed == ["a", "b"] * 30  # samples alternate
+
+
+def test_time_paired_shares_a_drift_between_both():
+    """The machine slows down half-way: separate timings would disagree, paired ones keep the ratio."""
+    clock = FakeClock()
+    calls = {"n": 0}
+
+    def work(ms):
+        def fn():
+            calls["n"] += 1
+            slow = 1.5 if calls["n"] > 40 else 1.0
+            clock.now += ms * slow / 1e3
+        return fn
+
+    ma, mb = measure.time_paired(work(4.0), work(2.0), measure.TimingPolicy(warmup_s=0.0, min_samples=40, block=40), clock=clock)
+    assert ma.median_ms / mb.median_ms == pytest.approx(2.0, rel=0.05)

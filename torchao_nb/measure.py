@@ -7,7 +7,7 @@ import math
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -70,34 +70,55 @@ def sync_for(device: str) -> Callable[[], None]:
 def time_calls(fn: Callable[[], Any], policy: TimingPolicy = TimingPolicy(), clock: Clock = time.perf_counter,
                sync: Callable[[], None] = no_sync) -> Measurement:
     """Warm up, then take samples until the median settles or the time budget runs out."""
-    start = clock()
-    calls, last = 0, 0.0
-    while calls < policy.min_warmup or clock() - start < policy.warmup_s:
-        t0 = clock()
-        fn()
-        sync()
-        last = clock() - t0
-        calls += 1
-    inner = max(1, math.ceil(policy.min_sample_s / last - 1e-6)) if last > 0 else 1
+    return time_interleaved([fn], policy, clock, sync)[0]
 
-    samples: list[float] = []
-    begin, settled_median = clock(), None
-    while len(samples) < policy.max_samples:
-        sync()
-        t0 = clock()
-        for _ in range(inner):
+
+def time_interleaved(fns: Sequence[Callable[[], Any]], policy: TimingPolicy = TimingPolicy(),
+                     clock: Clock = time.perf_counter, sync: Callable[[], None] = no_sync) -> list[Measurement]:
+    """Time several functions with their samples interleaved (a, b, c, a, b, c, ...).
+
+    A speedup is a ratio of two timings; on a shared machine (a VM's neighbours, clock changes)
+    the speed drifts by tens of percent over seconds, so timings taken one after the other
+    compare different machines. Interleaving exposes all of them to the same drift. Stops when
+    every median settles or the time budget (one measurement's per function) runs out.
+    """
+    def calibrate(fn):
+        start, calls, last = clock(), 0, 0.0
+        while calls < policy.min_warmup or clock() - start < policy.warmup_s:
+            t0 = clock()
             fn()
-        sync()
-        samples.append((clock() - t0) * 1e3 / inner)
-        n = len(samples)
+            sync()
+            last = clock() - t0
+            calls += 1
+        return max(1, math.ceil(policy.min_sample_s / last - 1e-6)) if last > 0 else 1
+
+    inner = [calibrate(fn) for fn in fns]
+    samples: list[list[float]] = [[] for _ in fns]
+    begin, settled = clock(), [None] * len(fns)
+    while len(samples[-1]) < policy.max_samples:
+        for fn, n, out in zip(fns, inner, samples):
+            sync()
+            t0 = clock()
+            for _ in range(n):
+                fn()
+            sync()
+            out.append((clock() - t0) * 1e3 / n)
+        n = len(samples[-1])
         if n >= policy.min_samples and n % policy.block == 0:
-            med = statistics.median(samples)
-            if settled_median is not None and abs(med - settled_median) <= policy.settle_rel * med:
+            meds = [statistics.median(s) for s in samples]
+            if all(old is not None and abs(m - old) <= policy.settle_rel * m for m, old in zip(meds, settled)):
                 break
-            settled_median = med
-        if n >= policy.min_samples and clock() - begin >= policy.max_time_s:
+            settled = meds
+        if n >= policy.min_samples and clock() - begin >= len(fns) * policy.max_time_s:
             break
-    return Measurement(tuple(samples), inner)
+    return [Measurement(tuple(s), n) for s, n in zip(samples, inner)]
+
+
+def time_paired(fn_a: Callable[[], Any], fn_b: Callable[[], Any], policy: TimingPolicy = TimingPolicy(),
+                clock: Clock = time.perf_counter, sync: Callable[[], None] = no_sync) -> tuple[Measurement, Measurement]:
+    """`time_interleaved` of two functions."""
+    a, b = time_interleaved([fn_a, fn_b], policy, clock, sync)
+    return a, b
 
 
 def time_once(fn: Callable[[], Any], clock: Clock = time.perf_counter, sync: Callable[[], None] = no_sync) -> tuple[Any, float]:

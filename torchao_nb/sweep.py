@@ -154,9 +154,11 @@ class Reference:
 
 
 def _row(cfg: SweepConfig, ref: Reference, mode: str, batch: int, status: str, reason: str = "", **kw) -> Row:
+    kw.setdefault("baseline_ms", ref.baseline_ms)
+    kw.setdefault("eager_ms", ref.eager_ms)
     return Row(model=ref.name, mode=mode, batch_size=batch, device=cfg.device, dtype=envmod.dtype_name(cfg.dtype),
                compile=cfg.compile, baseline=cfg.baseline, status=status, reason=reason,
-               baseline_ms=ref.baseline_ms, eager_ms=ref.eager_ms, layers_total=ref.layers_total,
+               layers_total=ref.layers_total,
                threads=cfg.threads, compile_mode=cfg.compile_mode if cfg.compile else "", **kw)
 
 
@@ -211,17 +213,31 @@ def run_cell(cfg: SweepConfig, ref: Reference, mode: str, batch: int, clock=time
             acc = measure.accuracy(ref.output, out)
             if ref.task is not None:
                 acc = _task_accuracy(ref, model, acc, extra)
-            with measure.PeakMemory(cfg.device) as mem:
-                m = _time(lambda: models.call(fn, ref.inputs), cfg, clock)
+            with measure.PeakMemory(cfg.device) as mem:  # the mode alone, before the baseline copy exists
+                for _ in range(3):
+                    models.call(fn, ref.inputs)
+            # The unquantized references are timed again here, interleaved with this mode, so both
+            # speedups compare timings taken under the same machine state. The compiled baseline's
+            # compile is normally a cache hit of the reference's.
+            eager = lambda: models.call(ref.module, ref.inputs)  # noqa: E731
+            calls = [eager, lambda: models.call(fn, ref.inputs)]
+            if cfg.compile:
+                base = compiled(copy.deepcopy(ref.module), cfg)
+                models.call(base, ref.inputs)
+                calls.insert(0, lambda: models.call(base, ref.inputs))
+            timed = measure.time_interleaved(calls, cfg.policy, clock, sync)
+            base = None
+        m, eager_ms = timed[-1], timed[-2].median_ms
         median = m.median_ms
+        baseline_ms = timed[0].median_ms  # the compiled baseline, or eager when compile is off
         wbytes = measure.weight_bytes(model)
         step_bytes = wbytes + measure.activation_bytes(ref.inputs, out)
         achieved = step_bytes / (median / 1e3) / 1e9
         return _row(
             cfg, ref, mode, batch, "ok",
             median_ms=median, iqr_ms=m.iqr_ms, samples=len(m.samples_ms), noisy=m.noisy(cfg.policy),
-            speedup=None if ref.baseline_ms is None else ref.baseline_ms / median,
-            speedup_vs_eager=None if ref.eager_ms is None else ref.eager_ms / median,
+            baseline_ms=baseline_ms, speedup=baseline_ms / median,
+            eager_ms=eager_ms, speedup_vs_eager=eager_ms / median,
             compile_s=compile_s if cfg.compile else None, quantize_s=quantize_s, search_s=report.extra.get("search_s"),
             sqnr_db=acc.sqnr_db, cosine=acc.cosine, max_abs_err=acc.max_abs_err,
             bytes_per_step=step_bytes, achieved_gbs=achieved,
