@@ -7,6 +7,8 @@
 # --wheels DIR  install the wheels in DIR (e.g. torchao) into a private folder first
 # --dry-run     the same pipeline on the CPU with llama-tiny, eager and few samples (for tests)
 # Each sweep has a time limit; rows are saved as they finish, so a limit hit keeps what was done.
+# GPU_CHECK_ARGS adds options to both sweeps, e.g. GPU_CHECK_ARGS=--torchao-tuning (coordinate
+# descent tuning for every compiled cell: int8 weight-only's GEMV needs it; compiles take longer).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -46,7 +48,8 @@ fi
 run() {  # name, limit, args...
   local name=$1 limit=$2; shift 2
   echo "== $name: $*"
-  timeout --signal=INT --kill-after=20 "$limit" "$PY" -m torchao_nb run "$@" --modes "$MODES" --quiet --out "$OUT/$name" \
+  # shellcheck disable=SC2086  # GPU_CHECK_ARGS is a list of options
+  timeout --signal=INT --kill-after=20 "$limit" "$PY" -m torchao_nb run "$@" ${GPU_CHECK_ARGS:-} --modes "$MODES" --quiet --out "$OUT/$name" \
     2>"$OUT/$name.log"
   local rc=$?
   [ $rc -eq 0 ] || echo "gpu_check: $name stopped with status $rc (time limit $limit s or error); rows it finished are kept; see $name.log"
