@@ -4,13 +4,17 @@
 
 Prints, per round, torchao_nb's median and Timer.adaptive_autorange()'s median; then the spread
 of torchao_nb's five repeated measurements of the same cell (relative IQR of the medians);
-the last line is `ratio=` (median of torchao_nb / Timer over the rounds). Targets: ratio within
-0.95–1.05 and relative IQR under 5 %.
+then the spread of five repeated *interleaved* A/A ratios (two compiled copies of the model timed
+in alternating samples, as the sweep times a mode against its baseline); the last line is
+`ratio=` (median of torchao_nb / Timer over the rounds). Targets: ratio within 0.95–1.05 and
+relative IQR under 5 %. On a VM whose speed drifts, absolute medians can spread more than that;
+the interleaved ratio is what the sweep's speedups rest on.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 
 import torch
@@ -18,6 +22,11 @@ from torch.utils import benchmark
 
 from torchao_nb import env, measure, models
 from torchao_nb._torchao import quiet_logs
+
+
+def _rel_iqr(values: list[float]) -> float:
+    q = statistics.quantiles(values, n=4, method="inclusive")
+    return (q[2] - q[0]) / statistics.median(values)
 
 
 def main() -> None:
@@ -46,11 +55,17 @@ def main() -> None:
             theirs.append(t.median * 1e3)
             print(f"round {i}: torchao_nb {m.median_ms:.4f} ms (IQR {m.iqr_ms:.4f}, {len(m.samples_ms)} samples x "
                   f"{m.calls_per_sample})   torch.utils.benchmark {t.median * 1e3:.4f} ms (IQR {t.iqr * 1e3:.4f})")
-    q = statistics.quantiles(ours, n=4, method="inclusive")
-    rel_iqr = (q[2] - q[0]) / statistics.median(ours)
+        twin = torch.compile(copy.deepcopy(module))
+        models.call(twin, inputs)
+        aa = []
+        for _ in range(args.rounds):
+            a, b = measure.time_paired(call, lambda: models.call(twin, inputs), measure.TimingPolicy(), sync=sync)
+            aa.append(a.median_ms / b.median_ms)
+    rel_iqr = _rel_iqr(ours)
     ratio = statistics.median(a / b for a, b in zip(ours, theirs))
     print(f"device={device} dtype={env.dtype_name(dtype)} threads={threads} model={args.model}")
     print(f"repeated torchao_nb medians: {', '.join(f'{v:.4f}' for v in ours)} ms; relative IQR {100 * rel_iqr:.2f}%")
+    print(f"repeated interleaved A/A ratios: {', '.join(f'{v:.3f}' for v in aa)}; relative IQR {100 * _rel_iqr(aa):.2f}%")
     print(f"ratio={ratio:.3f}")
 
 
