@@ -7,7 +7,7 @@ import math
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -132,22 +132,21 @@ def time_once(fn: Callable[[], Any], clock: Clock = time.perf_counter, sync: Cal
 
 # ---- accuracy -----------------------------------------------------------------------------
 
+def tensors_of(obj: Any) -> Iterator[torch.Tensor]:
+    """Every tensor in a nested output or input: tensors, tuples/lists, dicts (HF ModelOutput is a dict)."""
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from tensors_of(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from tensors_of(v)
+
+
 def flat_output(out: Any) -> torch.Tensor:
     """All floating tensors of a model's output (tensor, tuple, dict, HF ModelOutput) as one fp64 vector."""
-    parts: list[torch.Tensor] = []
-
-    def walk(o):
-        if isinstance(o, torch.Tensor):
-            if o.is_floating_point():
-                parts.append(o.detach().reshape(-1).to("cpu", torch.float64))
-        elif isinstance(o, dict):
-            for v in o.values():
-                walk(v)
-        elif isinstance(o, (list, tuple)):
-            for v in o:
-                walk(v)
-
-    walk(out)
+    parts = [t.detach().reshape(-1).to("cpu", torch.float64) for t in tensors_of(out) if t.is_floating_point()]
     if not parts:
         raise ValueError("the model's output holds no floating-point tensor to compare")
     return torch.cat(parts)
@@ -247,19 +246,4 @@ def copy_bandwidth_gbs(device: str, mib: int = 256, policy: TimingPolicy | None 
 
 def activation_bytes(inputs: Any, output: Any) -> int:
     """Bytes of every tensor in the inputs and the output: what a step must read and write besides weights."""
-    total = 0
-
-    def walk(o):
-        nonlocal total
-        if isinstance(o, torch.Tensor):
-            total += o.numel() * o.element_size()
-        elif isinstance(o, dict):
-            for v in o.values():
-                walk(v)
-        elif isinstance(o, (list, tuple)):
-            for v in o:
-                walk(v)
-
-    walk(inputs)
-    walk(output)
-    return total
+    return sum(t.numel() * t.element_size() for t in tensors_of((inputs, output)))
