@@ -67,11 +67,13 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 def compiled_cell(cfg: "SweepConfig | recipes.ApplyContext") -> Iterator[None]:
     """Fresh dynamo state and the chosen compiler settings for one compiled cell, all restored after."""
     torch._dynamo.reset()
-    with baseline_mod.preserved_compiler_configs(), baseline_mod.applied(cfg.baseline), \
-            baseline_mod.applied(cfg.torchao_tuning, baseline_mod.TORCHAO_TUNING), \
-            torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
-        yield
-    torch._dynamo.reset()
+    try:
+        with baseline_mod.preserved_compiler_configs(), baseline_mod.applied(cfg.baseline), \
+                baseline_mod.applied(cfg.torchao_tuning, baseline_mod.TORCHAO_TUNING), \
+                torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+            yield
+    finally:
+        torch._dynamo.reset()  # also after a failed cell: the next one must not inherit its graphs
 
 
 def compiled(model: nn.Module, cfg: "SweepConfig | recipes.ApplyContext"):
@@ -191,8 +193,9 @@ def run_cell(cfg: SweepConfig, ref: Reference, mode: str, batch: int, clock=time
     sync = measure.sync_for(cfg.device)
     try:
         model = copy.deepcopy(ref.module)
-        context = recipes.ApplyContext(cfg.device, cfg.compile, cfg.baseline, cfg.policy, clock, cfg.progress, cfg.autoquant,
-                                       cfg.compile_mode, cfg.torchao_tuning)
+        context = recipes.ApplyContext(
+            device=cfg.device, compile=cfg.compile, baseline=cfg.baseline, policy=cfg.policy, clock=clock,
+            progress=cfg.progress, search=cfg.autoquant, compile_mode=cfg.compile_mode, torchao_tuning=cfg.torchao_tuning)
         report, quantize_s = measure.time_once(
             lambda: recipes.quantize(model, recipe, info, cfg.dtype, ref.inputs, context), clock, sync)
         extra = dict(report.extra)
