@@ -2,9 +2,11 @@
 
 import math
 
+import pytest
+
 import torch
 
-from torchao_nb import env, explain, measure, recipes
+from torchao_nb import baseline, env, explain, measure, recipes
 
 
 def test_one_linear_reports_size_and_error_for_every_mode():
@@ -36,6 +38,15 @@ def test_timing_pitfalls_names_each_pitfall():
     assert list(t.pitfall) == ["warm-up", "device sync", "compile time", "batch size 1", "batch size 2"]
     assert t.loc[2, "naive"] == "compile off"
     assert "n/a on the CPU" in t.loc[1, "naive"]
+
+
+@pytest.mark.slow
+def test_timing_pitfalls_with_compile_times_the_first_compiled_call():
+    before = baseline.snapshot()
+    t = explain.timing_pitfalls("llama-tiny", batch_sizes=(1,), device="cpu", compile=True, policy=measure.FAST_POLICY)
+    row = t.set_index("pitfall").loc["compile time"]
+    assert row["naive"].startswith("first compiled call") and "compiled median" in row["careful"]
+    assert baseline.snapshot() == before  # the baseline settings were applied only inside the cell
 
 
 def test_baseline_table_lists_the_seed_settings():

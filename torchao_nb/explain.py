@@ -13,7 +13,7 @@ from . import baseline as baseline_mod
 from . import env as envmod
 from . import measure, models, recipes
 from ._torchao import quiet_logs
-from .sweep import compiled_cell
+from .sweep import compiled, compiled_cell
 
 
 def baseline_table():
@@ -155,12 +155,13 @@ def timing_pitfalls(model: str = models.DEFAULT_MODEL, batch_sizes=(1, 8), devic
             lines.append({"pitfall": "device sync", "naive": "n/a on the CPU", "careful": "n/a on the CPU",
                           "why": "CPU calls finish before they return; on CUDA the clock must wait for the GPU"})
         if compile:
-            with compiled_cell(True):
-                fn = torch.compile(copy.deepcopy(module))
+            settings = recipes.ApplyContext(device=dev, compile=True, baseline=True)  # the sweep's defaults
+            with compiled_cell(settings):
+                fn = compiled(copy.deepcopy(module), settings)
                 _, compile_s = measure.time_once(lambda: models.call(fn, inputs), sync=sync)
-                compiled = measure.time_calls(lambda: models.call(fn, inputs), policy, sync=sync)
+                steady_compiled = measure.time_calls(lambda: models.call(fn, inputs), policy, sync=sync)
             lines.append({"pitfall": "compile time", "naive": f"first compiled call {compile_s:.1f} s",
-                          "careful": f"compiled median {compiled.median_ms:.2f} ms (eager {steady.median_ms:.2f} ms)",
+                          "careful": f"compiled median {steady_compiled.median_ms:.2f} ms (eager {steady.median_ms:.2f} ms)",
                           "why": "torch.compile works on the first call; time it apart and keep it out of the median"})
         else:
             lines.append({"pitfall": "compile time", "naive": "compile off", "careful": "compile off",
