@@ -139,14 +139,15 @@ def _set_aside_previous(out: Path) -> None:
 
 @dataclass
 class Reference:
-    """The unquantized model of one (model, batch size), measured once and shared by its cells."""
+    """The unquantized model of one (model, batch size) and its output, shared by its cells.
+
+    It is not timed here: each cell times it again, interleaved with the mode (see run_cell).
+    """
 
     name: str
     module: nn.Module
     inputs: models.Inputs
     output: Any
-    eager_ms: float | None
-    baseline_ms: float | None
     tokens_per_call: int | None
     layers_total: int
     copy_gbs: float | None = None  # the device's copy bandwidth, for the roofline column
@@ -156,16 +157,10 @@ class Reference:
 
 
 def _row(cfg: SweepConfig, ref: Reference, mode: str, batch: int, status: str, reason: str = "", **kw) -> Row:
-    kw.setdefault("baseline_ms", ref.baseline_ms)
-    kw.setdefault("eager_ms", ref.eager_ms)
     return Row(model=ref.name, mode=mode, batch_size=batch, device=cfg.device, dtype=envmod.dtype_name(cfg.dtype),
                compile=cfg.compile, baseline=cfg.baseline, status=status, reason=reason,
                layers_total=ref.layers_total,
                threads=cfg.threads, compile_mode=cfg.compile_mode if cfg.compile else "", **kw)
-
-
-def _time(fn: Callable[[], Any], cfg: SweepConfig, clock) -> measure.Measurement:
-    return measure.time_calls(fn, cfg.policy, clock=clock, sync=measure.sync_for(cfg.device))
 
 
 def _free(device: str) -> None:
@@ -259,22 +254,13 @@ def run_cell(cfg: SweepConfig, ref: Reference, mode: str, batch: int, clock=time
 
 
 def measure_reference(cfg: SweepConfig, name: str, module: nn.Module, inputs: models.Inputs, tokens_per_call: int | None,
-                      clock=time.perf_counter, copy_gbs: float | None = None, task: models.Task | None = None) -> Reference:
-    """Eager timing and output of the unquantized model, plus its compiled timing when compile is on."""
+                      copy_gbs: float | None = None, task: models.Task | None = None) -> Reference:
+    """The unquantized model's output (the accuracy reference), and its task output if it has a task."""
     with torch.no_grad():
         output = models.call(module, inputs)
-        eager = _time(lambda: models.call(module, inputs), cfg, clock).median_ms
-        baseline_ms = eager
-        if cfg.compile:
-            with compiled_cell(cfg):
-                fn = compiled(copy.deepcopy(module), cfg)
-                models.call(fn, inputs)
-                baseline_ms = _time(lambda: models.call(fn, inputs), cfg, clock).median_ms
-            del fn
         task_inputs = task.inputs(cfg.device, cfg.dtype) if task else None
         task_output = task.run(module, task_inputs) if task else None
-    _free(cfg.device)
-    return Reference(name, module, inputs, output, eager, baseline_ms, tokens_per_call, len(recipes.linear_layers(module)),
+    return Reference(name, module, inputs, output, tokens_per_call, len(recipes.linear_layers(module)),
                      copy_gbs, task, task_inputs, task_output)
 
 
@@ -427,10 +413,10 @@ def sweep(
                         bar.set_description(f"{src.name} bs={batch}: reference")
                     try:
                         module, inputs, tokens = src.build(cfg, batch)
-                        ref = measure_reference(cfg, src.name, module, inputs, tokens, clock, environment["copy_gbs"],
+                        ref = measure_reference(cfg, src.name, module, inputs, tokens, environment["copy_gbs"],
                                                 src.spec and src.spec.task)
                     except Exception as e:  # the unquantized model itself fails: every cell says so
-                        stub = Reference(src.name, None, None, None, None, None, None, 0)
+                        stub = Reference(src.name, None, None, None, None, 0)
                         for mode in todo:
                             row = _row(cfg, stub, mode, batch, "error", f"the unquantized model failed: {type(e).__name__}: {e}"[:500])
                             if out_dir is not None:
