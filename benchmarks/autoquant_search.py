@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from torchao_nb import autoquant, recipes, sweep  # noqa: E402
+from torchao_nb import autoquant, modes as modes_mod, plots, sweep, tables  # noqa: E402
 
 TARGETS = {"vs_best": 1.05, "vs_noquant": 1.05, "cold_s": 60.0, "warm_s": 5.0}
 
@@ -30,7 +30,7 @@ def one_run(args, cache_dir: str) -> dict:
         settings["sqnr_floor_db"] = args.floor
     common = dict(model=args.model, device=args.device, dtype=args.dtype, batch_sizes=[args.batch_size],
                   compile=args.compile, progress=False, threads=args.threads, autoquant=settings)
-    modes = [m for m in recipes.RECIPES if m != "autoquant-torchao"]
+    modes = list(modes_mod.MODES)
     result = sweep(modes=modes, **common)
     rows = {r.mode: r for r in result}
     if args.out:
@@ -38,7 +38,7 @@ def one_run(args, cache_dir: str) -> dict:
 
         matplotlib.use("Agg")
         result.save(args.out)
-        autoquant.plot_choices(result).savefig(Path(args.out) / "autoquant_choices.png", dpi=110)
+        plots.autoquant_choices(result).savefig(Path(args.out) / "autoquant_choices.png", dpi=110)
     aq = rows["autoquant"]
     if aq.status != "ok":
         raise SystemExit(f"autoquant row is {aq.status}: {aq.reason}")
@@ -48,7 +48,7 @@ def one_run(args, cache_dir: str) -> dict:
     accurate = {m: r for m, r in singles.items() if r.sqnr_db is None or r.sqnr_db >= floor}
     best_acc = min(accurate, key=lambda m: accurate[m].median_ms)
     warm = next(iter(sweep(modes=["autoquant"], **common)))
-    print(autoquant.decision_table(aq).drop(columns=["why"]).to_string(float_format=lambda v: f"{v:.3f}"))
+    print(tables.decision_table(aq).drop(columns=["why"]).to_string(float_format=lambda v: f"{v:.3f}"))
     for m, r in rows.items():
         sqnr = "inf" if r.status == "ok" and r.sqnr_db is None else ("" if r.sqnr_db is None else f"{r.sqnr_db:.1f}")
         ms = "" if r.median_ms is None else f"{r.median_ms:.3f}"
@@ -58,7 +58,7 @@ def one_run(args, cache_dir: str) -> dict:
         "best_accurate": best_acc, "best_accurate_ms": accurate[best_acc].median_ms,
         "noquant_ms": rows["noquant"].median_ms, "sqnr_db": aq.sqnr_db, "floor_db": floor,
         "cold_s": aq.search_s, "warm_s": warm.search_s, "warm_hits": warm.extra_dict["autoquant"]["cache"]["hits"],
-        "choices": ",".join(sorted({c for c in autoquant.decision_table(aq)["choice"]})),
+        "choices": ",".join(sorted({c for c in tables.decision_table(aq)["choice"]})),
     }
 
 

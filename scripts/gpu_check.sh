@@ -63,11 +63,12 @@ for d in "$OUT/decode" "$OUT/prefill"; do [ -s "$d/rows.jsonl" ] && dirs+=("$d")
 [ ${#dirs[@]} -gt 0 ] || { echo "gpu_check: no rows were produced" >&2; exit 1; }
 "$PY" - "${dirs[@]}" <<'PY' | tee "$OUT/summary.txt"
 import sys
+from torchao_nb import tables
 from torchao_nb.results import ResultSet
 for d in sys.argv[1:]:
     rs = ResultSet.load(d)
     print(f"\n## {d}")
-    print(rs.table())
+    print(tables.text(rs))
 PY
 if "$PY" -c 'import torchao_nb.report' 2>/dev/null; then
   "$PY" -m torchao_nb report "${dirs[@]}" --out "$OUT/report.html" >/dev/null 2>"$OUT/report.log" \

@@ -48,8 +48,9 @@ def test_epilogue_fusion_is_documented_and_not_set():
     had = hasattr(torch._dynamo, "epilogue_fusion")
     with baseline.applied(True):
         assert hasattr(torch._dynamo, "epilogue_fusion") == had
-    text = baseline.describe_text()
-    assert "cache_size_limit: 8 -> 10000" in text or "cache_size_limit" in text
+    records = {r["key"]: r for r in baseline.describe_dicts()}
+    assert records["torch._dynamo.config.cache_size_limit"]["new"] == 10000
+    assert records["torch._dynamo.config.cache_size_limit"]["applied"] is True
 
 
 def test_preserved_compiler_configs_undo_library_changes():

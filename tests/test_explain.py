@@ -6,14 +6,14 @@ import pytest
 
 import torch
 
-from torchao_nb import baseline, env, explain, measure, recipes
+from torchao_nb import baseline, env, explain, measure, modes as modes_mod
 
 
 def test_one_linear_reports_size_and_error_for_every_mode():
     study = explain.one_linear(256, 256, batch=4, device="cpu", dtype="float32")
     t = study.table.set_index("mode")
-    assert list(t.index) == list(recipes.RECIPES)
-    reasons = recipes.availability(env.device_info("cpu"), torch.float32)
+    assert list(t.index) == list(modes_mod.MODES)
+    reasons = modes_mod.availability(env.device_info("cpu"), torch.float32)
     for mode, reason in reasons.items():
         assert t.loc[mode, "status"] == ("ok" if reason is None else "skipped")
         if reason:
@@ -52,4 +52,5 @@ def test_timing_pitfalls_with_compile_times_the_first_compiled_call():
 def test_baseline_table_lists_the_seed_settings():
     t = explain.baseline_table()
     assert "torch._dynamo.config.cache_size_limit" in set(t.setting)
-    assert not t.set_index("setting").loc["torch._dynamo.epilogue_fusion", "applied"]
+    assert t.set_index("setting").loc["torch._dynamo.epilogue_fusion", "applied"] == "no"
+    assert t.set_index("setting").loc["torch._dynamo.config.cache_size_limit", "applied"] == "yes"

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from torchao_nb import measure, recipes
+from torchao_nb import measure, modes as modes_mod
 from torchao_nb.env import DeviceInfo
 
 
@@ -87,7 +87,7 @@ def test_weight_bytes_sees_packed_weights():
     model = nn.Sequential(nn.Linear(256, 256, bias=False)).to(torch.bfloat16)
     assert measure.weight_bytes(model) == 256 * 256 * 2
     cpu = DeviceInfo("cpu", "x", None, True)
-    recipes.quantize(model, recipes.RECIPES["int8weightonly"], cpu, torch.bfloat16)
+    modes_mod.quantize(model, modes_mod.MODES["int8weightonly"], cpu, torch.bfloat16)
     q = measure.weight_bytes(model)
     assert 256 * 256 <= q < 256 * 256 * 1.2  # int8 data plus per-channel scales
 

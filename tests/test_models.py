@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import torchao_nb
-from torchao_nb import env, measure, models, recipes
+from torchao_nb import env, measure, models, modes as modes_mod
 from torchao_nb._torchao import quiet_logs
 from torchao_nb.cli import main
 from torchao_nb.env import UserError
@@ -32,7 +32,7 @@ SMALLEST = {
 
 def cpu_modes(dtype, own_search: bool = False):
     """Modes that run on this CPU: plain configs, or (own_search) those with their own search, like autoquant."""
-    modes = [n for n, r in recipes.RECIPES.items()
+    modes = [n for n, r in modes_mod.MODES.items()
              if r.unsupported_reason(CPU, dtype) is None and (r.apply is not None) == own_search]
     if not own_search:
         assert {"noquant", "int8dynamic", "int8weightonly", "int4weightonly"} <= set(modes)
@@ -57,7 +57,7 @@ def test_model_through_every_cpu_mode(name, dtype):
         assert torch.isfinite(ref).all()
         for mode in cpu_modes(dtype):
             q = copy.deepcopy(module)
-            report = recipes.quantize(q, recipes.get(mode), CPU, dtype, inputs)
+            report = modes_mod.quantize(q, modes_mod.get(mode), CPU, dtype, inputs)
             out = models.call(q, inputs)
             assert tuple(out.shape) == SMALLEST[name] and out.dtype == dtype, mode
             acc = measure.accuracy(ref, out)
@@ -167,7 +167,7 @@ def test_vit_tiny_shapes():
     module, (pixels,) = spec.build("cpu", torch.float32, 3, 1)
     assert pixels.shape == (3, 3, 224, 224)
     assert sum(p.numel() for p in module.parameters()) == spec.params
-    assert len(recipes.linear_layers(module)) == 12 * 4 + 1
+    assert len(modes_mod.linear_layers(module)) == 12 * 4 + 1
 
 
 # ---- Hugging Face models and MiniLM --------------------------------------------------------

@@ -6,7 +6,7 @@ import stat
 import pytest
 
 from tests.plot_fixtures import ERROR_REASON, SKIP_REASON, other_run, result_set
-from torchao_nb import report
+from torchao_nb import ResultSet, report
 from torchao_nb.cli import main
 
 
@@ -54,7 +54,8 @@ def test_report_escapes_what_it_quotes(tmp_path):
     import dataclasses
 
     rs = result_set()
-    rs = rs.with_rows([dataclasses.replace(rs.rows[3], reason="<script>alert(1)</script>"), *rs.rows[:3], *rs.rows[4:]])
+    rs = ResultSet((dataclasses.replace(rs.rows[3], reason="<script>alert(1)</script>"), *rs.rows[:3], *rs.rows[4:]),
+                   rs.environment)
     rs.save(tmp_path / "r")
     text = report.build([tmp_path / "r"], tmp_path / "r.html").html.read_text()
     assert "<script>" not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text

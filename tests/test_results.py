@@ -73,5 +73,7 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
 
 
 def test_table_mentions_reasons():
-    text = ResultSet(sample_rows(), {}).table()
+    from torchao_nb import tables
+
+    text = tables.text(ResultSet(sample_rows(), {}))
     assert "needs CUDA" in text and "int8dynamic" in text and "6.00" in text

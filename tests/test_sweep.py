@@ -1,12 +1,12 @@
+import json
 import threading
 
 import pytest
 import torch
 from torch import nn
 
-from torchao_nb import UserError, baseline, recipes, sweep
-import importlib
-sweep_mod = importlib.import_module("torchao_nb.sweep")
+from torchao_nb import UserError, baseline, modes as modes_mod, sweep
+from torchao_nb import cell as cell_mod
 from torchao_nb.results import ResultSet, read_jsonl
 
 from .conftest import NoLinear, TwoLinear
@@ -20,6 +20,7 @@ def run(model, **kw):
     kw.setdefault("compile", False)
     kw.setdefault("progress", False)
     kw.setdefault("policy", __import__("torchao_nb").measure.FAST_POLICY)
+    kw.setdefault("isolate", False)  # tests here patch the registry in this process; test_isolation covers the worker
     if isinstance(model, nn.Module):
         kw.setdefault("example_inputs", X)
     return sweep(model=model, **kw)
@@ -31,7 +32,7 @@ def by_mode(rs):
 
 def test_every_mode_gets_a_row_with_a_status(two_linear):
     rows = by_mode(run(two_linear, modes="all"))
-    assert set(rows) == set(recipes.RECIPES)
+    assert set(rows) == set(modes_mod.MODES)
     for mode in ["noquant", "int8dynamic", "int8weightonly", "int4weightonly", "float8weightonly"]:
         assert rows[mode].status == "ok", rows[mode].reason
     assert rows["float8dynamic"].status == "skipped" and "CUDA" in rows["float8dynamic"].reason
@@ -44,7 +45,7 @@ def test_every_mode_gets_a_row_with_a_status(two_linear):
     assert r.layers_quantized == 2 and r.layers_total == 2
     assert r.weight_bytes < rows["noquant"].weight_bytes
     assert rows["noquant"].layers_quantized == 0
-    assert r.recipe_dict["_type"] == "Int8DynamicActivationInt8WeightConfig"
+    assert json.loads(r.recipe)["_type"] == "Int8DynamicActivationInt8WeightConfig"
 
 
 def test_users_model_is_never_mutated(two_linear):
@@ -56,9 +57,14 @@ def test_users_model_is_never_mutated(two_linear):
         assert torch.equal(v, before[k])
 
 
-def test_dict_inputs_and_rebatching(two_linear):
-    rs = run(two_linear, example_inputs={"x": torch.randn(1, 128), "scale": 2.0}, modes="noquant,int8dynamic", batch_sizes=[1, 3])
-    assert [(r.batch_size, r.status) for r in rs] == [(1, "ok"), (1, "ok"), (3, "ok"), (3, "ok")]
+def test_users_inputs_reach_the_model_as_given(two_linear):
+    seen = []
+    two_linear.register_forward_pre_hook(lambda mod, args, kwargs: seen.append(tuple(kwargs["x"].shape)), with_kwargs=True)
+    rs = run(two_linear, example_inputs={"x": torch.randn(8, 128), "scale": 2.0}, modes="noquant,int8dynamic")
+    assert [(r.batch_size, r.status) for r in rs] == [(8, "ok"), (8, "ok")]
+    assert seen and set(seen) == {(8, 128)}
+    with pytest.raises(UserError, match="batch_sizes apply to registry models"):
+        run(two_linear, example_inputs=(torch.randn(8, 128),), batch_sizes=[1, 3])
 
 
 def test_model_without_linear_says_nothing_to_quantize():
@@ -80,7 +86,7 @@ def test_a_failing_mode_is_an_error_row_and_the_sweep_goes_on(two_linear, monkey
     def boom(info, dtype):
         raise RuntimeError("kernel exploded")
 
-    monkeypatch.setitem(recipes.RECIPES, "int8weightonly", recipes.Recipe("int8weightonly", "broken", boom))
+    monkeypatch.setitem(modes_mod.MODES, "int8weightonly", modes_mod.Mode("int8weightonly", "broken", boom))
     rows = by_mode(run(two_linear, modes="int8weightonly,int8dynamic"))
     assert rows["int8weightonly"].status == "error"
     assert rows["int8weightonly"].reason == "RuntimeError: kernel exploded"
@@ -111,10 +117,10 @@ def test_compiled_sweep_restores_baseline_even_when_a_cell_raises(two_linear, mo
             seen["coordinate_descent_tuning"] = torch._inductor.config.coordinate_descent_tuning
             raise RuntimeError("fails inside the compiled cell")
         model.fc1.register_forward_hook(hook)
-        return recipes.ApplyReport(2, 2)
+        return modes_mod.ApplyReport(2, 2)
 
-    monkeypatch.setitem(recipes.RECIPES, "int8weightonly",
-                        recipes.Recipe("int8weightonly", "hooked", lambda i, d: None, apply=hooked_apply))
+    monkeypatch.setitem(modes_mod.MODES, "int8weightonly",
+                        modes_mod.Mode("int8weightonly", "hooked", lambda i, d: None, apply=hooked_apply))
     before = baseline.snapshot()
     inductor_before = torch._inductor.config.get_config_copy()
     rows = by_mode(run(two_linear, modes="noquant,int8weightonly", compile=True, baseline=True, torchao_tuning=True))
@@ -135,8 +141,8 @@ def test_rows_are_saved_as_they_finish_and_resume_skips_them(two_linear, tmp_pat
     assert ResultSet.load(tmp_path) == first
 
     ran = []
-    real = sweep_mod.run_cell
-    monkeypatch.setattr(sweep_mod, "run_cell", lambda cfg, ref, mode, *a: ran.append(mode) or real(cfg, ref, mode, *a))
+    real = cell_mod.run_cell
+    monkeypatch.setattr(cell_mod, "run_cell", lambda cfg, ref, mode, *a: ran.append(mode) or real(cfg, ref, mode, *a))
     second = run(two_linear, modes="noquant,int8dynamic,int8weightonly", out=tmp_path, resume=True)
     assert ran == ["int8dynamic", "int8weightonly"]
     assert [r.mode for r in second] == ["noquant", "int8dynamic", "int8weightonly"]
@@ -161,9 +167,9 @@ def test_a_fresh_sweep_sets_old_results_aside(two_linear, tmp_path):
     (dict(device="tpu"), "unknown device"),
     (dict(compile_mode="fastest"), "unknown compile mode"),
 ])
-def test_bad_input_is_a_clear_user_error(two_linear, kwargs, message):
+def test_bad_input_is_a_clear_user_error(kwargs, message):
     with pytest.raises(UserError, match=message):
-        run(two_linear, **kwargs)
+        run("mlp", **kwargs)
 
 
 def test_unknown_model_and_missing_inputs():

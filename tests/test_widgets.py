@@ -12,7 +12,7 @@ import torch
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from torchao_nb import env, measure, models, recipes  # noqa: E402
+from torchao_nb import env, measure, models, modes as modes_mod  # noqa: E402
 from torchao_nb.env import UserError  # noqa: E402
 from torchao_nb.widgets import NOTEBOOK_MODULE, BenchmarkPanel, library_noise_to  # noqa: E402
 
@@ -53,18 +53,18 @@ def test_importing_the_package_does_not_import_ipywidgets():
 
 def test_options_come_from_the_registries(monkeypatch):
     monkeypatch.setitem(models.MODELS, "extra-model", models.MODELS["mlp"])
-    monkeypatch.setitem(recipes.RECIPES, "extra-mode", recipes.Recipe("extra-mode", "a new mode", lambda i, d: None))
+    monkeypatch.setitem(modes_mod.MODES, "extra-mode", modes_mod.Mode("extra-mode", "a new mode", lambda i, d: None))
     p = BenchmarkPanel()
     assert "extra-model" in [v for _, v in p.model.options]
     assert NOTEBOOK_MODULE in [v for _, v in p.model.options]
-    assert set(p.modes.buttons) == set(recipes.RECIPES)
+    assert set(p.modes.buttons) == set(modes_mod.MODES)
     assert p.modes.buttons["extra-mode"].tooltip == "a new mode"
 
 
 def test_modes_that_cannot_run_here_are_disabled_with_their_reason():
     p = BenchmarkPanel()
     device, dtype = p._resolved()
-    reasons = recipes.availability(env.device_info(device), dtype)
+    reasons = modes_mod.availability(env.device_info(device), dtype)
     assert any(reasons.values()), "some mode always needs something this CPU lacks"
     for name, reason in reasons.items():
         button = p.modes.buttons[name]
@@ -93,7 +93,7 @@ def test_device_buttons_are_exclusive_and_refresh_mode_availability():
     p.dtype.value = "float32"
     assert "runs on cpu" in p.resolved.value and "float32" in p.resolved.value
     # In fp32 on the CPU int4 uses Intx and needs no bf16 kernel: its availability is recomputed.
-    expected = recipes.availability(env.device_info("cpu"), torch.float32)
+    expected = modes_mod.availability(env.device_info("cpu"), torch.float32)
     assert {n: b.disabled for n, b in p.modes.buttons.items()} == {n: r is not None for n, r in expected.items()}
 
 
@@ -129,8 +129,8 @@ def test_a_failing_mode_is_shown_in_the_panel(notebook, monkeypatch):
     def broken(info, dtype):
         raise RuntimeError("kernel exploded on purpose")
 
-    monkeypatch.setitem(recipes.RECIPES, "broken", recipes.Recipe("broken", "always fails", broken))
-    p = panel_on(notebook, modes=("broken", "int8dynamic"))
+    monkeypatch.setitem(modes_mod.MODES, "broken", modes_mod.Mode("broken", "always fails", broken))
+    p = panel_on(notebook, modes=("broken", "int8dynamic"), isolate=False)  # the patched registry is this process's
     p.run_button.click()
     p.wait(timeout=300)
     assert [(r.mode, r.status) for r in p.results] == [("int8dynamic", "ok"), ("broken", "error")]
@@ -168,10 +168,30 @@ def test_stop_takes_effect_between_cells(notebook):
     assert panel.status.value.startswith("stopped") and panel.error is None
 
 
+def test_stop_ends_the_cell_in_progress(notebook, tmp_path):
+    from tests.test_isolation import Misbehaves
+
+    marker = tmp_path / "started"
+    notebook["net"] = Misbehaves("int8weightonly", "hang", str(marker))  # hangs once int8weightonly quantized it
+    p = panel_on(notebook, modes=("noquant", "int8weightonly", "int8dynamic"))
+    assert p.batch_sizes.disabled  # the module's own inputs set the batch
+    p.run_button.click()
+    for _ in range(6000):
+        if marker.exists():
+            break
+        p.wait(timeout=0.05)
+    assert marker.exists() and p.running
+    p.stop_button.click()
+    p.wait(timeout=120)
+    # every cell that finished has its row (noquant, int8dynamic); the stopped one has none
+    assert not p.running and [r.mode for r in p.results] == ["noquant", "int8dynamic"]
+    assert p.status.value.startswith("stopped") and p.error is None
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda p: setattr(p.modes, "value", ()), "no mode selected"),
-    (lambda p: setattr(p.batch_sizes, "value", "1,x"), "not a whole number"),
-    (lambda p: setattr(p.batch_sizes, "value", "0"), "positive integer"),
+    (lambda p: (setattr(p.model, "value", "mlp"), setattr(p.batch_sizes, "value", "1,x")), "not a whole number"),
+    (lambda p: (setattr(p.model, "value", "mlp"), setattr(p.batch_sizes, "value", "0")), "positive integer"),
     (lambda p: setattr(p.module_name, "value", "missing"), "no variable 'missing'"),
     (lambda p: setattr(p.module_name, "value", ""), "variable name of an nn.Module"),
     (lambda p: setattr(p.inputs_name, "value", ""), "example inputs"),

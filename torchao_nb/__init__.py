@@ -1,19 +1,19 @@
 """torchao_nb: see how torchao quantization changes latency, memory and accuracy, in a notebook or headless."""
 
-from .env import UserError
+from .errors import UserError
 from .results import ResultSet, Row
-from .sweep import sweep
 
 __all__ = ["sweep", "ResultSet", "Row", "UserError", "list_modes", "list_models", "BenchmarkPanel"]
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: E402,F401
 
 
 def list_modes(device: str = "auto", dtype=None) -> dict[str, str | None]:
     """Every mode → None if it runs on this machine, else why not."""
-    from . import env, recipes
+    from . import env, modes
+    from . import autoquant  # noqa: F401  (registers the autoquant mode)
 
     info = env.device_info(env.resolve_device(device))
-    return recipes.availability(info, env.resolve_dtype(dtype, info))
+    return modes.availability(info, env.resolve_dtype(dtype, info))
 
 
 def list_models() -> dict[str, str]:
@@ -23,7 +23,12 @@ def list_models() -> dict[str, str]:
 
 
 def __getattr__(name: str):
-    # The panel needs ipywidgets; import it only when asked for, so headless use never loads it.
+    # Imported on first use: `python -m torchao_nb` can start its worker before torch is imported here,
+    # and headless use never loads ipywidgets.
+    if name == "sweep":
+        from .engine import sweep
+
+        return sweep
     if name == "BenchmarkPanel":
         from .widgets import BenchmarkPanel
 

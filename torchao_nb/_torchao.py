@@ -10,17 +10,18 @@ import warnings
 # The torchao releases this toolkit is tested with; CI pins the newest.
 SUPPORTED_TORCHAO = ((0, 17), (0, 18))
 
-# Loggers whose import-time chatter ("Failed to load _C_mxfp8", pytree deprecation
-# notes) is noise to a user: the extensions they mention are CUDA-only.
-_NOISY_LOGGERS = ("torchao", "torch.utils._pytree", "torch._dynamo", "torch._inductor")
+# Loggers whose chatter ("Failed to load _C_mxfp8", pytree deprecation notes, dynamo warnings) is
+# noise to a user: the extensions they mention are CUDA-only. torch gives some children levels of
+# their own, so they are named too. The panel sends the same loggers to its collapsed log.
+NOISY_LOGGERS = ("torch", "torchao", "torch.utils._pytree", "torch._dynamo", "torch._inductor", "py.warnings")
 
 
 @contextlib.contextmanager
 def quiet_logs(level: int = logging.ERROR):
     """Raise the level of torch/torchao's noisy loggers, restoring them on exit."""
-    saved = {name: logging.getLogger(name).level for name in _NOISY_LOGGERS}
+    saved = {name: logging.getLogger(name).level for name in NOISY_LOGGERS}
     try:
-        for name in _NOISY_LOGGERS:
+        for name in NOISY_LOGGERS:
             logging.getLogger(name).setLevel(level)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", module=r"torchao(\.|$)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -94,12 +95,9 @@ def describe(settings: tuple[Setting, ...] = BASELINE_SETTINGS) -> list[SettingS
     return states
 
 
-def describe_text(settings: tuple[Setting, ...] = BASELINE_SETTINGS) -> str:
-    lines = []
-    for st in describe(settings):
-        mark = "set " if st.applied else "skip"
-        lines.append(f"[{mark}] {st.key}: {st.old!r} -> {st.new!r}  ({st.note})")
-    return "\n".join(lines)
+def describe_dicts(settings: tuple[Setting, ...] = BASELINE_SETTINGS) -> list[dict[str, Any]]:
+    """`describe` as JSON-ready records (environment.json keeps them beside the results)."""
+    return [dataclasses.asdict(s) for s in describe(settings)]
 
 
 @contextlib.contextmanager

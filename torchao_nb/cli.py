@@ -5,43 +5,68 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .env import UserError
+from .errors import UserError
+
+
+def _mode_settings(args) -> dict:
+    """`--autoquant-floor 25` → {"autoquant": {"sqnr_floor_db": 25}}: each mode's settings fields that have a flag."""
+    out: dict = {}
+    for mode, field in _settings_flags():
+        value = getattr(args, f"{mode}__{field.name}")
+        if value is not None:
+            out.setdefault(mode, {})[field.name] = value
+    return out
+
+
+def _settings_flags():
+    import dataclasses
+
+    from . import autoquant  # noqa: F401  (registers the autoquant mode)
+    from . import modes
+
+    for name, mode in modes.MODES.items():
+        if mode.settings is not None:
+            for field in dataclasses.fields(mode.settings):
+                if field.metadata.get("flag"):
+                    yield name, field
 
 
 def _run(args) -> int:
-    from . import measure
-    from .sweep import sweep
+    from . import config, measure, tables
+    from .engine import sweep
 
+    options = {o.name: getattr(args, o.name) for o in config.OPTIONS if o.flag}
     result = sweep(
-        model=args.model, modes=args.modes, device=args.device, dtype=args.dtype,
-        batch_sizes=args.batch_sizes.split(","), compile=args.compile, baseline=args.baseline,
-        out=args.out, resume=args.resume, threads=args.threads, seq_len=args.seq_len, progress=not args.quiet,
-        compile_mode=args.compile_mode, torchao_tuning=args.torchao_tuning,
-        policy=measure.FAST_POLICY if args.quick else None,
-        autoquant={k: v for k, v in (("sqnr_floor_db", args.autoquant_floor), ("margin", args.autoquant_margin)) if v is not None} or None,
+        model=args.model, modes=args.modes, out=args.out, resume=args.resume, retry_errors=args.retry_errors,
+        progress=not args.quiet, isolate=not args.in_process, policy=measure.FAST_POLICY if args.quick else None,
+        **options, **_mode_settings(args),
     )
     env = result.environment
     print(f"torch {env['torch']}, torchao {env['torchao']}, {env['device']} ({env['device_name']}), "
           f"{env['dtype']}, {env['threads']} threads, compile={'on' if env['compile'] else 'off'}, "
-          f"baseline settings={'on' if env['baseline'] else 'off'}")
-    print(result.table())
+          f"baseline settings={'on' if env['baseline'] else 'off'}, cells in {env['isolation']}")
+    print(tables.text(result))
     print(f"\nspeedup = compiled unquantized baseline / mode (eager baseline when --no-compile); "
           f"results in {args.out}/results.csv and results.json")
+    if not any(r.status == "ok" for r in result):
+        print("error: no cell was measured (see the status and note columns)", file=sys.stderr)
+        return 1
     return 0
 
 
 def _list_modes(args) -> int:
-    from . import env, recipes
+    from . import autoquant  # noqa: F401  (registers the autoquant mode)
+    from . import env, modes
 
     device = env.resolve_device(args.device)
     info = env.device_info(device)
     dtype = env.resolve_dtype(args.dtype, info)
     print(f"modes on {device} ({info.name}), {env.dtype_name(dtype)}:")
-    width = max(map(len, recipes.RECIPES))
-    for name, recipe in recipes.RECIPES.items():
-        reason = recipe.unsupported_reason(info, dtype)
+    width = max(map(len, modes.MODES))
+    for name, mode in modes.MODES.items():
+        reason = mode.unsupported_reason(info, dtype)
         state = "runs here" if reason is None else f"can't run here: {reason}"
-        print(f"  {name.ljust(width)}  {recipe.description}\n  {'':{width}}  -> {state}")
+        print(f"  {name.ljust(width)}  {mode.description}\n  {'':{width}}  -> {state}")
     return 0
 
 
@@ -62,7 +87,7 @@ def _notebook(args) -> int:
     from nbclient.exceptions import CellExecutionError
 
     from . import notebooks
-    from .sweep import check_batch_sizes
+    from .config import check_batch_sizes
 
     params = dict(notebooks.parse_param(p) for p in args.param)
     batch_sizes = None if args.batch_sizes is None else list(check_batch_sizes(args.batch_sizes.split(",")))
@@ -92,7 +117,7 @@ def _report(args) -> int:
 
 
 def _autoquant_cache(args) -> int:
-    from . import autoquant
+    from .autoquant import cache as autoquant
 
     folder = autoquant.cache_root(args.cache_dir) / "autoquant"
     if args.action == "clear":
@@ -109,26 +134,27 @@ def parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="sweep models x modes x batch sizes and write results files")
     run.add_argument("--model", default=None, help="registry model name(s), comma-separated (see list-models)")
     run.add_argument("--modes", default="all", help="comma-separated modes, or 'all' (see list-modes)")
-    run.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    run.add_argument("--dtype", default=None, help="auto | bfloat16 | float16 | float32 (default: bf16 on CUDA and on CPUs with native bf16)")
-    run.add_argument("--batch-sizes", default="1", help="comma-separated, e.g. 1,8")
-    run.add_argument("--seq-len", type=int, default=None, help="sequence length for decoder models")
-    run.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's default)")
-    run.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True, help="torch.compile each cell (default on)")
-    run.add_argument("--baseline", action=argparse.BooleanOptionalAction, default=True,
-                     help="apply the seed's baseline compiler settings (default on)")
-    run.add_argument("--compile-mode", default="default",
-                     help="torch.compile mode: default | reduce-overhead (CUDA graphs) | max-autotune | max-autotune-no-cudagraphs")
-    run.add_argument("--torchao-tuning", action=argparse.BooleanOptionalAction, default=False,
-                     help="apply torchao's recommended inductor settings (coordinate descent tuning) to every compiled cell")
+    from . import config  # the sweep's options are defined once, there
+
+    for o in config.OPTIONS:
+        if o.flag is None:
+            continue
+        if o.type is bool:
+            run.add_argument(o.flag, dest=o.name, action=argparse.BooleanOptionalAction, default=None,
+                             help=f"{o.help} (default {'on' if o.default else 'off'})")
+        else:
+            default = "" if o.default is None else f" (default {o.default})"
+            run.add_argument(o.flag, dest=o.name, type=o.type, default=None, help=o.help + default)
+    run.add_argument("--in-process", action="store_true",
+                     help="run the cells in this process instead of a supervised worker (for debugging: a crash ends the run)")
     run.add_argument("--out", required=True, help="results folder")
-    run.add_argument("--resume", action="store_true", help="skip cells already in OUT/rows.jsonl")
+    run.add_argument("--resume", action="store_true", help="re-use the cells already in OUT/rows.jsonl")
+    run.add_argument("--retry-errors", action="store_true", help="with --resume: measure cells that failed again")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.add_argument("--quick", action="store_true", help="a few samples per cell: for smoke tests, not for numbers")
-    run.add_argument("--autoquant-floor", type=float, default=None, metavar="DB",
-                     help="autoquant: reject a candidate whose layer SQNR is below this (default 16.5)")
-    run.add_argument("--autoquant-margin", type=float, default=None, metavar="FRACTION",
-                     help="autoquant: a candidate must beat noquant by this fraction (default 0.05)")
+    for mode, field in _settings_flags():
+        run.add_argument(field.metadata["flag"], dest=f"{mode}__{field.name}", type=field.metadata.get("type", float),
+                         default=None, metavar=field.metadata.get("metavar"), help=f"{mode}: {field.metadata['help']}")
     run.set_defaults(func=_run)
 
     lm = sub.add_parser("list-modes", help="every mode and whether it runs on this machine")
@@ -165,6 +191,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["run"] and not {"--in-process", "-h", "--help"} & set(argv):
+        from . import executors
+
+        executors.prestart()  # the worker imports torch and torchao while this process does the same
     args = parser().parse_args(argv)
     try:
         return args.func(args)

@@ -12,13 +12,10 @@ from dataclasses import dataclass
 import torch
 
 from ._torchao import torchao_version
+from .errors import UserError  # noqa: F401  (re-exported: torchao_nb.env.UserError)
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 _DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32"}
-
-
-class UserError(ValueError):
-    """Bad input from the user: shown as one clear line, never as a traceback."""
 
 
 @dataclass(frozen=True)

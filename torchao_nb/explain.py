@@ -9,19 +9,21 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from . import autoquant  # noqa: F401  (registers the autoquant mode)
 from . import baseline as baseline_mod
+from . import compiling, measure, models, tables
 from . import env as envmod
-from . import measure, models, recipes
+from . import modes as modes_mod
 from ._torchao import quiet_logs
-from .sweep import compiled, compiled_cell
+from .errors import error_text
+from .results import sqnr_or_inf
 
 
 def baseline_table():
-    """The seed's compiler settings: what each is now, what the baseline sets it to, whether it applies, why."""
+    """The seed's compiler settings: what each is now → what the baseline sets, whether it applies, why."""
     import pandas as pd
 
-    return pd.DataFrame([{"setting": s.key, "now": s.old, "baseline": s.new, "applied": s.applied, "why": s.note}
-                         for s in baseline_mod.describe()])
+    return pd.DataFrame(tables.baseline_records(baseline_mod.describe_dicts()))
 
 
 def effective_weight(model: nn.Module, in_features: int, like: torch.Tensor) -> torch.Tensor:
@@ -45,7 +47,7 @@ class LinearStudy:
         """The first weights of one output row as each mode stores them (left), and each mode's error (right)."""
         from matplotlib.figure import Figure
 
-        from .plots import mode_color
+        from .drawing import mode_color
 
         fig = Figure(figsize=(12, 3.8), layout="constrained")
         left, right = fig.subplots(1, 2, width_ratios=(3, 2))
@@ -80,20 +82,20 @@ def one_linear(in_features: int = 1024, out_features: int = 1024, batch: int = 8
     with torch.no_grad():
         ref = layer(x)
     lines, after = [], {}
-    available = recipes.availability(info, dt)
-    for mode in recipes.resolve_modes(modes):
-        recipe = recipes.get(mode)
+    available = modes_mod.availability(info, dt)
+    for mode in modes_mod.resolve_modes(modes):
+        spec = modes_mod.get(mode)
         if available[mode] is not None:
             lines.append({"mode": mode, "status": "skipped", "note": available[mode]})
             continue
         model = nn.Sequential(copy.deepcopy(layer))  # quantize_ replaces children: give the Linear a parent
         try:
             with torch.no_grad(), quiet_logs():
-                report = recipes.quantize(model, recipe, info, dt, (x,))
+                report = modes_mod.quantize(model, spec, info, dt, (x,))
                 out = model(x)
                 w = effective_weight(model, in_features, x)
         except Exception as e:  # one mode failing is a finding to show, not a reason to stop
-            lines.append({"mode": mode, "status": "error", "note": f"{type(e).__name__}: {e}"[:200]})
+            lines.append({"mode": mode, "status": "error", "note": error_text(e, 200)})
             continue
         acc = measure.accuracy(ref, out)
         werr = measure.accuracy(original, w)
@@ -102,18 +104,18 @@ def one_linear(in_features: int = 1024, out_features: int = 1024, batch: int = 8
             "mode": mode, "status": "ok", "weight type": type(model[0].weight).__name__,
             "weight bytes": measure.weight_bytes(model), "size vs original": measure.weight_bytes(model) / measure.weight_bytes(layer),
             # SQNR None means bit-identical: infinite
-            "weight SQNR dB": _db(werr.sqnr_db), "output SQNR dB": _db(acc.sqnr_db), "output max abs err": acc.max_abs_err,
+            "weight SQNR dB": sqnr_or_inf(werr.sqnr_db), "output SQNR dB": sqnr_or_inf(acc.sqnr_db),
+            "output max abs err": acc.max_abs_err,
             "quantized": report.layers_quantized == 1,
             "note": "; ".join(report.skipped_layers.values()),
         })
     return LinearStudy(pd.DataFrame(lines), original[0, :show].cpu(), after)
 
 
-def _db(sqnr: float | None) -> float:
-    return float("inf") if sqnr is None else sqnr
-
-
 # ---- timing pitfalls -----------------------------------------------------------------------
+
+PITFALL_COLUMNS = ("pitfall", "naive", "careful", "why")
+
 
 def _each_call_ms(fn, n: int, sync) -> list[float]:
     out = []
@@ -123,6 +125,31 @@ def _each_call_ms(fn, n: int, sync) -> list[float]:
         sync()
         out.append((time.perf_counter() - t0) * 1e3)
     return out
+
+
+def _device_sync(dev: str, call, steady: measure.Measurement) -> tuple[str, str, str, str]:
+    if dev != "cuda":
+        return ("device sync", "n/a on the CPU", "n/a on the CPU",
+                "CPU calls finish before they return; on CUDA the clock must wait for the GPU")
+    t0 = time.perf_counter()
+    call()
+    unsynced = (time.perf_counter() - t0) * 1e3
+    return ("device sync", f"no sync {unsynced:.3f} ms", f"synchronised {steady.median_ms:.3f} ms",
+            "CUDA calls return before the GPU finishes; read the clock after torch.cuda.synchronize()")
+
+
+def _compile_time(compile: bool, module, inputs, steady, policy, sync) -> tuple[str, str, str, str]:
+    if not compile:
+        return ("compile time", "compile off", "compile off",
+                "set compile=True to see compile + first call against the steady state")
+    settings = compiling.CompileSettings()  # the sweep's defaults
+    with compiling.compiled_cell(settings):
+        fn = compiling.compiled(copy.deepcopy(module), settings)
+        _, compile_s = measure.time_once(lambda: models.call(fn, inputs), sync=sync)
+        steady_compiled = measure.time_calls(lambda: models.call(fn, inputs), policy, sync=sync)
+    return ("compile time", f"first compiled call {compile_s:.1f} s",
+            f"compiled median {steady_compiled.median_ms:.2f} ms (eager {steady.median_ms:.2f} ms)",
+            "torch.compile works on the first call; time it apart and keep it out of the median")
 
 
 def timing_pitfalls(model: str = models.DEFAULT_MODEL, batch_sizes=(1, 8), device: str = "auto", dtype=None,
@@ -135,41 +162,18 @@ def timing_pitfalls(model: str = models.DEFAULT_MODEL, batch_sizes=(1, 8), devic
     dt = envmod.resolve_dtype(dtype, envmod.device_info(dev))
     spec = models.get(model)
     sync = measure.sync_for(dev)
-    lines = []
     with torch.no_grad(), quiet_logs():
         module, inputs = spec.build(dev, dt, batch_sizes[0], spec.seq_len)
         call = lambda: models.call(module, inputs)  # noqa: E731
         first = _each_call_ms(call, 3, sync)
         steady = measure.time_calls(call, policy, sync=sync)
-        lines.append({"pitfall": "warm-up", "naive": f"first call {first[0]:.2f} ms",
-                      "careful": f"median after warm-up {steady.median_ms:.2f} ms (IQR {steady.iqr_ms:.2f})",
-                      "why": "the first calls pay for allocation, caches and lazy initialisation"})
-        if dev == "cuda":
-            t0 = time.perf_counter()
-            call()
-            unsynced = (time.perf_counter() - t0) * 1e3
-            lines.append({"pitfall": "device sync", "naive": f"no sync {unsynced:.3f} ms",
-                          "careful": f"synchronised {steady.median_ms:.3f} ms",
-                          "why": "CUDA calls return before the GPU finishes; read the clock after torch.cuda.synchronize()"})
-        else:
-            lines.append({"pitfall": "device sync", "naive": "n/a on the CPU", "careful": "n/a on the CPU",
-                          "why": "CPU calls finish before they return; on CUDA the clock must wait for the GPU"})
-        if compile:
-            settings = recipes.ApplyContext(device=dev, compile=True, baseline=True)  # the sweep's defaults
-            with compiled_cell(settings):
-                fn = compiled(copy.deepcopy(module), settings)
-                _, compile_s = measure.time_once(lambda: models.call(fn, inputs), sync=sync)
-                steady_compiled = measure.time_calls(lambda: models.call(fn, inputs), policy, sync=sync)
-            lines.append({"pitfall": "compile time", "naive": f"first compiled call {compile_s:.1f} s",
-                          "careful": f"compiled median {steady_compiled.median_ms:.2f} ms (eager {steady.median_ms:.2f} ms)",
-                          "why": "torch.compile works on the first call; time it apart and keep it out of the median"})
-        else:
-            lines.append({"pitfall": "compile time", "naive": "compile off", "careful": "compile off",
-                          "why": "set compile=True to see compile + first call against the steady state"})
+        lines = [("warm-up", f"first call {first[0]:.2f} ms",
+                  f"median after warm-up {steady.median_ms:.2f} ms (IQR {steady.iqr_ms:.2f})",
+                  "the first calls pay for allocation, caches and lazy initialisation"),
+                 _device_sync(dev, call, steady), _compile_time(compile, module, inputs, steady, policy, sync)]
         for b in batch_sizes:
             module_b, inputs_b = spec.build(dev, dt, b, spec.seq_len)
             m = measure.time_calls(lambda: models.call(module_b, inputs_b), policy, sync=sync)
-            lines.append({"pitfall": f"batch size {b}", "naive": f"{m.median_ms:.2f} ms per call",
-                          "careful": f"{m.median_ms / b:.3f} ms per sample",
-                          "why": "bigger batches cost more per call but less per sample: compare at the batch you will serve"})
-    return pd.DataFrame(lines)
+            lines.append((f"batch size {b}", f"{m.median_ms:.2f} ms per call", f"{m.median_ms / b:.3f} ms per sample",
+                          "bigger batches cost more per call but less per sample: compare at the batch you will serve"))
+    return pd.DataFrame(lines, columns=list(PITFALL_COLUMNS))

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .env import UserError
+from .errors import UserError
 from .results import atomic_write
 
 PACKAGE_ROOT = Path(__file__).resolve().parent

@@ -6,56 +6,26 @@ import base64
 import datetime as _dt
 import html
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
-from . import plots
-from .env import UserError
-from .results import ResultSet, Row, atomic_write
+from . import columns, plots, tables
+from . import runs as runs_mod
+from .errors import UserError
+from .results import ResultSet, atomic_write
 
 ENVIRONMENT_KEYS = {  # key → label, in the order shown
     "torch": "torch", "torchao": "torchao", "python": "Python", "platform": "platform", "device": "device",
     "device_name": "device name", "cpu_model": "CPU", "cpu_count": "CPU cores", "threads": "threads", "dtype": "dtype",
     "cuda": "CUDA", "cuda_driver": "NVIDIA driver", "compute_capability": "compute capability", "compile": "torch.compile",
-    "baseline": "baseline compiler settings", "batch_sizes": "batch sizes", "timing_policy": "timing policy",
+    "baseline": "baseline compiler settings", "torchao_tuning": "torchao inductor tuning", "batch_sizes": "batch sizes",
+    "seq_len": "sequence length", "isolation": "cells ran in", "sweep_settings": "sweep settings",
     "timestamp": "measured at (UTC)",
 }
 
-
-def _mb(v: int | None) -> str:
-    return "" if v is None else f"{v / 1e6:.1f}"
-
-
-def _num(fmt: str) -> Callable[[Any], str]:
-    return lambda v: "" if v is None else format(v, fmt)
-
-
-def _sqnr(r: Row) -> str:
-    if r.status == "ok" and r.sqnr_db is None and r.cosine is not None:
-        return "∞ (identical)"
-    return _num(".1f")(r.sqnr_db)
-
-
-# The results table: header → how a row shows there.
-RESULT_COLUMNS: dict[str, Callable[[Row], str]] = {
-    "model": lambda r: r.model,
-    "mode": lambda r: r.mode,
-    "batch": lambda r: str(r.batch_size),
-    "status": lambda r: r.status,
-    "median ms": lambda r: _num(".3f")(r.median_ms),
-    "IQR ms": lambda r: _num(".3f")(r.iqr_ms),
-    "speedup ×": lambda r: _num(".2f")(r.speedup),
-    "vs eager ×": lambda r: _num(".2f")(r.speedup_vs_eager),
-    "SQNR dB": _sqnr,
-    "cosine": lambda r: _num(".5f")(r.cosine),
-    "weights MB": lambda r: _mb(r.weight_bytes),
-    "peak MB": lambda r: _mb(r.peak_mem_bytes),
-    "layers": lambda r: "" if r.layers_quantized is None else f"{r.layers_quantized}/{r.layers_total}",
-    "compile s": lambda r: _num(".1f")(r.compile_s),
-    "note": lambda r: r.reason if r.status != "ok" else ("noisy (IQR > 10% of median)" if r.noisy else ""),
-}
 
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; margin: 2em auto;
@@ -65,7 +35,7 @@ h2 { border-bottom: 2px solid #ddd; padding-bottom: 0.2em; margin-top: 2em; }
 table { border-collapse: collapse; margin: 0.8em 0 1.5em; font-size: 0.88em; }
 th, td { border: 1px solid #ddd; padding: 0.25em 0.6em; text-align: left; vertical-align: top; }
 th { background: #f4f4f4; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
-tr.skipped td { background: #fff8e1; } tr.error td { background: #fdecea; } tr.missing td { background: #f3f3f3; }
+tr.skipped td { background: #fff8e1; } tr.error td, tr.wrong td { background: #fdecea; } tr.missing td { background: #f3f3f3; }
 figure { margin: 1em 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { color: #555; font-size: 0.9em; } code { background: #f4f4f4; padding: 0 0.2em; }
 .scroll { overflow-x: auto; }
@@ -82,18 +52,6 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.")[:40] or "run"
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], css: str, row_classes: Sequence[str] | None = None,
-           numeric: set[str] = frozenset()) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    body = []
-    for i, cells in enumerate(rows):
-        cls = f' class="{html.escape(row_classes[i])}"' if row_classes else ""
-        tds = "".join(f'<td class="num">{html.escape(c)}</td>' if h in numeric else f"<td>{html.escape(c)}</td>"
-                      for h, c in zip(headers, cells))
-        body.append(f"<tr{cls}>{tds}</tr>")
-    return f'<div class="scroll"><table class="{css}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
-
-
 def _value(v: Any) -> str:
     if isinstance(v, bool):
         return "on" if v else "off"
@@ -104,48 +62,42 @@ def _value(v: Any) -> str:
 
 def environment_table(env: dict) -> str:
     rows = [(label, _value(env[k])) for k, label in ENVIRONMENT_KEYS.items() if k in env]
-    return _table(["", "value"], rows, "environment")
+    return tables.html_table(["", "value"], rows, "environment")
 
 
 def baseline_table(env: dict) -> str:
     settings = env.get("baseline_settings") or []
-    if not settings:
-        return ""
-    rows = [(s.get("key", ""), _value(s.get("new")), "yes" if s.get("applied") else "no", s.get("note", "")) for s in settings]
-    return ("<h3>Baseline compiler settings</h3>"
-            + _table(["setting", "value", "applied", "why"], rows, "baseline"))
+    return "<h3>Baseline compiler settings</h3>" + tables.baseline_html(settings) if settings else ""
 
 
 def results_table(rs: ResultSet) -> str:
-    headers = list(RESULT_COLUMNS)
-    rows = [[fn(r) for fn in RESULT_COLUMNS.values()] for r in rs.rows]
-    numeric = {"batch", "median ms", "IQR ms", "speedup ×", "vs eager ×", "SQNR dB", "cosine", "weights MB", "peak MB",
-               "compile s"}
-    return _table(headers, rows, "results", [r.status for r in rs.rows], numeric)
+    return tables.results_html(rs, columns.REPORT)
 
 
 def reasons_table(rs: ResultSet) -> str:
     bad = [r for r in rs.rows if r.status != "ok"]
     if not bad:
         return "<p>Every cell was measured.</p>"
-    rows = [(r.model, r.mode, str(r.batch_size), r.status, r.reason or "no reason recorded") for r in bad]
-    return _table(["model", "mode", "batch", "status", "reason"], rows, "reasons", [r.status for r in bad])
+    return tables.results_html(ResultSet(tuple(bad)), ("model", "mode", "batch", "status", "note"), "reasons")
 
 
 def differences_table(runs: dict[str, ResultSet]) -> str:
-    df = plots.compare_table(runs)
+    df = runs_mod.compare_table(runs)
     status_cols = [c for c in df.columns if c.endswith(": status")]
 
     def show(v):
         if v is None or (isinstance(v, float) and v != v):  # NaN
             return ""
+        if isinstance(v, float) and math.isinf(v):
+            return columns.INFINITE if v > 0 else "-" + columns.INFINITE
         return format(v, ".4g") if isinstance(v, float) else str(v)
 
     rows = [[show(v) for v in rec] for rec in df.itertuples(index=False)]
-    classes = ["missing" if "missing" in s else "error" if "error" in s else "skipped" if "skipped" in s else ""
-               for s in (" ".join(str(v) for v in rec) for rec in df[status_cols].itertuples(index=False))]
-    numeric = {c for c in df.columns if c not in plots.CELL and c not in status_cols and not c.endswith(": reason")}
-    return _table(list(df.columns), rows, "differences", classes, numeric)
+    worst = ("missing", "error", "wrong", "skipped")  # a line takes the class of its worst cell
+    classes = [next((w for w in worst if w in statuses), "")
+               for statuses in (set(rec) for rec in df[status_cols].itertuples(index=False))]
+    numeric = [c not in runs_mod.CELL and c not in status_cols and not c.endswith(": reason") for c in df.columns]
+    return tables.html_table(list(df.columns), rows, "differences", classes, numeric)
 
 
 def _figure(png: bytes, name: str, caption: str) -> str:
@@ -161,7 +113,7 @@ def build(paths: Sequence[str | Path], out: str | Path = "report.html", labels: 
     out = Path(out)
     if out.suffix.lower() not in (".html", ".htm"):
         raise UserError(f"--out must name an .html file (got {out}); the PNG figures are written beside it")
-    runs = plots.load_runs(paths, labels)
+    runs = runs_mod.load_runs(paths, labels)
     for label, rs in runs.items():
         if not len(rs):
             raise UserError(f"results {label!r} hold no rows: run a sweep into that folder first")
@@ -177,7 +129,7 @@ def build(paths: Sequence[str | Path], out: str | Path = "report.html", labels: 
 
     body = []
     sources = ", ".join(f"<b>{html.escape(label)}</b>" for label in runs)
-    from . import __version__
+    from ._version import __version__
 
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     body.append(f"<h1>torchao_nb report</h1><p class=\"meta\">{sources} · written {now} by torchao_nb {__version__}</p>")
@@ -192,7 +144,7 @@ def build(paths: Sequence[str | Path], out: str | Path = "report.html", labels: 
         body.append(f'<section class="run" id="run-{i}"><h2>{html.escape(label)}</h2>')
         body.append(save(plots.dashboard(rs), f"{i}-{_slug(label)}-dashboard", f"Dashboard of {label}"))
         body.append("<h3>Results</h3>" + results_table(rs))
-        body.append("<h3>Skipped and failed cells</h3>" + reasons_table(rs))
+        body.append("<h3>Cells without a timing (skipped, failed, wrong output)</h3>" + reasons_table(rs))
         body.append("<h3>Environment</h3>" + environment_table(rs.environment) + baseline_table(rs.environment))
         body.append("</section>")
     title = "torchao_nb report: " + ", ".join(runs)

@@ -6,14 +6,21 @@ import csv
 import dataclasses
 import io
 import json
+import math
 import os
 import tempfile
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
-STATUSES = ("ok", "skipped", "error")
+# ok: measured; skipped: can't run here (reason says why); error: failed or crashed (reason: what);
+# wrong: ran, but its output is not finite or far from the unquantized one (reason: the numbers), never timed.
+STATUSES = ("ok", "skipped", "error", "wrong")
+
+
+# The fields that identify a cell: a row is re-used by --resume only when all of them match.
+KEY_FIELDS = ("model", "mode", "batch_size", "seq_len", "device", "dtype", "compile", "baseline", "compile_mode", "threads")
 
 
 @dataclass(frozen=True)
@@ -27,7 +34,7 @@ class Row:
     dtype: str
     compile: bool
     baseline: bool  # were the seed's baseline compiler settings applied
-    status: str  # "ok", "skipped" (reason says why) or "error" (reason: exception type and message)
+    status: str  # one of STATUSES
     reason: str = ""
     median_ms: float | None = None  # per call
     iqr_ms: float | None = None
@@ -55,6 +62,7 @@ class Row:
     roofline_pct: float | None = None  # achieved_gbs as % of the device's measured copy bandwidth
     threads: int | None = None
     compile_mode: str = ""  # torch.compile mode when compile is on ("default", "reduce-overhead", ...)
+    seq_len: int | None = None  # a registry model's sequence length (None: a user's module)
     recipe: str = ""  # the exact torchao config, JSON
     extra: str = ""  # JSON: layers left alone and why, autoquant's decision table, ...
 
@@ -65,11 +73,12 @@ class Row:
     @property
     def key(self) -> tuple:
         """What identifies a cell, for --resume and for matching runs."""
-        return (self.model, self.mode, self.batch_size, self.device, self.dtype, self.compile, self.baseline, self.compile_mode)
+        return tuple(getattr(self, f) for f in KEY_FIELDS)
 
     @property
-    def recipe_dict(self) -> dict:
-        return json.loads(self.recipe) if self.recipe else {}
+    def sqnr_value(self) -> float | None:
+        """The row's SQNR: inf when its output was identical to the unquantized one, None when not measured."""
+        return sqnr_or_inf(self.sqnr_db) if self.cosine is not None else None
 
     @property
     def extra_dict(self) -> dict:
@@ -82,6 +91,12 @@ class Row:
     def from_dict(cls, data: dict[str, Any]) -> "Row":
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def sqnr_or_inf(sqnr_db: float | None) -> float:
+    """SQNR as a number. measure.accuracy leaves it None when the outputs are identical: infinite.
+    The one place this rule lives; tables show it as ∞."""
+    return math.inf if sqnr_db is None else sqnr_db
 
 
 _HINTS = typing.get_type_hints(Row)
@@ -163,9 +178,6 @@ class ResultSet:
     def where(self, **equals) -> "ResultSet":
         return ResultSet(tuple(r for r in self.rows if all(getattr(r, k) == v for k, v in equals.items())), self.environment)
 
-    def with_rows(self, rows: Iterable[Row]) -> "ResultSet":
-        return ResultSet(tuple(rows), self.environment)
-
     def to_dataframe(self):
         import pandas as pd
 
@@ -217,22 +229,3 @@ class ResultSet:
                     rows.append(Row(**{k: _parse(k, v) for k, v in data.items() if k in _HINTS}))
             return cls(tuple(rows), env)
         raise ValueError(f"don't know how to read {p}: expected a folder, .json, .jsonl or .csv")
-
-    # ---- text ----
-    def table(self) -> str:
-        """A plain-text table for terminals and logs."""
-        head = ["model", "mode", "bs", "status", "median ms", "iqr ms", "speedup", "vs eager", "SQNR dB", "cosine", "tok/s", "weights MB", "roofline %", "layers", "note"]
-        lines = []
-        for r in self.rows:
-            def f(v, fmt):
-                return "" if v is None else format(v, fmt)
-            layers = "" if r.layers_quantized is None else f"{r.layers_quantized}/{r.layers_total}"
-            sqnr = "inf" if r.status == "ok" and r.sqnr_db is None and r.cosine is not None else f(r.sqnr_db, ".1f")
-            note = r.reason if r.status != "ok" else ("noisy" if r.noisy else "")
-            lines.append([r.model, r.mode, str(r.batch_size), r.status, f(r.median_ms, ".3f"), f(r.iqr_ms, ".3f"),
-                          f(r.speedup, ".2f"), f(r.speedup_vs_eager, ".2f"), sqnr, f(r.cosine, ".4f"), f(r.tokens_per_s, ".1f"),
-                          f(None if r.weight_bytes is None else r.weight_bytes / 1e6, ".1f"), f(r.roofline_pct, ".0f"), layers, note])
-        widths = [max(len(h), *(len(l[i]) for l in lines)) if lines else len(h) for i, h in enumerate(head)]
-        widths[-1] = len(head[-1])
-        fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
-        return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(l) for l in lines])

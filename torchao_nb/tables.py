@@ -1,56 +1,76 @@
-"""Result sets as small pandas tables for notebooks and the panel: the headline columns and the environment."""
+"""Result sets as tables: plain text for terminals, DataFrames for notebooks, HTML for the panel and the report."""
 
 from __future__ import annotations
 
 import html
 import json
-import math
+from typing import Any, Sequence
 
-from .results import ResultSet
+from . import columns
+from .results import ResultSet, Row, sqnr_or_inf
 
-HEADLINE = ("model", "mode", "batch", "status", "median ms", "speedup", "vs eager", "SQNR dB", "weights MB", "layers", "note")
+# Inline colours for where no stylesheet reaches (the panel); the report styles the same classes with CSS.
+STATUS_STYLE = {"error": "color:#b00020", "wrong": "color:#b00020", "skipped": "color:#777"}
 
 
-def headline(results: ResultSet):
-    """One line per cell with the columns a reader looks at first; skipped/error cells keep their reason."""
+def text(results: ResultSet | Sequence[Row], keys: Sequence[str] = columns.TERMINAL) -> str:
+    """A plain-text table for terminals and logs."""
+    cols = [columns.COLUMNS[k] for k in keys]
+    head = [c.label for c in cols]
+    lines = [[c.text(r) for c in cols] for r in results]
+    widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(head)]
+    widths[-1] = len(head[-1])  # the last column (the note) runs on unpadded
+    fmt = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(line) for line in lines])
+
+
+def headline(results: ResultSet, keys: Sequence[str] = columns.PANEL):
+    """One line per cell with the columns a reader looks at first (numbers as numbers; SQNR ∞ as inf)."""
     import pandas as pd
 
-    lines = []
-    for r in results:
-        # SQNR None on an ok row means the output was bit-identical: infinite SQNR.
-        sqnr = float("inf") if r.status == "ok" and r.sqnr_db is None and r.cosine is not None else r.sqnr_db
-        lines.append({
-            "model": r.model, "mode": r.mode, "batch": r.batch_size, "status": r.status,
-            "median ms": r.median_ms, "speedup": r.speedup, "vs eager": r.speedup_vs_eager, "SQNR dB": sqnr,
-            "weights MB": None if r.weight_bytes is None else r.weight_bytes / 1e6,
-            "layers": "" if r.layers_quantized is None else f"{r.layers_quantized}/{r.layers_total}",
-            "note": r.reason if r.status != "ok" else ("noisy" if r.noisy else ""),
-        })
-    return pd.DataFrame(lines, columns=list(HEADLINE))
+    cols = [columns.COLUMNS[k] for k in keys]
+    return pd.DataFrame([[c.value(r) for c in cols] for r in results], columns=[c.label for c in cols])
 
 
-FORMATS = {"median ms": "{:.3f}", "speedup": "{:.2f}×", "vs eager": "{:.2f}×", "SQNR dB": "{:.1f}", "weights MB": "{:.1f}"}
+def html_table(headers: Sequence[str], rows: Sequence[Sequence[str]], css: str = "", row_classes: Sequence[str] = (),
+               numeric: Sequence[bool] = (), inline: bool = False) -> str:
+    """One HTML table; `inline` styles it in the tags themselves (the panel), else by class (the report's CSS)."""
+    def cls(name):
+        if inline:
+            return f' style="{STATUS_STYLE.get(name, "")}"' if name in STATUS_STYLE else ""
+        return f' class="{html.escape(name)}"' if name else ""
 
-
-def headline_html(results: ResultSet) -> str:
-    """`headline` as compact HTML, numbers rounded, failed rows in red."""
-    frame = headline(results)
-
-    def cell(col, v):
-        if v is None or (isinstance(v, float) and math.isnan(v)):
-            return ""
-        return FORMATS[col].format(v) if col in FORMATS else str(v)
-
+    pad = ' style="padding-right:10px;text-align:left"' if inline else ""
+    head = "".join(f"<th{pad}>{html.escape(h)}</th>" for h in headers)
     body = []
-    for rec in frame.to_dict("records"):
-        style = _ROW_STYLE.get(rec["status"], "")
-        body.append(f'<tr style="{style}">' + "".join(f'<td style="padding-right:10px">{html.escape(cell(c, rec[c]))}</td>' for c in HEADLINE) + "</tr>")
-    head = "".join(f'<th style="text-align:left;padding-right:10px">{c}</th>' for c in HEADLINE)
-    return (f'<table class="torchao-nb-results" style="border-collapse:collapse;font-size:12px">'
-            f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>")
+    for i, cells in enumerate(rows):
+        tds = "".join(f'<td class="num"{pad}>{html.escape(c)}</td>' if i2 < len(numeric) and numeric[i2]
+                      else f"<td{pad}>{html.escape(c)}</td>" for i2, c in enumerate(cells))
+        body.append(f"<tr{cls(row_classes[i]) if i < len(row_classes) else ''}>{tds}</tr>")
+    style = ' style="border-collapse:collapse;font-size:12px"' if inline else ""
+    return (f'<div class="scroll"><table class="{html.escape(css)}"{style}><thead><tr>{head}</tr></thead>'
+            f"<tbody>{''.join(body)}</tbody></table></div>")
 
 
-_ROW_STYLE = {"error": "color:#b00020", "skipped": "color:#777"}
+def results_html(results: ResultSet, keys: Sequence[str], css: str = "results", inline: bool = False) -> str:
+    cols = [columns.COLUMNS[k] for k in keys]
+    return html_table([c.label for c in cols], [[c.text(r) for c in cols] for r in results], css,
+                      [r.status for r in results], [c.numeric for c in cols], inline)
+
+
+def baseline_records(states: Sequence[dict]) -> list[dict[str, str]]:
+    """Compiler settings (baseline.describe_dicts(), or environment.json's copy of them) as table rows."""
+    def value(v):
+        return "" if v is None else repr(v)
+
+    return [{"setting": s.get("key", ""), "value": f"{value(s.get('old'))} → {value(s.get('new'))}",
+             "applied": "yes" if s.get("applied") else "no", "why": s.get("note", "")} for s in states]
+
+
+def baseline_html(states: Sequence[dict], inline: bool = False) -> str:
+    records = baseline_records(states)
+    headers = ["setting", "value", "applied", "why"]
+    return html_table(headers, [[r[h] for h in headers] for r in records], "baseline", inline=inline)
 
 
 def environment(results: ResultSet):
@@ -59,5 +79,45 @@ def environment(results: ResultSet):
 
     env = results.environment
     flat = {k: (json.dumps(v, default=str) if isinstance(v, (dict, list)) else v)
-            for k, v in env.items() if k not in ("baseline_settings", "modes")}
+            for k, v in env.items() if k not in ("baseline_settings", "modes", "torchao_tuning_settings")}
     return pd.DataFrame({"value": pd.Series(flat, dtype=object)})
+
+
+# ---- autoquant's per-layer decisions ------------------------------------------------------------------
+
+AUTOQUANT_KEY = "autoquant"  # Row.extra key of the autoquant mode's per-layer decision table
+
+
+def autoquant_tables(results: Any) -> list[tuple[dict, dict]]:
+    """(row identity, decision table) for every autoquant row in a Row, ResultSet, iterable of rows, or table dict."""
+    if isinstance(results, dict):
+        return [({}, results.get(AUTOQUANT_KEY, results))]
+    rows = [results] if isinstance(results, Row) else list(results)
+    out = []
+    for r in rows:
+        table = r.extra_dict.get(AUTOQUANT_KEY) if r.extra else None
+        if table:
+            out.append(({"model": r.model, "batch_size": r.batch_size, "device": r.device, "dtype": r.dtype,
+                         "compile": r.compile}, table))
+    if not out:
+        raise ValueError("no autoquant decision table here: run a sweep with mode 'autoquant' (its row's extra holds it)")
+    return out
+
+
+def decision_table(results: Any):
+    """One line per layer: its shape, each candidate's ms and SQNR (dB, inf = identical), and the choice."""
+    import pandas as pd
+
+    records = []
+    for ident, table in autoquant_tables(results):
+        for layer in table["layers"]:
+            rec = dict(ident)
+            shape = layer.get("input_shape")
+            rec.update(layer=layer["layer"], shape=f"{layer['in_features']}->{layer['out_features']}",
+                       input_shape="x".join(map(str, shape)) if shape else "", choice=layer["choice"])
+            for mode, c in layer["candidates"].items():
+                rec[f"{mode} ms"] = c.get("ms")
+                rec[f"{mode} dB"] = sqnr_or_inf(c.get("sqnr_db")) if c.get("ms") is not None else None
+            rec["why"] = layer["why"]
+            records.append(rec)
+    return pd.DataFrame.from_records(records)

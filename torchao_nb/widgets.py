@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import html
-import io
 import logging
 import os
 import threading
@@ -16,18 +15,20 @@ import ipywidgets as w
 import torch
 from torch import nn
 
+from . import autoquant  # noqa: F401  (registers the autoquant mode)
 from . import baseline as baseline_mod
+from . import columns, drawing, executors, measure, models, tables
 from . import env as envmod
-from . import measure, models, recipes, tables
-from .env import UserError
+from . import modes as modes_mod
+from ._torchao import NOISY_LOGGERS
+from .config import check_batch_sizes
+from .engine import sweep
+from .errors import UserError
 from .results import ResultSet, Row
-from .sweep import check_batch_sizes, sweep
 
 NOTEBOOK_MODULE = "__notebook__"  # the model picker's entry for "a module from this notebook"
 DTYPE_OPTIONS = ("auto", *envmod.DTYPES)
 DEVICE_OPTIONS = ("auto", "cpu", "cuda")
-# Libraries whose chatter belongs in the collapsed log, not in red boxes under the cell.
-NOISY_LOGGERS = ("torch", "torchao", "py.warnings")
 
 
 def default_figure(results: ResultSet):
@@ -35,17 +36,6 @@ def default_figure(results: ResultSet):
     from . import plots
 
     return plots.dashboard(results)
-
-
-def figure_png(fig) -> bytes:
-    """Render a matplotlib Figure to PNG bytes and release it (pyplot would otherwise keep it alive)."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    with contextlib.suppress(Exception):
-        import matplotlib.pyplot as plt
-
-        plt.close(fig)
-    return buf.getvalue()
 
 
 def default_namespace() -> dict[str, Any]:
@@ -66,19 +56,14 @@ def default_namespace() -> dict[str, Any]:
 def table_html(results: ResultSet | None) -> str:
     if not results:
         return "<i>No results yet: pick modes and press Run.</i>"
-    return tables.headline_html(results)
+    return tables.results_html(results, columns.PANEL, inline=True)
 
 
 def baseline_html() -> str:
     """What the baseline settings set: key, value now → baseline value, applied or not, and why."""
-    rows = []
-    for st in baseline_mod.describe():
-        mark = "set" if st.applied else "not set"
-        rows.append(f"<tr><td><code>{html.escape(st.key)}</code></td><td>{html.escape(repr(st.old))} → "
-                    f"{html.escape(repr(st.new))}</td><td>{mark}</td><td>{html.escape(st.note)}</td></tr>")
-    return ("<table style='font-size:12px'><tr><th>setting</th><th>value</th><th></th><th>why</th></tr>"
-            + "".join(rows) + "</table><p style='font-size:12px'>Applied only while a compiled cell runs, "
-            "then restored. They affect compiled runs only.</p>")
+    return (tables.baseline_html(baseline_mod.describe_dicts(), inline=True)
+            + "<p style='font-size:12px'>Applied only while a compiled cell runs, then restored. "
+            "They affect compiled runs only.</p>")
 
 
 def error_html(error: BaseException | None, failed_rows: list[Row]) -> str:
@@ -88,7 +73,8 @@ def error_html(error: BaseException | None, failed_rows: list[Row]) -> str:
         parts.append(f"<b>{html.escape(type(error).__name__)}</b>: {html.escape(str(error))} "
                      f"<span style='color:#555'>({what}; <code>panel.error</code> holds it, the log has the traceback.)</span>")
     for r in failed_rows:
-        parts.append(f"<b>{html.escape(r.model)} / {html.escape(r.mode)} / batch {r.batch_size}</b> failed: "
+        what = "gave a wrong output" if r.status == "wrong" else "failed"
+        parts.append(f"<b>{html.escape(r.model)} / {html.escape(r.mode)} / batch {r.batch_size}</b> {what}: "
                      f"{html.escape(r.reason)}")
     if not parts:
         return ""
@@ -198,16 +184,20 @@ class BenchmarkPanel:
 
     `.results` holds the latest ResultSet (None before the first run) and `.error` the latest
     exception (or None). `run()` does what the Run button does, but blocks and returns the results;
-    the button runs the sweep on a background thread so the notebook stays responsive, and Stop
-    takes effect between cells.
+    the button runs the sweep on a background thread so the notebook stays responsive. The cells run
+    in a worker process (`isolate=False`: in the notebook's own), so a crashing kernel costs one row,
+    not the notebook, and Stop ends the cell in progress.
     """
 
     def __init__(self, model: str | None = None, modes: Any = None, *, namespace: dict | None = None,
                  policy: measure.TimingPolicy | None = None, figure: Callable[[ResultSet], Any] = default_figure,
-                 out: str = "results/panel"):
+                 out: str = "results/panel", isolate: bool = True):
         self.results: ResultSet | None = None
         self.error: BaseException | None = None
         self.policy = policy
+        self.isolate = isolate
+        if isolate:
+            executors.prestart()  # imports torch and torchao while the user picks what to run
         self.figure = figure
         self.namespace = namespace
         self._thread: threading.Thread | None = None
@@ -231,7 +221,7 @@ class BenchmarkPanel:
         self.device = ToggleGroup({d: "" for d in DEVICE_OPTIONS}, multiple=False, value="auto")
         self.dtype = w.Dropdown(options=DTYPE_OPTIONS, value="auto", description="dtype", style=style)
         self.resolved = w.HTML()  # what auto means on this machine
-        self.modes = ToggleGroup({n: r.description for n, r in recipes.RECIPES.items()}, multiple=True, value=())
+        self.modes = ToggleGroup({n: m.description for n, m in modes_mod.MODES.items()}, multiple=True, value=())
         self.batch_sizes = w.Text(value="1", description="batch sizes", placeholder="e.g. 1,8", style=style)
         self.threads = w.BoundedIntText(value=torch.get_num_threads(), min=1, max=max(os.cpu_count() or 1, torch.get_num_threads()),
                                         description="CPU threads", style=style, layout=w.Layout(width="160px"))
@@ -243,7 +233,7 @@ class BenchmarkPanel:
 
         self.run_button = w.Button(description="Run", button_style="primary", icon="play")
         self.stop_button = w.Button(description="Stop", icon="stop", disabled=True,
-                                    tooltip="stops after the cell that is running now")
+                                    tooltip="stops the cell that is running now (in-process: after it)")
         self.progress = w.IntProgress(value=0, min=0, max=1, description="", layout=w.Layout(width="260px"))
         self.status = w.HTML("")
         self.errors = w.HTML("")
@@ -269,7 +259,7 @@ class BenchmarkPanel:
         self._model_changed()
         self._refresh_modes()
         runnable = [n for n, b in self.modes.buttons.items() if not b.disabled]
-        self.modes.value = runnable if modes is None else recipes.resolve_modes(modes)
+        self.modes.value = runnable if modes is None else modes_mod.resolve_modes(modes)
 
         label = lambda text: w.HTML(f"<b style='display:inline-block;width:90px'>{text}</b>")  # noqa: E731
         self.widget = w.VBox([
@@ -297,6 +287,9 @@ class BenchmarkPanel:
     def _model_changed(self) -> None:
         custom = self.model.value == NOTEBOOK_MODULE
         self.module_box.layout.display = "" if custom else "none"
+        # A notebook's module runs on its example inputs as given: their batch is the row's.
+        self.batch_sizes.disabled = custom
+        self.batch_sizes.tooltip = "your module's example inputs set the batch" if custom else "e.g. 1,8"
         spec = models.MODELS.get(self.model.value)
         self.model_help.value = "" if spec is None else f"<span style='font-size:12px'>{html.escape(spec.description)}</span>"
 
@@ -313,7 +306,7 @@ class BenchmarkPanel:
         info = envmod.device_info(device)
         self.resolved.value = (f"<span style='font-size:12px;color:#555'>runs on {device} ({html.escape(info.name)}), "
                                f"{envmod.dtype_name(dtype)}</span>")
-        self.modes.set_available(recipes.availability(info, dtype), {n: r.description for n, r in recipes.RECIPES.items()})
+        self.modes.set_available(modes_mod.availability(info, dtype), {n: m.description for n, m in modes_mod.MODES.items()})
 
     # ---- what Run sends to the engine ----
     def _model_args(self) -> dict[str, Any]:
@@ -342,9 +335,12 @@ class BenchmarkPanel:
         modes = self.modes.value
         if not modes:
             raise UserError("no mode selected; click at least one mode button.")
-        return dict(self._model_args(), modes=list(modes), device=self.device.value or "auto",
-                    dtype=self.dtype.value, batch_sizes=check_batch_sizes(self.batch_sizes.value.split(",")),
-                    compile=self.compile.value, baseline=self.baseline.value, threads=self.threads.value, policy=self.policy)
+        model = self._model_args()
+        # A module of the notebook runs on its example inputs as given; batch sizes are for registry models.
+        batch_sizes = None if "example_inputs" in model else check_batch_sizes(self.batch_sizes.value.split(","))
+        return dict(model, modes=list(modes), device=self.device.value or "auto", dtype=self.dtype.value,
+                    batch_sizes=batch_sizes, compile=self.compile.value, baseline=self.baseline.value,
+                    threads=self.threads.value, policy=self.policy, isolate=self.isolate)
 
     # ---- running ----
     @property
@@ -361,7 +357,7 @@ class BenchmarkPanel:
         self._stop.clear()
         self._rows = []
         self.results = None
-        self.progress.max = len(kwargs["batch_sizes"]) * len(kwargs["modes"])  # the panel runs one model
+        self.progress.max = len(kwargs["batch_sizes"] or [1]) * len(kwargs["modes"])  # the panel runs one model
         self.progress.value = 0
         self.progress.bar_style = ""
         self.table.value = table_html(None)
@@ -393,10 +389,10 @@ class BenchmarkPanel:
         return self.results
 
     def stop(self) -> None:
-        """Ask the running sweep to stop once the current cell is done."""
+        """Stop the running sweep: at once with a worker process (the cell in progress leaves no row), else after the cell."""
         if self.running:
             self._stop.set()
-            self.status.value = "stopping after this cell…"
+            self.status.value = "stopping…" if self.isolate else "stopping after this cell…"
 
     def _work(self, kwargs: dict[str, Any]) -> None:
         try:
@@ -422,10 +418,10 @@ class BenchmarkPanel:
 
     def _show(self, rs: ResultSet, final: bool) -> None:
         self.table.value = table_html(rs)
-        failed = [r for r in rs if r.status == "error"]
+        failed = [r for r in rs if r.status in ("error", "wrong")]
         if any(r.status == "ok" for r in rs):
             try:
-                self.figure_view.value = figure_png(self.figure(rs))
+                self.figure_view.value = drawing.to_png(self.figure(rs), dpi=90)
                 self.figure_view.layout.display = ""
             except Exception as e:  # a drawing failure must not end the sweep, only be shown and kept
                 self._fail(_CallbackError(f"drawing the results failed: {type(e).__name__}: {e}"), cause=e)
@@ -442,7 +438,7 @@ class BenchmarkPanel:
     def _fail(self, error: BaseException, cause: BaseException | None = None) -> None:
         self.error = error
         self._log("".join(traceback.format_exception(cause or error)))
-        self.errors.value = error_html(error, [r for r in self._rows if r.status == "error"])
+        self.errors.value = error_html(error, [r for r in self._rows if r.status in ("error", "wrong")])
         self.progress.bar_style = "danger"
         self.status.value = "failed"
 
@@ -494,6 +490,6 @@ class _CallbackError(RuntimeError):
 def _describe(kwargs: dict[str, Any]) -> str:
     model = kwargs["model"] if isinstance(kwargs["model"], str) else type(kwargs["model"]).__name__
     return (f"model={model} modes={','.join(kwargs['modes'])} device={kwargs['device']} dtype={kwargs['dtype']} "
-            f"batch={','.join(map(str, kwargs['batch_sizes']))} compile={kwargs['compile']} baseline={kwargs['baseline']} "
+            f"batch={','.join(map(str, kwargs['batch_sizes'] or ['as given']))} compile={kwargs['compile']} baseline={kwargs['baseline']} "
             f"threads={kwargs['threads']}")
 

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..env import UserError
+from ..errors import UserError
+from ..registry import Registry
 from . import llama, mlp, vit
 
 Inputs = tuple | dict  # positional args, or keyword args (as the seed accepts)
@@ -81,22 +82,15 @@ class Form:
 
 # ---- registry ------------------------------------------------------------------------------
 
-MODELS: dict[str, ModelSpec] = {}
-FORMS: dict[str, Form] = {}
-
-
-def register(spec: ModelSpec) -> ModelSpec:
-    if spec.name in MODELS:
-        raise ValueError(f"model {spec.name!r} is already registered")
-    MODELS[spec.name] = spec
-    return spec
+MODELS: Registry = Registry("model")
+FORMS: Registry = Registry("form")
+register = MODELS.add
 
 
 def register_form(form: Form) -> Form:
-    if form.prefix in FORMS or not form.prefix.endswith(":"):
-        raise ValueError(f"form {form.prefix!r} is already registered or does not end with ':'")
-    FORMS[form.prefix] = form
-    return form
+    if not form.prefix.endswith(":"):
+        raise ValueError(f"form {form.prefix!r} does not end with ':'")
+    return FORMS.add(form, form.prefix)
 
 
 def _seeded(fn):

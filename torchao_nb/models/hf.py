@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .._torchao import quiet_logs, torchao
-from ..env import UserError
+from ..errors import UserError
 from . import Form, ModelSpec, Task, register, register_form
 from .sentences import SENTENCES
 

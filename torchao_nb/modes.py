@@ -12,8 +12,11 @@ import torch
 from torch import nn
 
 from ._torchao import quiet_logs, torchao
-from .env import DeviceInfo, UserError
+from .env import DeviceInfo
+from .errors import UserError
+from .compiling import EAGER, CompileSettings
 from .measure import TimingPolicy
+from .registry import Registry
 
 GROUP_SIZE = 128  # torchao's default int4 group size; also what its published tables use most
 
@@ -31,21 +34,18 @@ class ApplyReport:
 
 @dataclass(frozen=True)
 class ApplyContext:
-    """What the sweep tells a recipe's own `apply` hook (autoquant's search times layers like the run does)."""
+    """What a mode's own `apply` hook is told about the run (autoquant's search times layers the way the run does)."""
 
     device: str = "cpu"
-    compile: bool = False  # the run's compile setting
-    baseline: bool = True  # the run's baseline compiler settings
+    compile: CompileSettings = EAGER
     policy: TimingPolicy = TimingPolicy()
     clock: Callable[[], float] = time.perf_counter
     progress: bool = False
-    search: Any = None  # autoquant.SearchSettings (or a dict of its fields); None: the defaults
-    compile_mode: str = "default"  # the run's torch.compile mode
-    torchao_tuning: bool = False  # the run's torchao inductor settings
+    settings: object | None = None  # the mode's own settings object (Mode.settings), None for its defaults
 
 
 @dataclass(frozen=True)
-class Recipe:
+class Mode:
     name: str
     description: str
     # (device, dtype) -> torchao config; None means "leave the model as it is".
@@ -57,11 +57,20 @@ class Recipe:
     # (model, device, dtype, example_inputs, ApplyContext) -> ApplyReport: replaces the default
     # "quantize_ every fitting Linear" (autoquant's search).
     apply: Callable[..., ApplyReport] | None = None
+    # The mode's own settings type: `settings.of(value)` turns None, a dict or an instance into one.
+    settings: Any = None
 
     def unsupported_reason(self, info: DeviceInfo, dtype: torch.dtype) -> str | None:
         if self.name != "noquant" and torchao() is None:
             return "torchao is not installed (pip install 'torchao>=0.17,<0.19')"
         return self.unsupported(info, dtype)
+
+    def parse_settings(self, value: Any) -> object | None:
+        if self.settings is None:
+            if value is not None:
+                raise UserError(f"mode {self.name!r} takes no settings.")
+            return None
+        return self.settings.of(value)
 
 
 def _ao(name: str, module: str = "torchao.quantization"):
@@ -174,70 +183,37 @@ def _float8dyn_config(info: DeviceInfo, dtype: torch.dtype):
     return _make("Float8DynamicActivationFloat8WeightConfig", granularity=PerRow())
 
 
-def _autoquant_apply(model, info, dtype, example_inputs, context) -> ApplyReport:
-    from . import autoquant  # imported on use: it builds on this registry
-
-    return autoquant.apply(model, info, dtype, example_inputs, context)
-
-
-def _torchao_autoquant_apply(model, info, dtype, example_inputs, context) -> ApplyReport:
-    from . import autoquant
-
-    return autoquant.apply_torchao_autoquant(model, info, dtype, example_inputs, context)
-
-
-def torchao_autoquant_recipe() -> Recipe | None:
-    """The seed's own `torchao.autoquant`, only where the installed torchao still has it (< 0.17)."""
-    mod = torchao()
-    if mod is None or not callable(getattr(mod, "autoquant", None)):
-        return None
-    return Recipe("autoquant-torchao",
-                  "torchao's own (deprecated) autoquant, as the seed calls it: error_on_unseen=False, one forward pass.",
-                  lambda info, dtype: None, apply=_torchao_autoquant_apply)
-
-
 # ---- the registry ---------------------------------------------------------------------------
 
-RECIPES: dict[str, Recipe] = {}
+# Plug-ins (autoquant) register themselves when imported: this module never imports them.
+MODES: Registry = Registry("mode", reserved=("all",))
+register = MODES.add
 
 
-def register(recipe: Recipe) -> Recipe:
-    if recipe.name in RECIPES or recipe.name == "all":
-        raise ValueError(f"mode {recipe.name!r} is already registered or reserved")
-    RECIPES[recipe.name] = recipe
-    return recipe
-
-
-register(Recipe("noquant", "No quantization: the model as it is (the A/A control).", lambda info, dtype: None))
-register(Recipe(
+register(Mode("noquant", "No quantization: the model as it is (the A/A control).", lambda info, dtype: None))
+register(Mode(
     "int8dynamic", "int8 weights and per-token dynamically quantized int8 activations (int8 x int8 matmul).",
     lambda info, dtype: _make("Int8DynamicActivationInt8WeightConfig"),
     lambda info, dtype: _needs("Int8DynamicActivationInt8WeightConfig"),
 ))
-register(Recipe(
+register(Mode(
     "int8weightonly", "int8 per-channel weights, activations stay in the model dtype.",
     lambda info, dtype: _make("Int8WeightOnlyConfig"),
     lambda info, dtype: _needs("Int8WeightOnlyConfig"),
 ))
-register(Recipe(
+register(Mode(
     "int4weightonly",
     f"int4 group-wise (group {GROUP_SIZE}) weights; CUDA: tinygemm, CPU bf16: torchao's CPU int4 kernel, CPU fp32: Intx int4.",
     _int4_config, _int4_unsupported, _int4_layer_reason,
 ))
-register(Recipe(
+register(Mode(
     "float8weightonly", "float8 (e4m3) per-channel weights, activations stay in the model dtype.",
     lambda info, dtype: _make("Float8WeightOnlyConfig"), _float8wo_unsupported,
 ))
-register(Recipe(
+register(Mode(
     "float8dynamic", "float8 weights and dynamically quantized float8 activations, per row (CUDA >= 8.9).",
     _float8dyn_config, _float8dyn_unsupported, _float8dyn_layer_reason,
 ))
-register(Recipe(
-    "autoquant", "Per-layer search: times each mode on each Linear's real shapes and keeps the fastest accurate one.",
-    lambda info, dtype: None, apply=_autoquant_apply,
-))
-if torchao_autoquant_recipe() is not None:
-    register(torchao_autoquant_recipe())
 
 
 # Errors torch/torchao raise with messages that don't say what to do: pattern → explanation.
@@ -255,7 +231,7 @@ def explain_failure(message: str) -> str | None:
 
 
 def mode_names() -> list[str]:
-    return list(RECIPES)
+    return list(MODES)
 
 
 def resolve_modes(spec: str | Iterable[str] | None) -> list[str]:
@@ -265,23 +241,23 @@ def resolve_modes(spec: str | Iterable[str] | None) -> list[str]:
     names = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else [str(s).strip() for s in spec]
     names = [n for n in names if n]
     if not names:
-        raise UserError(f"no mode given; choose from: all, {', '.join(RECIPES)}.")
+        raise UserError(f"no mode given; choose from: all, {', '.join(MODES)}.")
     out: list[str] = []
     for n in names:
         if n == "all":
-            out.extend(m for m in RECIPES if m not in out)
-        elif n not in RECIPES:
-            raise UserError(f"unknown mode {n!r}; valid modes: all, {', '.join(RECIPES)}.")
+            out.extend(m for m in MODES if m not in out)
+        elif n not in MODES:
+            raise UserError(f"unknown mode {n!r}; valid modes: all, {', '.join(MODES)}.")
         elif n not in out:
             out.append(n)
     return out
 
 
-def get(name: str) -> Recipe:
-    return RECIPES[resolve_modes([name])[0]]
+def get(name: str) -> Mode:
+    return MODES[resolve_modes([name])[0]]
 
 
-# ---- applying a recipe ------------------------------------------------------------------------
+# ---- applying a mode ------------------------------------------------------------------------
 
 def linear_layers(model: nn.Module) -> dict[str, nn.Linear]:
     return {fqn: m for fqn, m in model.named_modules() if isinstance(m, nn.Linear)}
@@ -305,18 +281,18 @@ def config_dict(config: Any) -> dict[str, Any]:
     return json.loads(json.dumps(data, default=str))
 
 
-def quantize(model: nn.Module, recipe: Recipe, info: DeviceInfo, dtype: torch.dtype, example_inputs=None,
+def quantize(model: nn.Module, mode: Mode, info: DeviceInfo, dtype: torch.dtype, example_inputs=None,
              context: ApplyContext | None = None) -> ApplyReport:
-    """Quantize `model` in place with `recipe`; layers that don't fit are left alone and reported."""
-    if recipe.apply is not None:
-        return recipe.apply(model, info, dtype, example_inputs, context or ApplyContext(device=info.type))
+    """Quantize `model` in place with `mode`; layers that don't fit are left alone and reported."""
+    if mode.apply is not None:
+        return mode.apply(model, info, dtype, example_inputs, context or ApplyContext(device=info.type))
     layers = linear_layers(model)
     skipped = {}
     for fqn, lin in layers.items():
-        reason = recipe.layer_reason(lin, info, dtype)
+        reason = mode.layer_reason(lin, info, dtype)
         if reason:
             skipped[fqn] = reason
-    config = recipe.config(info, dtype)
+    config = mode.config(info, dtype)
     if config is not None and len(skipped) < len(layers):
         from torchao.quantization import quantize_
 
@@ -329,4 +305,4 @@ def quantize(model: nn.Module, recipe: Recipe, info: DeviceInfo, dtype: torch.dt
 
 def availability(info: DeviceInfo, dtype: torch.dtype) -> dict[str, str | None]:
     """Every mode → None if it runs here, else the reason it can't."""
-    return {name: r.unsupported_reason(info, dtype) for name, r in RECIPES.items()}
+    return {name: r.unsupported_reason(info, dtype) for name, r in MODES.items()}

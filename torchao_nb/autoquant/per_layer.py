@@ -1,0 +1,314 @@
+"""autoquant's search: every candidate mode timed on each Linear's real input, and the per-layer decision."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import _torchao, compiling, measure, models, modes
+from .._torchao import quiet_logs
+from ..checks import wrongness
+from ..env import DeviceInfo, dtype_name
+from ..errors import UserError, error_text
+from ..modes import ApplyContext, Mode
+from .cache import TimingCache
+from .settings import NOQUANT, SearchSettings, searchable_modes
+
+# Each candidate is timed for at most this long after warm-up: one layer's kernel settles fast,
+# and the search times (shapes x candidates) of them. The time is split into rounds that visit
+# every candidate in turn, and a candidate's time is its fastest sample over all rounds, so a burst
+# of load from another process can't single out one candidate.
+SEARCH_MAX_TIME_S = 0.6
+SEARCH_WARMUP_S = 0.05
+SEARCH_ROUNDS = 3
+# Timed alone, a layer's weights stay in the CPU caches (or a GPU's L2) from call to call, which a
+# model whose weights outgrow the cache never enjoys: memory-bound weight-only modes would look no
+# faster than noquant. So each candidate is timed as distinct copies of the layer called in turn,
+# whose unquantized weights add up to the model's Linear weights (capped): weights stream from
+# memory as they do in the model. A model whose Linears fit in cache is timed one layer at a time.
+STREAM_BYTES_MIN = 16 * 2**20
+STREAM_BYTES_MAX = 256 * 2**20
+MAX_COPIES = 64
+
+
+# ---- capturing the real inputs ------------------------------------------------------------------------
+
+def capture_inputs(model: nn.Module, example_inputs: models.Inputs) -> dict[str, torch.Tensor]:
+    """fqn → the input each Linear got in one forward pass of the example inputs (its first call)."""
+    seen: dict[str, torch.Tensor] = {}
+
+    def hook_for(fqn):
+        def hook(module, args, kwargs):
+            x = args[0] if args else kwargs.get("input")
+            if fqn not in seen and isinstance(x, torch.Tensor):
+                seen[fqn] = x.detach().clone()
+        return hook
+
+    handles = [lin.register_forward_pre_hook(hook_for(fqn), with_kwargs=True)
+               for fqn, lin in modes.linear_layers(model).items()]
+    try:
+        with torch.no_grad():
+            models.call(model, example_inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
+def _shape_key(lin: nn.Linear, x: torch.Tensor) -> tuple:
+    return (lin.in_features, lin.out_features, lin.bias is not None, tuple(x.shape), dtype_name(x.dtype))
+
+
+# ---- measuring one candidate ------------------------------------------------------------------------
+
+class Copies(nn.Module):
+    """`n` distinct copies of one layer, each called on the same input: one call costs n layer calls."""
+
+    def __init__(self, layer: nn.Module, n: int):
+        super().__init__()
+        self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(n))
+
+    def forward(self, x):
+        return tuple(layer(x) for layer in self.layers)
+
+
+def copies_for(layer: nn.Linear, model_linear_bytes: int) -> int:
+    """How many copies of `layer` hold as many weight bytes as the model's Linears (capped)."""
+    if model_linear_bytes <= STREAM_BYTES_MIN:
+        return 1
+    layer_bytes = layer.weight.numel() * layer.weight.element_size()
+    target = min(model_linear_bytes, STREAM_BYTES_MAX)
+    return max(1, min(MAX_COPIES, round(target / max(1, layer_bytes))))
+
+
+def _quantized_copy(layer: nn.Linear, mode: Mode, info: DeviceInfo, dtype: torch.dtype, n: int = 1) -> Copies:
+    holder = Copies(layer, n)  # quantize_ swaps children: the layers need a parent anyway
+    modes.quantize(holder, mode, info, dtype)
+    return holder
+
+
+def _search_policy(policy: measure.TimingPolicy) -> measure.TimingPolicy:
+    return dataclasses.replace(policy, max_time_s=min(policy.max_time_s, SEARCH_MAX_TIME_S) / SEARCH_ROUNDS,
+                               warmup_s=min(policy.warmup_s, SEARCH_WARMUP_S))
+
+
+def time_modules(modules: dict[str, nn.Module], x: torch.Tensor, reference: torch.Tensor,
+                 ctx: ApplyContext) -> dict[str, float | tuple[str, str]]:
+    """name → ms of one call, or (status, note) when it failed or its compiled output is wrong.
+
+    All candidates of one shape are compiled in one fresh dynamo state, the way the run compiles, then
+    timed in rounds. A compiled output is checked against the unquantized layer's: a compiler bug must
+    never win the search.
+    """
+    policy, sync = _search_policy(ctx.policy), measure.sync_for(ctx.device)
+    out: dict[str, float | tuple[str, str]] = {}
+    with torch.no_grad(), compiling.maybe_compiled(ctx.compile), \
+            torch._dynamo.config.patch(recompile_limit=max(torch._dynamo.config.recompile_limit, 2 * len(modules))):
+        fns = {}
+        for name, module in modules.items():
+            try:
+                fns[name] = compiling.compiled(module, ctx.compile)
+                why, _ = wrongness(reference, fns[name](x)[0])  # compile and first call, not timed
+            except Exception as e:  # recorded; the other candidates still run
+                fns.pop(name, None)
+                out[name] = ("error", error_text(e, 300))
+                continue
+            if why is not None:
+                fns.pop(name)
+                out[name] = ("wrong", f"compiled output wrong: {why}")
+        names = list(fns)
+        for r in range(SEARCH_ROUNDS):
+            for name in names[r % max(1, len(names)):] + names[:r % max(1, len(names))]:
+                # Ranked by the fastest sample (timeit's rule): other processes only ever add time,
+                # and on a shared CPU a stalled thread can multiply a median many times over.
+                ms = min(measure.time_calls(lambda: fns[name](x), policy, ctx.clock, sync).samples_ms)
+                out[name] = min(ms, out.get(name, ms))
+    return out
+
+
+def layer_sqnr(reference: torch.Tensor, module: Copies, x: torch.Tensor) -> float | None:
+    """SQNR (dB) of the candidate's eager output; None when identical (infinite)."""
+    with torch.no_grad():
+        return measure.accuracy(reference, module.layers[0](x)).sqnr_db
+
+
+# ---- the decision ------------------------------------------------------------------------------
+
+def choose(times_ms: dict[str, float | None], sqnr_db: dict[str, float | None], floor_db: float, margin: float) -> tuple[str, str]:
+    """(mode, why) for one layer: the fastest candidate at or above the floor that beats noquant by the margin."""
+    base = times_ms.get(NOQUANT)
+    if base is None:
+        return NOQUANT, "noquant could not be timed, so nothing can be compared"
+    accurate = {m: t for m, t in times_ms.items()
+                if m != NOQUANT and t is not None and (sqnr_db.get(m) is None or sqnr_db[m] >= floor_db)}
+    fast = {m: t for m, t in accurate.items() if t <= base * (1 - margin)}
+    if fast:
+        best = min(fast, key=fast.get)
+        return best, f"{base / fast[best]:.2f}x faster than noquant with SQNR >= {floor_db:g} dB"
+    if not accurate:
+        return NOQUANT, f"no candidate kept SQNR >= {floor_db:g} dB"
+    return NOQUANT, f"no candidate with SQNR >= {floor_db:g} dB was {margin:.0%} faster than noquant"
+
+
+def _status(mode: str, choice: str, ms, sqnr, base, floor_db, margin) -> str:
+    if mode == choice:
+        return "chosen"
+    if mode == NOQUANT:
+        return "reference"
+    if sqnr is not None and sqnr < floor_db:
+        return "below floor"
+    if base is not None and ms > base * (1 - margin):
+        return "not faster"
+    return "slower"
+
+
+# ---- the search --------------------------------------------------------------------------------
+
+def _candidates(settings: SearchSettings, info: DeviceInfo, dtype: torch.dtype) -> tuple[list[Mode], dict[str, str]]:
+    names = settings.candidates if settings.candidates is not None else searchable_modes()
+    names = [NOQUANT] + [n for n in names if n != NOQUANT]
+    runnable, unsupported = [], {}
+    for n in names:
+        reason = modes.MODES[n].unsupported_reason(info, dtype)
+        if reason:
+            unsupported[n] = reason
+        else:
+            runnable.append(modes.MODES[n])
+    return runnable, unsupported
+
+
+def _versions() -> dict[str, str | None]:
+    return {"torch": torch.__version__, "torchao": _torchao.torchao_version()}
+
+
+def search(model: nn.Module, info: DeviceInfo, dtype: torch.dtype, example_inputs: models.Inputs,
+           ctx: ApplyContext | None = None) -> dict[str, Any]:
+    """Measure every candidate on every Linear; returns the decision table (JSON-ready). The model is not changed."""
+    with torch.no_grad():
+        return _search(model, info, dtype, example_inputs, ctx)
+
+
+def _search(model, info, dtype, example_inputs, ctx) -> dict[str, Any]:
+    ctx = ctx or ApplyContext(device=info.type)
+    settings = SearchSettings.of(ctx.settings)
+    start = ctx.clock()
+    layers = modes.linear_layers(model)
+    if not layers:
+        raise UserError("autoquant found no nn.Linear layer in this model, so there is nothing to search; "
+                        "it quantizes Linear layers only (use a model that has some, or mode noquant).")
+    if example_inputs is None:
+        raise UserError("autoquant needs example inputs: one forward pass shows each Linear's real input shape.")
+    inputs = capture_inputs(model, example_inputs)
+    cands, unsupported = _candidates(settings, info, dtype)
+    linear_bytes = sum(lin.weight.numel() * lin.weight.element_size() for lin in layers.values())
+    cache = TimingCache(settings.cache_dir, settings.use_cache)
+    groups: dict[tuple, list[str]] = {}
+    for fqn in layers:
+        if fqn in inputs:
+            groups.setdefault(_shape_key(layers[fqn], inputs[fqn]), []).append(fqn)
+
+    table: dict[str, dict] = {}
+    bar = None
+    if ctx.progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(groups) * len(cands), desc="autoquant search", unit="candidate", leave=False, dynamic_ncols=True)
+    try:
+        for key, fqns in groups.items():
+            n = copies_for(layers[fqns[0]], linear_bytes)
+            per_layer = _measure_group(key, fqns, cands, layers, inputs, info, dtype, ctx, cache, bar, n)
+            for f in fqns:
+                table[f] = _decide(f, key, per_layer[f], settings, n)
+    finally:
+        if bar is not None:
+            bar.close()
+    for fqn in layers:
+        if fqn not in table:
+            table[fqn] = {"layer": fqn, "in_features": layers[fqn].in_features, "out_features": layers[fqn].out_features,
+                          "input_shape": None, "choice": NOQUANT, "candidates": {},
+                          "why": "not called by one forward pass of the example inputs"}
+    return {
+        "sqnr_floor_db": settings.sqnr_floor_db, "margin": settings.margin, "compile": ctx.compile.enabled,
+        "candidates": [r.name for r in cands], "unsupported": unsupported,
+        "cache": {"dir": str(cache.folder), "hits": cache.hits, "misses": cache.misses, "enabled": cache.enabled},
+        "layers": [table[f] for f in layers], "search_s": ctx.clock() - start,
+    }
+
+
+def _measure_group(key, fqns, cands, layers, inputs, info, dtype, ctx, cache, bar, n) -> dict[str, dict[str, dict]]:
+    """Every candidate on one shape: each layer's SQNR (weights differ), one shared time (cached, of n copies)."""
+    rep, x = layers[fqns[0]], inputs[fqns[0]]
+    refs = {f: layers[f](inputs[f]) for f in fqns}
+    result: dict[str, dict[str, dict]] = {f: {} for f in fqns}
+    to_time: dict[str, nn.Module] = {}
+    keys: dict[str, dict] = {}
+
+    def record(mode, **fields):
+        for f in fqns:
+            result[f][mode] = {**fields, **({"sqnr_db": fields["sqnr_db"][f]} if "sqnr_db" in fields else {})}
+
+    for cand in cands:
+        bar and bar.set_postfix_str(f"{key[0]}x{key[1]} {cand.name}", refresh=False)
+        reason = cand.layer_reason(rep, info, dtype)
+        if reason:
+            record(cand.name, ms=None, sqnr_db={f: None for f in fqns}, status="doesn't fit", note=reason)
+            bar and bar.update(1)
+            continue
+        try:
+            keys[cand.name] = {
+                "device": info.name, "device_type": info.type, "dtype": dtype_name(dtype), "shape": list(key),
+                "candidate": cand.name, "config": modes.config_dict(cand.config(info, dtype)),
+                "compile": ctx.compile.enabled, "compile_mode": ctx.compile.mode,
+                "torchao_tuning": ctx.compile.torchao_tuning, "baseline": ctx.compile.baseline,
+                "threads": torch.get_num_threads(), "copies": n,
+                **_versions(),
+            }
+            ms = cache.get(keys[cand.name])
+            with quiet_logs():
+                # the n copies are only needed for timing; a cache hit needs one, for the SQNR
+                module = _quantized_copy(rep, cand, info, dtype, n if ms is None else 1)
+                sqnr = {fqns[0]: layer_sqnr(refs[fqns[0]], module, x)}
+                for f in fqns[1:]:
+                    sqnr[f] = layer_sqnr(refs[f], _quantized_copy(layers[f], cand, info, dtype), inputs[f])
+        except Exception as e:  # one failing candidate must not end the search: it is recorded, never chosen
+            record(cand.name, ms=None, sqnr_db={f: None for f in fqns}, status="error", note=error_text(e, 300))
+            bar and bar.update(1)
+            continue
+        record(cand.name, ms=ms, sqnr_db=sqnr, cached=ms is not None)
+        if ms is None:
+            to_time[cand.name] = module
+        else:
+            bar and bar.update(1)
+    if to_time:
+        bar and bar.set_postfix_str(f"{key[0]}x{key[1]} timing {len(to_time)} candidates", refresh=True)
+        with quiet_logs():
+            times = time_modules(to_time, x, refs[fqns[0]], ctx)
+        for mode, timed in times.items():
+            for f in fqns:
+                if isinstance(timed, tuple):
+                    result[f][mode].update(ms=None, status=timed[0], note=timed[1])
+                else:
+                    result[f][mode]["ms"] = timed / n  # per layer call
+            if not isinstance(timed, tuple):
+                cache.put(keys[mode], timed / n)
+        bar and bar.update(len(to_time))
+    return result
+
+
+def _decide(fqn: str, key: tuple, cands: dict[str, dict], settings: SearchSettings, n: int = 1) -> dict:
+    in_f, out_f, bias, x_shape, _ = key
+    times = {m: c["ms"] for m, c in cands.items()}
+    sqnrs = {m: c["sqnr_db"] for m, c in cands.items() if c["ms"] is not None}
+    choice, why = choose(times, sqnrs, settings.sqnr_floor_db, settings.margin)
+    base = times.get(NOQUANT)
+    for m, c in cands.items():
+        if c["ms"] is not None:
+            c["status"] = _status(m, choice, c["ms"], c["sqnr_db"], base, settings.sqnr_floor_db, settings.margin)
+    return {"layer": fqn, "in_features": in_f, "out_features": out_f, "input_shape": list(x_shape),
+            "choice": choice, "why": why, "candidates": cands, "timed_copies": n}
+
+

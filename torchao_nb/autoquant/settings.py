@@ -1,0 +1,73 @@
+"""autoquant's settings: the SQNR floor, the margin over noquant, the candidates, the cache folder."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import modes
+from ..errors import UserError
+
+# 16.5 dB (RMS error 15% of the signal) is the bound torchao's own numerics tests hold quantized
+# layers to. Measured here on LLaMA-shaped bf16 layers: int4 group-128 ~20 dB, float8 ~31 dB, int8
+# dynamic 29-39 dB, int8 weight-only ~41 dB. Raise it to 25 to rule out int4, to 35 to keep int8 weight-only only.
+DEFAULT_SQNR_FLOOR_DB = 16.5
+# A candidate must be at least 5% faster than noquant on the layer: smaller wins are within the
+# run-to-run noise of a shared CPU and would buy accuracy loss for nothing.
+DEFAULT_MARGIN = 0.05
+NOQUANT = "noquant"
+
+
+def searchable_modes() -> list[str]:
+    """Registered modes the search can try: those applied by a plain torchao config."""
+    return [name for name, m in modes.MODES.items() if m.apply is None]
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """How the `autoquant` mode searches; pass to `sweep(autoquant=...)` (or a dict of these fields)."""
+
+    # The fields with a "flag" are also command-line options of `run`.
+    sqnr_floor_db: float = field(default=DEFAULT_SQNR_FLOOR_DB, metadata=dict(
+        flag="--autoquant-floor", metavar="DB",
+        help=f"reject a candidate whose layer output SQNR is below this (default {DEFAULT_SQNR_FLOOR_DB})"))
+    margin: float = field(default=DEFAULT_MARGIN, metadata=dict(
+        flag="--autoquant-margin", metavar="FRACTION",
+        help=f"a candidate must beat noquant's time by this fraction (default {DEFAULT_MARGIN})"))
+    candidates: tuple[str, ...] | None = None  # modes to try; None: every other mode this device runs
+    cache_dir: str | None = None  # None: $TORCHAO_NB_CACHE_DIR, else ~/.cache/torchao_nb
+    use_cache: bool = True  # False: time everything again and store nothing
+
+    def __post_init__(self):
+        try:
+            object.__setattr__(self, "sqnr_floor_db", float(self.sqnr_floor_db))
+            object.__setattr__(self, "margin", float(self.margin))
+        except (TypeError, ValueError):
+            raise UserError("autoquant's sqnr_floor_db and margin must be numbers, e.g. sqnr_floor_db=20, margin=0.05.") from None
+        if self.sqnr_floor_db != self.sqnr_floor_db:
+            raise UserError("autoquant's sqnr_floor_db is NaN; give a number of dB such as 20.")
+        if not 0 <= self.margin < 1:
+            raise UserError(f"autoquant's margin is a fraction in [0, 1) (0.05 = 5% faster), got {self.margin}.")
+        if self.candidates is not None:
+            names = (self.candidates.split(",") if isinstance(self.candidates, str) else self.candidates)
+            names = tuple(dict.fromkeys(str(n).strip() for n in names if str(n).strip()))
+            for n in names:
+                if n not in modes.MODES or modes.MODES[n].apply is not None:
+                    valid = ", ".join(searchable_modes())
+                    raise UserError(f"autoquant can't try mode {n!r}; choose candidates from: {valid}.")
+            object.__setattr__(self, "candidates", names)
+
+    @classmethod
+    def of(cls, value: Any) -> "SearchSettings":
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, dict):
+            known = {f.name for f in dataclasses.fields(cls)}
+            unknown = sorted(set(value) - known)
+            if unknown:
+                raise UserError(f"unknown autoquant setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}.")
+            return cls(**value)
+        raise UserError(f"autoquant= takes SearchSettings or a dict of its fields, not {type(value).__name__}.")

@@ -1,0 +1,151 @@
+"""A sweep's options, defined once (the API, the command line and the docs read them), and the validated SweepConfig."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from . import compiling, measure
+from . import env as envmod
+from . import modes as modes_mod
+from .errors import UserError
+
+DEFAULT_CELL_TIMEOUT_S = 1800.0  # generous: a cold compile plus autoquant's search of a large model fits
+
+
+@dataclass(frozen=True)
+class Option:
+    """One user-facing sweep option: `sweep(name=...)`, and on the command line `flag` (None: API only)."""
+
+    name: str
+    default: Any
+    help: str
+    flag: str | None = None
+    type: Callable | None = None  # the command line's parser; bool options get --x / --no-x
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("device", "auto", "auto | cpu | cuda", "--device", str),
+    Option("dtype", None, "auto | bfloat16 | float16 | float32 (default: bf16 on CUDA and on CPUs with native bf16)",
+           "--dtype", str),
+    Option("batch_sizes", None, "batch sizes of registry models, e.g. 1,8 (default 1); your own module runs on its "
+           "example inputs exactly as given", "--batch-sizes", str),
+    Option("seq_len", None, "sequence length of decoder and encoder models (default: each model's)", "--seq-len", int),
+    Option("threads", None, "CPU threads (default: torch's default)", "--threads", int),
+    Option("compile", True, "torch.compile each cell", "--compile", bool),
+    Option("baseline", True, "apply the seed's baseline compiler settings to compiled cells", "--baseline", bool),
+    Option("compile_mode", "default", "torch.compile mode: " + " | ".join(compiling.MODES)
+           + " (reduce-overhead = CUDA graphs)", "--compile-mode", str),
+    Option("torchao_tuning", False, "apply torchao's recommended inductor settings (coordinate descent tuning) "
+           "to every compiled cell, the baseline included", "--torchao-tuning", bool),
+    Option("isolate", True, "run the cells in a supervised worker process, so a crash or hang costs one row "
+           "(off: --in-process, for debugging)", None),
+    Option("cell_timeout_s", DEFAULT_CELL_TIMEOUT_S, "seconds a cell may take before it is stopped and recorded "
+           "as an error (isolated runs only)", "--cell-timeout", float),
+    Option("policy", None, "a measure.TimingPolicy (default: measure.TimingPolicy(); --quick: measure.FAST_POLICY)"),
+)
+OPTION_NAMES = tuple(o.name for o in OPTIONS)
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """Everything that defines a sweep, validated; device and dtype resolved."""
+
+    modes: tuple[str, ...]
+    device: str
+    dtype: torch.dtype
+    batch_sizes: tuple[int, ...] | None = (1,)  # None: a user's module runs on its inputs as given
+    compile: compiling.CompileSettings = compiling.CompileSettings()
+    threads: int = 1
+    seq_len: int | None = None  # None: each model's default
+    policy: measure.TimingPolicy = measure.TimingPolicy()
+    progress: bool = False  # also the autoquant search's own progress bar
+    mode_settings: tuple[tuple[str, object], ...] = ()  # (mode, its settings object) for modes that take settings
+    isolate: bool = True
+    cell_timeout_s: float = DEFAULT_CELL_TIMEOUT_S
+
+    def settings_for(self, mode: str) -> object | None:
+        return dict(self.mode_settings).get(mode)
+
+
+def check_batch_sizes(batch_sizes: Any) -> tuple[int, ...]:
+    if isinstance(batch_sizes, (int, str)):
+        batch_sizes = str(batch_sizes).split(",")
+    out = []
+    for b in batch_sizes:
+        try:
+            n = int(str(b).strip())
+        except ValueError:
+            raise UserError(f"batch size {b!r} is not a whole number; give positive integers like 1,8.") from None
+        if n <= 0:
+            raise UserError(f"batch size must be a positive integer, got {n}.")
+        out.append(n)
+    if not out:
+        raise UserError("no batch size given; give positive integers like 1,8.")
+    return tuple(dict.fromkeys(out))
+
+
+def _positive(name: str, value: Any) -> int | None:
+    if value is None:
+        return None
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{name} must be a positive whole number, got {value!r}.") from None
+    if n <= 0 or n != value:
+        raise UserError(f"{name} must be a positive whole number, got {value!r}.")
+    return n
+
+
+def split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(sweep options, per-mode settings such as autoquant={...}); an unknown name is a UserError."""
+    with_settings = {n for n, m in modes_mod.MODES.items() if m.settings is not None}
+    unknown = sorted(set(options) - set(OPTION_NAMES) - with_settings)
+    if unknown:
+        valid = ", ".join(OPTION_NAMES + tuple(sorted(with_settings)))
+        raise UserError(f"unknown sweep option(s) {', '.join(unknown)}; valid: {valid}.")
+    return ({k: v for k, v in options.items() if k in OPTION_NAMES},
+            {k: v for k, v in options.items() if k in with_settings})
+
+
+def build(mode_list: list[str], user_module: bool, progress: bool, **options: Any) -> SweepConfig:
+    """Validate every option before anything runs; a bad one is a UserError that says what to give."""
+    opts, settings = split_options(options)
+    o = {op.name: op.default for op in OPTIONS} | {k: v for k, v in opts.items() if v is not None or k == "batch_sizes"}
+    device = envmod.resolve_device(o["device"])
+    info = envmod.device_info(device)
+    if o["compile_mode"] not in compiling.MODES:
+        raise UserError(f"unknown compile mode {o['compile_mode']!r}; choose one of: {', '.join(compiling.MODES)}.")
+    if o["batch_sizes"] is not None and user_module:
+        raise UserError("batch_sizes apply to registry models; your module runs on its example_inputs exactly as "
+                        "given (their first dimension is the row's batch size). For another batch size, give "
+                        "inputs of that size.")
+    timeout = o["cell_timeout_s"]
+    if not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise UserError(f"cell_timeout_s must be a positive number of seconds, got {timeout!r}.")
+    return SweepConfig(
+        modes=tuple(mode_list), device=device, dtype=envmod.resolve_dtype(o["dtype"], info),
+        batch_sizes=None if user_module else check_batch_sizes(o["batch_sizes"] or (1,)),
+        compile=compiling.CompileSettings(bool(o["compile"]), o["compile_mode"], bool(o["baseline"]),
+                                          bool(o["torchao_tuning"])),
+        threads=_positive("threads", o["threads"]) or torch.get_num_threads(),
+        seq_len=_positive("seq_len", o["seq_len"]),
+        policy=o["policy"] or measure.TimingPolicy(), progress=bool(progress),
+        mode_settings=tuple((name, modes_mod.MODES[name].parse_settings(value)) for name, value in settings.items()),
+        isolate=bool(o["isolate"]), cell_timeout_s=float(timeout),
+    )
+
+
+def settings_dict(cfg: SweepConfig) -> dict[str, Any]:
+    """The config as JSON-ready data for environment.json."""
+    out = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in ("mode_settings", "dtype")}
+    out["dtype"] = envmod.dtype_name(cfg.dtype)
+    out["compile"] = dataclasses.asdict(cfg.compile)
+    out["policy"] = dataclasses.asdict(cfg.policy)
+    out["mode_settings"] = {m: dataclasses.asdict(s) if dataclasses.is_dataclass(s) else repr(s)
+                            for m, s in cfg.mode_settings}
+    return json.loads(json.dumps(out, default=str))  # as environment.json will hold it

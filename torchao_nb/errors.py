@@ -1,0 +1,13 @@
+"""The error a user can fix, and how any exception reads in a row: no torch needed to import this."""
+
+from __future__ import annotations
+
+
+class UserError(ValueError):
+    """Bad input from the user: shown as one clear line, never as a traceback."""
+
+
+def error_text(e: BaseException, limit: int = 500) -> str:
+    """'Type: first line of the message', cut to `limit` characters: what a row or a table shows."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0] if lines else ''}".rstrip(": ")[:limit]
