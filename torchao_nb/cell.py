@@ -17,6 +17,7 @@ from torch import nn
 from . import compiling, measure, models
 from .checks import nonfinite, wrongness
 from . import env as envmod
+from ._torchao import torchao_version
 from . import modes as modes_mod
 from .config import SweepConfig
 from .errors import UserError, error_text
@@ -112,11 +113,19 @@ def failed_reference_row(cfg: SweepConfig, source: ModelSource, mode: str, batch
     return error_row(cfg, source, mode, batch, f"the unquantized model failed: {why}", extra)
 
 
+@functools.lru_cache(maxsize=None)
+def _where(device: str) -> dict[str, str]:
+    """What every row records about the machine and versions that produced it."""
+    return dict(device_name=envmod.device_info(device).name, torch_version=torch.__version__,
+                torchao_version=torchao_version() or "")
+
+
 def _row(cfg: SweepConfig, ref: Reference, mode: str, batch: int, status: str, reason: str = "", **kw) -> Row:
     return Row(model=ref.name, mode=mode, batch_size=batch, device=cfg.device, dtype=envmod.dtype_name(cfg.dtype),
                compile=cfg.compile.enabled, baseline=cfg.compile.baseline, status=status, reason=reason,
                layers_total=ref.layers_total, threads=cfg.threads, compile_mode=cfg.compile.label,
-               seq_len=ref.seq_len, **kw)
+               seq_len=ref.seq_len, torchao_tuning=cfg.compile.enabled and cfg.compile.torchao_tuning,
+               **_where(cfg.device), **kw)
 
 
 def cell_key(cfg: SweepConfig, source: ModelSource, mode: str, batch: int) -> tuple:

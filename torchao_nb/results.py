@@ -20,7 +20,8 @@ STATUSES = ("ok", "skipped", "error", "wrong")
 
 
 # The fields that identify a cell: a row is re-used by --resume only when all of them match.
-KEY_FIELDS = ("model", "mode", "batch_size", "seq_len", "device", "dtype", "compile", "baseline", "compile_mode", "threads")
+KEY_FIELDS = ("model", "mode", "batch_size", "seq_len", "device", "device_name", "dtype", "compile", "baseline",
+              "compile_mode", "torchao_tuning", "threads", "torch_version", "torchao_version")
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,10 @@ class Row:
     threads: int | None = None
     compile_mode: str = ""  # torch.compile mode when compile is on ("default", "reduce-overhead", ...)
     seq_len: int | None = None  # a registry model's sequence length (None: a user's module)
+    device_name: str = ""  # the GPU or CPU model that ran the cell
+    torchao_tuning: bool = False  # torchao's recommended inductor settings were applied
+    torch_version: str = ""
+    torchao_version: str = ""
     recipe: str = ""  # the exact torchao config, JSON
     extra: str = ""  # JSON: layers left alone and why, autoquant's decision table, ...
 
