@@ -8,7 +8,8 @@ then the spread of five repeated *interleaved* A/A ratios (two compiled copies o
 in alternating samples, as the sweep times a mode against its baseline); the last line is
 `ratio=` (median of torchao_nb / Timer over the rounds). Targets: ratio within 0.95–1.05 and
 relative IQR under 5 %. On a VM whose speed drifts, absolute medians can spread more than that;
-the interleaved ratio is what the sweep's speedups rest on.
+the interleaved ratio is what the sweep's speedups rest on (the median of round-by-round ratios, rounds
+rotating which function goes first).
 """
 
 from __future__ import annotations
@@ -57,15 +58,18 @@ def main() -> None:
                   f"{m.calls_per_sample})   torch.utils.benchmark {t.median * 1e3:.4f} ms (IQR {t.iqr * 1e3:.4f})")
         twin = torch.compile(copy.deepcopy(module))
         models.call(twin, inputs)
-        aa = []
+        aa, intervals = [], []
         for _ in range(args.rounds):
             a, b = measure.time_paired(call, lambda: models.call(twin, inputs), measure.TimingPolicy(), sync=sync)
-            aa.append(a.median_ms / b.median_ms)
+            r = measure.paired_ratio(a, b)  # round-by-round ratios, as the sweep's speedups
+            aa.append(r.value)
+            intervals.append(f"{r.lo:.3f}-{r.hi:.3f}")
     rel_iqr = _rel_iqr(ours)
     ratio = statistics.median(a / b for a, b in zip(ours, theirs))
     print(f"device={device} dtype={env.dtype_name(dtype)} threads={threads} model={args.model}")
     print(f"repeated torchao_nb medians: {', '.join(f'{v:.4f}' for v in ours)} ms; relative IQR {100 * rel_iqr:.2f}%")
-    print(f"repeated interleaved A/A ratios: {', '.join(f'{v:.3f}' for v in aa)}; relative IQR {100 * _rel_iqr(aa):.2f}%")
+    print(f"repeated interleaved A/A ratios: {', '.join(f'{v:.3f}' for v in aa)} (95 % intervals {', '.join(intervals)}); "
+          f"relative IQR {100 * _rel_iqr(aa):.2f}%")
     print(f"ratio={ratio:.3f}")
 
 

@@ -104,10 +104,10 @@ def test_a_crash_of_the_unquantized_model_is_every_cells_row():
 
 def test_a_hang_becomes_an_error_row_at_the_cell_time_limit(tmp_path):
     rs = run(Misbehaves("int8weightonly", "hang", str(tmp_path / "started")), "int8weightonly,int8dynamic",
-             cell_timeout_s=3)
+             cell_timeout_s=10)
     rows = by_mode(rs)
     assert rows["int8weightonly"].status == "error"
-    assert "timed out after 3 s while running int8weightonly" in rows["int8weightonly"].reason
+    assert "timed out after 10 s while running int8weightonly" in rows["int8weightonly"].reason
     assert rows["int8dynamic"].status == "ok"
 
 

@@ -116,7 +116,7 @@ def test_time_paired_interleaves_and_is_exact_with_a_fake_clock():
     assert ma.median_ms == pytest.approx(4.0) and mb.median_ms == pytest.approx(2.0)
     assert len(ma.samples_ms) == len(mb.samples_ms) == 30  # both settle at the second check
     timed = order[-60:]
-    assert timed == ["a", "b"] * 30  # samples alternate
+    assert timed == ["a", "b", "b", "a"] * 15  # samples alternate, and each takes each position as often
 
 
 def test_time_paired_shares_a_drift_between_both():
@@ -133,3 +133,52 @@ def test_time_paired_shares_a_drift_between_both():
 
     ma, mb = measure.time_paired(work(4.0), work(2.0), measure.TimingPolicy(warmup_s=0.0, min_samples=40, block=40), clock=clock)
     assert ma.median_ms / mb.median_ms == pytest.approx(2.0, rel=0.05)
+
+
+def test_every_function_takes_every_position_equally_often():
+    clock = FakeClock()
+    order = []
+
+    def work(name, ms):
+        def fn():
+            order.append(name)
+            clock.now += ms / 1e3
+        return fn
+
+    fns = [work("a", 3.0), work("b", 3.0), work("c", 3.0)]
+    ms = measure.time_interleaved(fns, measure.TimingPolicy(warmup_s=0.0, min_warmup=1), clock=clock)
+    rounds = len(ms[0].samples_ms)
+    assert rounds % 3 == 0
+    timed = order[-3 * rounds:]
+    for name in "abc":
+        positions = [timed[3 * r: 3 * r + 3].index(name) for r in range(rounds)]
+        assert [positions.count(p) for p in range(3)] == [rounds // 3] * 3
+
+
+def test_a_position_bias_cancels_in_the_paired_ratio():
+    """The machine is 10 % faster for whatever runs last in a round; two equal functions still read 1.00."""
+    clock = FakeClock()
+    state = {"i": 0}
+
+    def fn():
+        state["i"] += 1
+        last = state["i"] % 2 == 0  # two functions: every second call is the last of its round
+        clock.now += (0.9 if last else 1.0) * 2e-3
+
+    a, b = measure.time_interleaved([fn, fn], measure.TimingPolicy(warmup_s=0.0, min_warmup=1, min_sample_s=0.0),
+                                    clock=clock)
+    r = measure.paired_ratio(a, b)
+    assert r.lo <= 1.0 <= r.hi and not r.clear
+    assert a.median_ms == pytest.approx(b.median_ms, rel=0.06)
+
+
+def test_paired_ratio_and_its_interval():
+    base = measure.Measurement(tuple(2.0 + 0.01 * (i % 7) for i in range(60)), 1)
+    fast = measure.Measurement(tuple(1.0 + 0.005 * (i % 7) for i in range(60)), 1)
+    r = measure.paired_ratio(base, fast)
+    assert r.value == pytest.approx(2.0, rel=1e-6) and r.lo <= r.value <= r.hi and r.clear
+    assert measure.paired_ratio(base, fast) == r  # seeded: the same samples give the same interval
+    noisy = measure.Measurement(tuple(1.0 + (0.3 if i % 2 else -0.3) for i in range(60)), 1)
+    same = measure.Measurement(tuple(1.0 for _ in range(60)), 1)
+    wide = measure.paired_ratio(noisy, same)
+    assert wide.lo < 1.0 < wide.hi and not wide.clear

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib
+import re
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -17,9 +18,12 @@ class Setting:
     value: Any
     why: str
     apply: bool = True  # False: recorded for fidelity to the seed, deliberately not set
+    inert: str = ""  # known to change nothing on today's torch, and why (read in its source)
+    cuda_only: bool = False  # changes nothing on a CPU
 
 
-# Order and values follow PyTorch's benchmarks/dynamo/torchao_backend.py.
+# Order and values follow PyTorch's benchmarks/dynamo/torchao_backend.py. `why` says what each one
+# does on today's torch (2.11-2.13, read in their source), so a reader sees which still matter.
 BASELINE_SETTINGS: tuple[Setting, ...] = (
     Setting(
         "torch._dynamo.epilogue_fusion", False,
@@ -32,27 +36,50 @@ BASELINE_SETTINGS: tuple[Setting, ...] = (
     Setting("torch._dynamo.config.automatic_dynamic_shapes", False,
             "Compile each batch size with static shapes instead of one dynamic-shape graph."),
     Setting("torch._dynamo.config.force_parameter_static_shapes", False,
-            "Let parameter shapes be treated like other inputs (seed's choice)."),
+            "Let parameter shapes be treated like other inputs (seed's choice); with automatic dynamic "
+            "shapes off nothing becomes dynamic, so in practice no effect."),
     Setting("torch._dynamo.config.cache_size_limit", 10000,
-            "Avoid dynamo giving up and running eager after 8 recompiles."),
+            "Avoid dynamo giving up and running eager after 8 recompiles (an alias of recompile_limit)."),
     Setting("torch._inductor.config.force_fuse_int_mm_with_mul", True,
-            "Fuse int8 matmul with its dequantizing multiply (helps int8 dynamic)."),
+            "Meant to fuse int8 matmul with its dequantizing multiply; on torch 2.11-2.13 only a function "
+            "nothing calls reads it: no effect.", inert="read by nothing in torch 2.11-2.13"),
     Setting("torch._inductor.config.use_mixed_mm", True,
-            "Allow mixed-dtype matmul kernels for weight-only quantization."),
+            "Meant to allow mixed-dtype matmul kernels for weight-only quantization; today's inductor "
+            "marks it deprecated and ignores it."),
 )
-
 
 # torchao's `recommended_inductor_config_setter()`, which its configs apply process-wide by
-# default (set_inductor_config=True). torchao_nb applies it, when asked, to every compiled
-# cell alike (the unquantized baseline included) so the comparison stays fair. Coordinate
-# descent tuning is what makes inductor's int8 weight-only GEMV fast on GPUs; it costs
-# compile time.
+# default (set_inductor_config=True) and its published GPU numbers use for the bf16 baseline too.
+# torchao_nb applies it to every compiled cell alike (the unquantized baseline included) so the
+# comparison stays fair: by default on CUDA, where it matters, and off on CPU, where it changes
+# nothing (see `why`).
 TORCHAO_TUNING: tuple[Setting, ...] = (
-    Setting("torch._inductor.config.coordinate_descent_tuning", True, "Tune the block sizes of generated Triton kernels."),
-    Setting("torch._inductor.config.coordinate_descent_check_all_directions", True, "Search the tuning space more widely."),
-    Setting("torch._inductor.config.force_fuse_int_mm_with_mul", True, "Fuse int8 matmul with its dequantizing multiply."),
-    Setting("torch._inductor.config.fx_graph_cache", True, "Re-use compiled graphs across runs."),
+    Setting("torch._inductor.config.coordinate_descent_tuning", True,
+            "CUDA: rewrites a one-row matmul (batch-1 decode) as a fused reduction that reads int8/float8 "
+            "weights directly (int8 and float8 weight-only have no kernel of their own and need it), and "
+            "tunes every Triton kernel's block sizes (costs compile time). CPU: no effect.", cuda_only=True),
+    Setting("torch._inductor.config.coordinate_descent_check_all_directions", True,
+            "A wider coordinate-descent search (more compile time); only with the above.", cuda_only=True),
+    Setting("torch._inductor.config.force_fuse_int_mm_with_mul", True,
+            "No effect on torch 2.11-2.13 (read only by a function nothing calls); set as torchao does.",
+            inert="read by nothing in torch 2.11-2.13"),
+    Setting("torch._inductor.config.fx_graph_cache", True, "Re-use compiled graphs across runs (already the default)."),
+    Setting("torch._inductor.config.triton.unique_kernel_names", True,
+            "Kernel names that say what they compute, in profiles (already the default)."),
 )
+
+
+def ignored_by_this_torch(key: str) -> bool:
+    """True when the installed torch marks a setting as ignored (inductor's 'DEPRECATED. This setting is
+    ignored.' comment right above it); torch has no flag for it that works on every version."""
+    import inspect
+
+    path, attr = key.rsplit(".", 1)
+    try:
+        source = inspect.getsource(importlib.import_module(path))
+    except (ImportError, OSError, TypeError):
+        return False
+    return re.search(r"#\s*DEPRECATED\. This setting is ignored\.\s*\n\s*" + re.escape(attr) + r"\s*[:=]", source) is not None
 
 
 @dataclass(frozen=True)
@@ -62,12 +89,22 @@ class SettingState:
     new: Any
     applied: bool
     note: str  # why it was not applied, or the setting's reason
+    effect: str = ""  # on the installed torch: "ignored by this torch", "already the default", or empty
 
 
 def _resolve(key: str) -> tuple[Any, str]:
-    """Return (owner object, attribute name) for a dotted key, importing modules as needed."""
-    path, attr = key.rsplit(".", 1)
-    return importlib.import_module(path), attr
+    """Return (owner object, attribute name) for a dotted key: the longest importable module, then attributes
+    (torch._inductor.config.triton.unique_kernel_names lives on a class inside the config module)."""
+    parts = key.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        try:
+            owner = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        for name in parts[i:-1]:
+            owner = getattr(owner, name)
+        return owner, parts[-1]
+    raise ImportError(f"no module in {key!r}")
 
 
 def _current(owner: Any, attr: str) -> Any:
@@ -77,27 +114,31 @@ def _current(owner: Any, attr: str) -> Any:
         return _MISSING
 
 
-def describe(settings: tuple[Setting, ...] = BASELINE_SETTINGS) -> list[SettingState]:
-    """Each setting with its current → baseline value and whether this torch lets it apply."""
+def describe(settings: tuple[Setting, ...] = BASELINE_SETTINGS, device: str | None = None) -> list[SettingState]:
+    """Each setting with its current → new value, whether this torch lets it apply, and whether it changes anything."""
     states = []
     for s in settings:
         try:
             owner, attr = _resolve(s.key)
             old = _current(owner, attr)
-        except ImportError:
+        except (ImportError, AttributeError):
             old = _MISSING
         if not s.apply:
-            states.append(SettingState(s.key, None if old is _MISSING else old, s.value, False, s.why))
+            states.append(SettingState(s.key, None if old is _MISSING else old, s.value, False, s.why, "not set"))
         elif old is _MISSING:
-            states.append(SettingState(s.key, None, s.value, False, "this torch has no such setting; skipped"))
+            states.append(SettingState(s.key, None, s.value, False, "this torch has no such setting; skipped",
+                                       "missing in this torch"))
         else:
-            states.append(SettingState(s.key, old, s.value, True, s.why))
+            effect = ("ignored by this torch" if ignored_by_this_torch(s.key) else f"no effect: {s.inert}" if s.inert
+                      else "no effect on a CPU" if s.cuda_only and device == "cpu"
+                      else "already the default" if old == s.value else "")
+            states.append(SettingState(s.key, old, s.value, True, s.why, effect))
     return states
 
 
-def describe_dicts(settings: tuple[Setting, ...] = BASELINE_SETTINGS) -> list[dict[str, Any]]:
+def describe_dicts(settings: tuple[Setting, ...] = BASELINE_SETTINGS, device: str | None = None) -> list[dict[str, Any]]:
     """`describe` as JSON-ready records (environment.json keeps them beside the results)."""
-    return [dataclasses.asdict(s) for s in describe(settings)]
+    return [dataclasses.asdict(s) for s in describe(settings, device)]
 
 
 @contextlib.contextmanager
@@ -125,7 +166,7 @@ def snapshot(keys: tuple[str, ...] = tuple(s.key for s in BASELINE_SETTINGS)) ->
         try:
             owner, attr = _resolve(key)
             out[key] = _current(owner, attr)
-        except ImportError:
+        except (ImportError, AttributeError):
             out[key] = _MISSING
     return out
 

@@ -1,137 +1,30 @@
-"""One cell of a sweep: build the unquantized reference, then quantize a fresh copy, compile, check, time → one Row."""
+"""One cell of a sweep: quantize a fresh copy of the reference, compile, check the output, time → one Row."""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import functools
 import gc
 import json
 import time
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
-from . import compiling, measure, models
-from .checks import nonfinite, wrongness
+from . import compiling, measure, models, profiling
 from . import env as envmod
-from ._torchao import torchao_version
 from . import modes as modes_mod
+from .checks import wrongness
 from .config import SweepConfig
 from .errors import UserError, error_text
+from .reference import (ModelSource, Phase, Reference, build_reference, cell_key, error_row,  # noqa: F401
+                        failed_reference_row, new_row, no_phase)
 from .results import Row
 
-Phase = Callable[[str], None]
-
-
-def _no_phase(_: str) -> None:
-    return None
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """A registered model (by name, so it travels to a worker as a name), or a user's module with its inputs."""
-
-    name: str
-    module: nn.Module | None = None
-    inputs: models.Inputs | None = None
-
-    def __reduce__(self):  # travels without the cached spec: a registry model is rebuilt from its name
-        return (ModelSource, (self.name, self.module, self.inputs))
-
-    @functools.cached_property
-    def spec(self) -> models.ModelSpec | None:
-        return None if self.module is not None else models.get(self.name)
-
-    def batch_sizes(self, cfg: SweepConfig) -> tuple[int, ...]:
-        return cfg.batch_sizes if self.module is None else (models.batch_of(self.inputs),)
-
-    def seq_len(self, cfg: SweepConfig) -> int | None:
-        spec = self.spec
-        return None if spec is None else cfg.seq_len or spec.seq_len
-
-    def build(self, cfg: SweepConfig, batch: int) -> tuple[nn.Module, models.Inputs, int | None]:
-        spec = self.spec
-        if spec is not None:
-            seq = self.seq_len(cfg)
-            module, inputs = spec.build(cfg.device, cfg.dtype, batch, seq)
-            return module, inputs, spec.tokens_per_call(batch, seq)
-        # The user's module is copied before anything touches it: it is never mutated.
-        module = copy.deepcopy(self.module).to(device=cfg.device, dtype=cfg.dtype).eval()
-        return module, models.convert_inputs(self.inputs, cfg.device, cfg.dtype), None
-
-
-@dataclass
-class Reference:
-    """The unquantized model of one (model, batch size) and its output, shared by its cells.
-
-    It is not timed here: each cell times it again, interleaved with the mode (see run_cell).
-    """
-
-    name: str
-    module: nn.Module
-    inputs: models.Inputs
-    output: Any
-    tokens_per_call: int | None
-    layers_total: int
-    copy_gbs: float | None = None  # the device's copy bandwidth, for the roofline column
-    task: models.Task | None = None  # a task-level accuracy that fills `cosine` instead of the raw output's
-    task_inputs: Any = None
-    task_output: Any = None
-    seq_len: int | None = None  # a registry model's sequence length; None for a user's module
-
-
-def build_reference(cfg: SweepConfig, source: ModelSource, batch: int, copy_gbs: float | None,
-                    on_phase: Phase = _no_phase) -> Reference:
-    """Build the model and record its unquantized output (the accuracy reference); raises if the model fails."""
-    on_phase("building the model")
-    module, inputs, tokens = source.build(cfg, batch)
-    spec = source.spec
-    task = spec.task if spec is not None else None
-    on_phase("computing the unquantized output")
-    with torch.no_grad():
-        output = models.call(module, inputs)
-        bad = nonfinite(output)
-        if bad:
-            raise ValueError(f"its output has {bad} NaN or infinite values, so no mode can be compared with it")
-        task_inputs = task.inputs(cfg.device, cfg.dtype) if task else None
-        task_output = task.run(module, task_inputs) if task else None
-    return Reference(source.name, module, inputs, output, tokens, len(modes_mod.linear_layers(module)),
-                     copy_gbs, task, task_inputs, task_output, source.seq_len(cfg))
-
-
-def error_row(cfg: SweepConfig, source: ModelSource, mode: str, batch: int, why: str, extra: dict | None = None) -> Row:
-    """A cell that failed before it could say anything about its model (a crash, a time limit)."""
-    stub = Reference(source.name, None, None, None, None, None, seq_len=source.seq_len(cfg))
-    return _row(cfg, stub, mode, batch, "error", why[:500], extra=json.dumps(extra) if extra else "")
-
-
-def failed_reference_row(cfg: SweepConfig, source: ModelSource, mode: str, batch: int, why: str,
-                         extra: dict | None = None) -> Row:
-    return error_row(cfg, source, mode, batch, f"the unquantized model failed: {why}", extra)
-
-
-@functools.lru_cache(maxsize=None)
-def _where(device: str) -> dict[str, str]:
-    """What every row records about the machine and versions that produced it."""
-    return dict(device_name=envmod.device_info(device).name, torch_version=torch.__version__,
-                torchao_version=torchao_version() or "")
-
-
-def _row(cfg: SweepConfig, ref: Reference, mode: str, batch: int, status: str, reason: str = "", **kw) -> Row:
-    return Row(model=ref.name, mode=mode, batch_size=batch, device=cfg.device, dtype=envmod.dtype_name(cfg.dtype),
-               compile=cfg.compile.enabled, baseline=cfg.compile.baseline, status=status, reason=reason,
-               layers_total=ref.layers_total, threads=cfg.threads, compile_mode=cfg.compile.label,
-               seq_len=ref.seq_len, torchao_tuning=cfg.compile.enabled and cfg.compile.torchao_tuning,
-               **_where(cfg.device), **kw)
-
-
-def cell_key(cfg: SweepConfig, source: ModelSource, mode: str, batch: int) -> tuple:
-    """The key the row of this cell will have (Row.key), known before it runs."""
-    stub = Reference(source.name, None, None, None, None, None, seq_len=source.seq_len(cfg))
-    return _row(cfg, stub, mode, batch, "ok").key
+SYNCED_POLICY = measure.TimingPolicy(min_warmup=1, warmup_s=0.0, min_sample_s=0.0, min_samples=15, max_samples=30,
+                                     max_time_s=1.0, block=15)  # the per-call figure beside CUDA's back-to-back one
+LOG_LINES = 40  # torch's warnings kept with a failing or suspicious row
 
 
 def free_memory(device: str) -> None:
@@ -142,14 +35,26 @@ def free_memory(device: str) -> None:
 
 # ---- a wrong output -----------------------------------------------------------------------------
 
-def _wrong_reason(cfg: SweepConfig, mode: str, why: str, eager_why: str | None, eager: measure.Accuracy | None) -> str:
-    if not cfg.compile.enabled:
+def _wrong_reason(settings: compiling.CompileSettings, mode: str, why: str, eager_why: str | None,
+                  eager: measure.Accuracy | None) -> str:
+    if not settings.enabled:
         return f"output wrong: {why}"
     if eager_why is None:
         db = "identical" if eager is None or eager.sqnr_db is None else f"{eager.sqnr_db:.1f} dB"
         return (f"compiled output wrong ({why}), eager {db}: a compiler or kernel bug on this machine, "
                 f"not an accuracy of {mode}")
     return f"output wrong, compiled ({why}) and eager ({eager_why}): {mode} breaks this model's output"
+
+
+def _wrong_row(cfg, ref, mode, batch, model, why, acc, extra, common) -> Row:
+    """A wrong output is never timed; for a compiled cell the eager quantized model says which side is wrong."""
+    eager_why = eager = None
+    if ref.compile.enabled:
+        eager_why, eager = wrongness(ref.output, models.call(model, ref.inputs))
+        extra["eager_sqnr_db"] = None if eager is None else eager.sqnr_db
+    numbers = {} if acc is None else dict(sqnr_db=acc.sqnr_db, cosine=acc.cosine, max_abs_err=acc.max_abs_err)
+    return new_row(cfg, ref, mode, batch, "wrong", _wrong_reason(ref.compile, mode, why, eager_why, eager),
+                   extra=json.dumps(extra), **numbers, **common)
 
 
 def _task_accuracy(ref: Reference, model: nn.Module, acc: measure.Accuracy, extra: dict) -> measure.Accuracy:
@@ -159,24 +64,92 @@ def _task_accuracy(ref: Reference, model: nn.Module, acc: measure.Accuracy, extr
     return dataclasses.replace(acc, cosine=score["mean"])
 
 
+# ---- timing ------------------------------------------------------------------------------------
+
+def _window(cfg: SweepConfig, ref: Reference, step_bytes: int, clock, sync) -> measure.Window:
+    """CUDA: events around back-to-back calls, as a generation loop runs them; a model whose step fits in
+    L2 gets the L2 flushed before each single call instead, so its weights come from memory."""
+    if cfg.device != "cuda":
+        return measure.host_window(clock, sync)
+    fits = ref.cache_bytes is not None and step_bytes <= ref.cache_bytes
+    return measure.cuda_window(2 * ref.cache_bytes if fits else 0)
+
+
+def _baseline_fn(ref: Reference):
+    """The compiled unquantized model, compiled once per group (later cells get it back from the group)."""
+    if ref.compiled_baseline is None:
+        ref.compiled_baseline = compiling.compiled(ref.module, ref.compile, "baseline")
+        models.call(ref.compiled_baseline, ref.inputs)
+    return ref.compiled_baseline
+
+
+def _timed(cfg: SweepConfig, ref: Reference, fn, window: measure.Window, clock, sync) -> dict[str, Any]:
+    """The mode timed in rounds with the unquantized model (compiled baseline, eager), so both speedups
+    come from samples taken under the same machine state, round by round."""
+    calls = [lambda: models.call(ref.module, ref.inputs), lambda: models.call(fn, ref.inputs)]
+    if ref.compile.enabled:
+        base = _baseline_fn(ref)
+        calls.insert(0, lambda: models.call(base, ref.inputs))
+    timed = measure.time_interleaved(calls, cfg.policy, clock, sync, window)
+    base_m, eager_m, m = timed[0], timed[-2], timed[-1]
+    speedup, vs_eager = measure.paired_ratio(base_m, m), measure.paired_ratio(eager_m, m)
+    return dict(median_ms=m.median_ms, iqr_ms=m.iqr_ms, samples=len(m.samples_ms), noisy=m.noisy(cfg.policy),
+                baseline_ms=base_m.median_ms, eager_ms=eager_m.median_ms,
+                speedup=speedup.value, speedup_lo=speedup.lo, speedup_hi=speedup.hi,
+                speedup_vs_eager=vs_eager.value, speedup_vs_eager_lo=vs_eager.lo, speedup_vs_eager_hi=vs_eager.hi,
+                timing=window.what)
+
+
+def _diagnose(cfg: SweepConfig, ref: Reference, model: nn.Module, fn) -> str:
+    """The mode's top kernels; when CUDA-graph replays hide them, those of the same model compiled without graphs."""
+    table = profiling.top_kernels(lambda: models.call(fn, ref.inputs), cfg.device)
+    if table is None and ref.compile.enabled and ref.compile.mode != "default":
+        plain = compiling.compiled(model, dataclasses.replace(ref.compile, mode="default"))
+        table = profiling.top_kernels(lambda: models.call(plain, ref.inputs), cfg.device)
+        table = None if table is None else f"(CUDA-graph replays hid their kernels: the same model without graphs)\n{table}"
+    return table or "the profiler saw no kernel"
+
+
+def _compile_fields(first: compiling.CompileRecord, later: compiling.CompileRecord, extra: dict) -> dict[str, Any]:
+    """Compiler facts of the row; breaks, recompiles while timing and CUDA-graph skips are named in extra."""
+    if first.graph_breaks:
+        extra["graph_breaks"] = first.graph_breaks
+    if later.recompiles:
+        extra["recompiles_while_timing"] = later.recompiles
+    skips = first.cudagraph_skips + later.cudagraph_skips
+    log = first.log + later.log
+    if log and (first.graph_breaks or later.recompiles or skips):
+        extra["compile_log"] = log[-LOG_LINES:]
+    return dict(graph_breaks=len(first.graph_breaks), recompiles=len(later.recompiles), cudagraph_skips=skips,
+                fx_cache=first.fx_cache_text)
+
+
 # ---- one cell ------------------------------------------------------------------------------------
 
+def _not_here(cfg: SweepConfig, ref: Reference, mode: str, spec: modes_mod.Mode, info) -> str | None:
+    """Why this cell can't run, found before anything is quantized or compiled."""
+    if ref.layers_total == 0 and mode != "noquant":
+        return "nothing to quantize: the model has no nn.Linear layer"
+    return spec.unsupported_reason(info, cfg.dtype) or (
+        None if ref.rows is None else spec.input_reason(info, cfg.dtype, ref.rows))
+
+
 def run_cell(cfg: SweepConfig, ref: Reference, mode: str, batch: int, clock=time.perf_counter,
-             on_phase: Phase = _no_phase) -> Row:
+             on_phase: Phase = no_phase) -> Row:
     """Quantize a fresh copy, compile, check the output, time: one Row, never an exception."""
     spec = modes_mod.get(mode)
     info = envmod.device_info(cfg.device)
-    reason = spec.unsupported_reason(info, cfg.dtype)
+    reason = _not_here(cfg, ref, mode, spec, info)
     if reason:
-        return _row(cfg, ref, mode, batch, "skipped", reason)
-    if ref.layers_total == 0 and mode != "noquant":
-        return _row(cfg, ref, mode, batch, "skipped", "nothing to quantize: the model has no nn.Linear layer")
+        return new_row(cfg, ref, mode, batch, "skipped", reason)
     sync = measure.sync_for(cfg.device)
+    first = later = compiling.CompileRecord()
     try:
         on_phase("quantizing")
         model = copy.deepcopy(ref.module)
-        context = modes_mod.ApplyContext(device=cfg.device, compile=cfg.compile, policy=cfg.policy, clock=clock,
-                                         progress=cfg.progress, settings=cfg.settings_for(mode))
+        context = modes_mod.ApplyContext(device=cfg.device, compile=ref.compile, policy=cfg.policy, clock=clock,
+                                         progress=cfg.progress, settings=cfg.settings_for(mode),
+                                         mode_settings=cfg.mode_settings)
         report, quantize_s = measure.time_once(
             lambda: modes_mod.quantize(model, spec, info, cfg.dtype, ref.inputs, context), clock, sync)
         extra = dict(report.extra)
@@ -185,78 +158,77 @@ def run_cell(cfg: SweepConfig, ref: Reference, mode: str, batch: int, clock=time
         # A mode with its own search (autoquant) may rightly leave every layer alone: that is its result.
         if mode != "noquant" and report.layers_quantized == 0 and spec.apply is None:
             why = next(iter(report.skipped_layers.values()), "torchao changed no layer")
-            return _row(cfg, ref, mode, batch, "skipped", f"no Linear layer fits this mode ({why})",
-                        layers_quantized=0, recipe=json.dumps(report.recipe), extra=json.dumps(extra))
+            return new_row(cfg, ref, mode, batch, "skipped", f"no Linear layer fits this mode ({why})",
+                           layers_quantized=0, recipe=json.dumps(report.recipe), extra=json.dumps(extra))
         common = dict(layers_quantized=report.layers_quantized, quantize_s=quantize_s,
                       search_s=report.extra.get("search_s"), recipe=json.dumps(report.recipe))
-        with torch.no_grad(), compiling.maybe_compiled(cfg.compile):
-            on_phase("compiling" if cfg.compile.enabled else "running")
-            fn = compiling.compiled(model, cfg.compile)
+        with torch.no_grad():
+            on_phase("compiling" if ref.compile.enabled else "running")
+            fn = compiling.compiled(model, ref.compile, mode)
             graphs0 = compiling.graphs_compiled()
-            out, compile_s = measure.time_once(lambda: models.call(fn, ref.inputs), clock, sync)
-            graphs = compiling.graphs_compiled() - graphs0 if cfg.compile.enabled else None
-            if cfg.compile.enabled and graphs == 0:
+            with compiling.watch() as first:
+                out, compile_s = measure.time_once(lambda: models.call(fn, ref.inputs), clock, sync)
+            graphs = compiling.graphs_compiled() - graphs0 if ref.compile.enabled else None
+            if ref.compile.enabled and graphs == 0:
                 raise RuntimeError("torch.compile captured no graph: the model ran eager, so its timing would be mislabelled")
             on_phase("checking the output")
-            why, acc = wrongness(ref.output, out)
+            why, acc = wrongness(ref.output, out)  # before another call: a CUDA-graph replay reuses `out`
             if why is not None:
                 return _wrong_row(cfg, ref, mode, batch, model, why, acc, extra, common)
             if ref.task is not None:
                 acc = _task_accuracy(ref, model, acc, extra)
-            on_phase("measuring memory")
-            with measure.PeakMemory(cfg.device) as mem:  # the mode alone, before the baseline copy exists
-                for _ in range(3):
-                    models.call(fn, ref.inputs)
-            on_phase("timing")
-            timed = _time_against_references(cfg, ref, fn, clock, sync)
-        m, eager_ms = timed[-1], timed[-2].median_ms
-        median = m.median_ms
-        baseline_ms = timed[0].median_ms  # the compiled baseline, or eager when compile is off
-        wbytes = measure.weight_bytes(model)
-        step_bytes = wbytes + measure.activation_bytes(ref.inputs, out)
+            wbytes = measure.weight_bytes(model)
+            step_bytes = measure.streamed_weight_bytes(model) + measure.activation_bytes(ref.inputs, out)
+            with compiling.watch() as later:
+                on_phase("measuring memory")
+                with measure.PeakMemory(cfg.device) as mem:  # the mode alone, before the baseline is called
+                    for _ in range(3):
+                        models.call(fn, ref.inputs)
+                on_phase("timing")
+                window = _window(cfg, ref, step_bytes, clock, sync)
+                numbers = _timed(cfg, ref, fn, window, clock, sync)
+                if cfg.device == "cuda":
+                    numbers["synced_ms"] = measure.time_calls(lambda: models.call(fn, ref.inputs), SYNCED_POLICY,
+                                                              clock, sync).median_ms
+            if cfg.diagnose:
+                on_phase("profiling")
+                extra["profile"] = _diagnose(cfg, ref, model, fn)
+        median = numbers["median_ms"]
+        fits = ref.cache_bytes is not None and step_bytes <= ref.cache_bytes
         achieved = step_bytes / (median / 1e3) / 1e9
-        return _row(
-            cfg, ref, mode, batch, "ok",
-            median_ms=median, iqr_ms=m.iqr_ms, samples=len(m.samples_ms), noisy=m.noisy(cfg.policy),
-            baseline_ms=baseline_ms, speedup=baseline_ms / median,
-            eager_ms=eager_ms, speedup_vs_eager=eager_ms / median,
-            compile_s=compile_s if cfg.compile.enabled else None,
+        return new_row(
+            cfg, ref, mode, batch, "ok", **numbers, **_compile_fields(first, later, extra),
+            compile_s=compile_s if ref.compile.enabled else None,
             sqnr_db=acc.sqnr_db, cosine=acc.cosine, max_abs_err=acc.max_abs_err,
-            bytes_per_step=step_bytes, achieved_gbs=achieved,
-            roofline_pct=None if not ref.copy_gbs else 100 * achieved / ref.copy_gbs,
+            bytes_per_step=step_bytes, achieved_gbs=achieved, fits_in_cache=fits if ref.cache_bytes else None,
+            roofline_pct=None if fits or not ref.copy_gbs else 100 * achieved / ref.copy_gbs,
             weight_bytes=wbytes, peak_mem_bytes=mem.peak_bytes, peak_reserved_bytes=mem.reserved_bytes,
-            graphs=graphs,
-            tokens_per_s=None if ref.tokens_per_call is None else ref.tokens_per_call / (median / 1e3),
+            graphs=graphs, tokens_per_s=None if ref.tokens_per_call is None else ref.tokens_per_call / (median / 1e3),
             extra=json.dumps(extra) if extra else "", **common,
         )
     except UserError as e:
-        return _row(cfg, ref, mode, batch, "error", str(e)[:500])
+        return new_row(cfg, ref, mode, batch, "error", str(e)[:500])
     except Exception as e:  # one failing cell must not end the sweep: it becomes an error row
-        hint = modes_mod.explain_failure(str(e))
-        return _row(cfg, ref, mode, batch, "error", error_text(e) + (f" ({hint})" if hint else ""))
+        return new_row(cfg, ref, mode, batch, "error", _failure_text(e, ref),
+                       extra=json.dumps({"compile_log": (first.log + later.log)[-LOG_LINES:]}) if first.log else "")
     finally:
         free_memory(cfg.device)
 
 
-def _wrong_row(cfg, ref, mode, batch, model, why, acc, extra, common) -> Row:
-    """A wrong output is never timed; for a compiled cell the eager quantized model says which side is wrong."""
-    eager_why = eager = None
-    if cfg.compile.enabled:
-        eager_out = models.call(model, ref.inputs)
-        eager_why, eager = wrongness(ref.output, eager_out)
-        extra["eager_sqnr_db"] = None if eager is None else eager.sqnr_db
-    numbers = {} if acc is None else dict(sqnr_db=acc.sqnr_db, cosine=acc.cosine, max_abs_err=acc.max_abs_err)
-    return _row(cfg, ref, mode, batch, "wrong", _wrong_reason(cfg, mode, why, eager_why, eager),
-                extra=json.dumps(extra), **numbers, **common)
+def graph_break_text(message: str) -> str:
+    """Dynamo's break message in one line: what failed, its explanation, and where in the user's code."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    head = " ".join(lines[:2]).replace("Explanation: ", "- ") if lines else "graph break"
+    start = next((i for i, line in enumerate(lines) if line.startswith("from user code")), len(lines))
+    frames = [line for line in lines[start:] if line.startswith("File ")]
+    return head + (f" ({frames[-1]})" if frames else "")  # the innermost frame: the line that broke
 
 
-def _time_against_references(cfg: SweepConfig, ref: Reference, fn, clock, sync) -> list[measure.Measurement]:
-    """[baseline, eager, mode]: the unquantized references timed interleaved with the mode, so both
-    speedups compare timings taken under the same machine state (the baseline's compile is a cache hit)."""
-    calls = [lambda: models.call(ref.module, ref.inputs), lambda: models.call(fn, ref.inputs)]
-    if cfg.compile.enabled:
-        base = compiling.compiled(copy.deepcopy(ref.module), cfg.compile)
-        models.call(base, ref.inputs)
-        calls.insert(0, lambda: models.call(base, ref.inputs))
-    return measure.time_interleaved(calls, cfg.policy, clock, sync)
-
+def _failure_text(e: Exception, ref: Reference) -> str:
+    if isinstance(e, torch._dynamo.exc.Unsupported) and ref.compile.fullgraph:
+        first = graph_break_text(str(e))
+        why = ("built-in models compile as one graph, so this is a bug in torchao_nb's model code" if ref.builtin
+               else "compiled with fullgraph=True; without it the break is counted in the row instead")
+        return f"graph break ({why}): {first}"[:500]
+    hint = modes_mod.explain_failure(str(e))
+    return error_text(e) + (f" ({hint})" if hint else "")

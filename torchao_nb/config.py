@@ -40,8 +40,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("baseline", True, "apply the seed's baseline compiler settings to compiled cells", "--baseline", bool),
     Option("compile_mode", "default", "torch.compile mode: " + " | ".join(compiling.MODES)
            + " (reduce-overhead = CUDA graphs)", "--compile-mode", str),
-    Option("torchao_tuning", False, "apply torchao's recommended inductor settings (coordinate descent tuning) "
-           "to every compiled cell, the baseline included", "--torchao-tuning", bool),
+    Option("torchao_tuning", None, "apply torchao's recommended inductor settings (coordinate descent tuning) to "
+           "every compiled cell, the baseline included (default: on CUDA, where int8/float8 weight-only need it; "
+           "off on CPU, where it changes nothing)", "--torchao-tuning", bool),
+    Option("fullgraph", False, "compile your own module as one graph (a graph break is then an error row); "
+           "built-in models always compile as one graph", "--fullgraph", bool),
+    Option("diagnose", False, "add to each row a profiler table of its top kernels (GPU) or operators (CPU)",
+           "--diagnose", bool),
     Option("isolate", True, "run the cells in a supervised worker process, so a crash or hang costs one row "
            "(off: --in-process, for debugging)", None),
     Option("cell_timeout_s", DEFAULT_CELL_TIMEOUT_S, "seconds a cell may take before it is stopped and recorded "
@@ -67,6 +72,7 @@ class SweepConfig:
     mode_settings: tuple[tuple[str, object], ...] = ()  # (mode, its settings object) for modes that take settings
     isolate: bool = True
     cell_timeout_s: float = DEFAULT_CELL_TIMEOUT_S
+    diagnose: bool = False
 
     def settings_for(self, mode: str) -> object | None:
         return dict(self.mode_settings).get(mode)
@@ -130,13 +136,14 @@ def build(mode_list: list[str], user_module: bool, progress: bool, **options: An
     return SweepConfig(
         modes=tuple(mode_list), device=device, dtype=envmod.resolve_dtype(o["dtype"], info),
         batch_sizes=None if user_module else check_batch_sizes(o["batch_sizes"] or (1,)),
-        compile=compiling.CompileSettings(bool(o["compile"]), o["compile_mode"], bool(o["baseline"]),
-                                          bool(o["torchao_tuning"])),
+        compile=compiling.CompileSettings(
+            bool(o["compile"]), o["compile_mode"], bool(o["baseline"]),
+            device == "cuda" if o["torchao_tuning"] is None else bool(o["torchao_tuning"]), bool(o["fullgraph"])),
         threads=_positive("threads", o["threads"]) or torch.get_num_threads(),
         seq_len=_positive("seq_len", o["seq_len"]),
         policy=o["policy"] or measure.TimingPolicy(), progress=bool(progress),
         mode_settings=tuple((name, modes_mod.MODES[name].parse_settings(value)) for name, value in settings.items()),
-        isolate=bool(o["isolate"]), cell_timeout_s=float(timeout),
+        isolate=bool(o["isolate"]), cell_timeout_s=float(timeout), diagnose=bool(o["diagnose"]),
     )
 
 

@@ -179,9 +179,11 @@ class Series:
     field: str  # Row attribute drawn as the bar height
     scale: float = 1.0  # multiply (bytes → MB)
     err: str | None = None  # Row attribute drawn as the full length of the error bar (IQR)
+    interval: tuple[str, str] | None = None  # Row attributes of an interval drawn as the error bar (95 % CI)
     hatch: str = ""
     alpha: float = 1.0
     timed: bool = True  # a measured time (or ratio of times): a noisy row is outlined
+    unmeasured: str = "n/a"  # what an ok row without this metric shows (Row -> text, or a fixed text)
 
 
 def bar_value(row: Row | None, series: Series) -> float | None:
@@ -211,7 +213,8 @@ def grouped_bars(ax: Axes, groups: list[tuple[str, list[tuple[str, list[Row | No
                 v = bar_value(row, s)
                 if v is None:
                     if row is not None and row.status == "ok":  # ran, but this metric wasn't measured
-                        ax.text(left + width / 2, 0.03, "n/a", rotation=90, ha="center", va="bottom", fontsize=8,
+                        why = "in cache" if s.field == "roofline_pct" and row.fits_in_cache else s.unmeasured
+                        ax.text(left + width / 2, 0.03, why, rotation=90, ha="center", va="bottom", fontsize=8,
                                 transform=transforms.blended_transform_factory(ax.transData, ax.transAxes))
                         continue
                     if j and rows[j - 1] is row:
@@ -227,6 +230,9 @@ def grouped_bars(ax: Axes, groups: list[tuple[str, list[tuple[str, list[Row | No
                 if s.err and getattr(row, s.err) is not None:
                     half = getattr(row, s.err) * s.scale / 2
                     err = [[min(half, v)], [half]]  # a latency can't go below 0
+                lo, hi = (getattr(row, a) for a in s.interval) if s.interval else (None, None)
+                if lo is not None and hi is not None:
+                    err = [[max(0.0, v - lo * s.scale)], [max(0.0, hi * s.scale - v)]]
                 edge = dict(edgecolor="white" if not s.hatch else "0.2", linewidth=0.5)
                 if row.noisy and s.timed:  # a spread-out measurement: outlined, so nobody reads too much into it
                     edge = dict(edgecolor="black", linewidth=1.2, linestyle="--")

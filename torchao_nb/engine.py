@@ -96,8 +96,9 @@ def _environment(cfg: config.SweepConfig, executor: executors.Executor) -> dict:
         compile=cfg.compile.enabled, baseline=cfg.compile.baseline, compile_mode=cfg.compile.mode,
         torchao_tuning=cfg.compile.torchao_tuning, batch_sizes=list(cfg.batch_sizes or []),
         seq_len=cfg.seq_len, isolation="worker process" if cfg.isolate else "in-process",
-        baseline_settings=baseline_mod.describe_dicts() if cfg.compile.baseline else [],
-        torchao_tuning_settings=baseline_mod.describe_dicts(baseline_mod.TORCHAO_TUNING) if cfg.compile.torchao_tuning else [],
+        baseline_settings=baseline_mod.describe_dicts(device=cfg.device) if cfg.compile.baseline else [],
+        torchao_tuning_settings=(baseline_mod.describe_dicts(baseline_mod.TORCHAO_TUNING, cfg.device)
+                                 if cfg.compile.torchao_tuning else []),
         sweep_settings=config.settings_dict(cfg),
     )
     return environment

@@ -8,6 +8,7 @@ import os
 import platform
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -63,6 +64,26 @@ def cpu_has_native_bf16() -> bool:
     with contextlib.suppress(Exception):
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     return False
+
+
+def _size_bytes(text: str) -> int:
+    units = {"K": 2**10, "M": 2**20, "G": 2**30}
+    text = text.strip()
+    return int(text[:-1]) * units[text[-1]] if text and text[-1] in units else int(text)
+
+
+def cache_bytes(device: str) -> int | None:
+    """The cache a model's weights could stay in between calls: a GPU's L2, a CPU's last level (sysfs)."""
+    if device == "cuda":
+        return int(torch.cuda.get_device_properties(0).L2_cache_size) or None
+    best: tuple[int, int] | None = None
+    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            if (index / "type").read_text().strip() == "Instruction":
+                continue
+            level, size = int((index / "level").read_text()), _size_bytes((index / "size").read_text())
+            best = max(best or (level, size), (level, size))
+    return None if best is None else best[1]
 
 
 def device_info(device: str) -> DeviceInfo:
@@ -121,6 +142,7 @@ def environment(device: str, dtype: torch.dtype, threads: int) -> dict:
         "threads": threads,
         "dtype": dtype_name(dtype),
         "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "cache_bytes": cache_bytes(device),
         "cuda": torch.version.cuda,
         "cuda_driver": None,
         "compute_capability": None,

@@ -62,8 +62,10 @@ def _copy_gbs(device: str, threads: int) -> float:
     """Measured once per process and setting: the memory roofline every row is judged against."""
     from . import compiling, measure
 
+    from . import env
+
     with compiling.torch_threads(threads):
-        return measure.copy_bandwidth_gbs(device)
+        return measure.copy_bandwidth_gbs(device, measure.copy_buffer_mib(env.cache_bytes(device)))
 
 
 def device_environment(cfg) -> dict:
@@ -92,10 +94,12 @@ class InProcess:
             stop: threading.Event | None = None) -> None:
         import torch
 
-        from . import cell, compiling
+        from . import cell, compiling, profiling
         from ._torchao import quiet_logs
 
         cfg = group.cfg
+        if cfg.diagnose and cfg.device == "cuda":
+            profiling.prepare_for_cuda_graphs()
         with compiling.torch_threads(cfg.threads), torch.no_grad(), quiet_logs():
             try:
                 ref = cell.build_reference(cfg, group.source, group.batch, _copy_gbs(cfg.device, cfg.threads),
@@ -105,11 +109,13 @@ class InProcess:
                     on_row(cell.failed_reference_row(cfg, group.source, mode, group.batch, error_text(e)))
                 return
             try:
-                for mode in group.modes:
-                    if stop is not None and stop.is_set():
-                        return
-                    on_row(cell.run_cell(cfg, ref, mode, group.batch, self.clock,
-                                         functools.partial(on_phase, mode)))
+                # One compiler state for the group: its baseline compiles once, for all its cells.
+                with compiling.maybe_compiled(ref.compile):
+                    for mode in group.modes:
+                        if stop is not None and stop.is_set():
+                            return
+                        on_row(cell.run_cell(cfg, ref, mode, group.batch, self.clock,
+                                             functools.partial(on_phase, mode)))
             finally:
                 del ref
                 cell.free_memory(cfg.device)

@@ -68,20 +68,70 @@ def sync_for(device: str) -> Callable[[], None]:
 
 
 def time_calls(fn: Callable[[], Any], policy: TimingPolicy = TimingPolicy(), clock: Clock = time.perf_counter,
-               sync: Callable[[], None] = no_sync) -> Measurement:
+               sync: Callable[[], None] = no_sync, window: "Window | None" = None) -> Measurement:
     """Warm up, then take samples until the median settles or the time budget runs out."""
-    return time_interleaved([fn], policy, clock, sync)[0]
+    return time_interleaved([fn], policy, clock, sync, window)[0]
+
+
+@dataclass(frozen=True)
+class Window:
+    """How one sample is taken: `run(fn, n)` → ms per call of n back-to-back calls."""
+
+    run: Callable[[Callable[[], Any], int], float]
+    one_call: bool = False  # a sample is one call (the cache is flushed before each: repeats would hit it)
+    what: str = "host clock around back-to-back calls"
+
+
+def host_window(clock: Clock = time.perf_counter, sync: Callable[[], None] = no_sync) -> Window:
+    def run(fn, n):
+        sync()
+        t0 = clock()
+        for _ in range(n):
+            fn()
+        sync()
+        return (clock() - t0) * 1e3 / n
+    return Window(run)
+
+
+def cuda_window(flush_bytes: int = 0) -> Window:
+    """Back-to-back calls between two CUDA events, as a generation loop runs them (no host round trip
+    per call). With `flush_bytes` (2x the L2), a buffer is zeroed before each single call, so a model
+    that fits in L2 reads its weights from memory as a larger one would."""
+    import torch
+
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    scratch = torch.empty(max(1, flush_bytes // 4), dtype=torch.int32, device="cuda") if flush_bytes else None
+
+    def run(fn, n):
+        if scratch is not None:
+            scratch.zero_()  # on the stream before the start event: not timed
+        start.record()
+        for _ in range(n):
+            fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / n
+
+    what = "CUDA events around one call, L2 flushed before each" if flush_bytes else "CUDA events around back-to-back calls"
+    return Window(run, one_call=bool(flush_bytes), what=what)
 
 
 def time_interleaved(fns: Sequence[Callable[[], Any]], policy: TimingPolicy = TimingPolicy(),
-                     clock: Clock = time.perf_counter, sync: Callable[[], None] = no_sync) -> list[Measurement]:
-    """Time several functions with their samples interleaved (a, b, c, a, b, c, ...).
+                     clock: Clock = time.perf_counter, sync: Callable[[], None] = no_sync,
+                     window: Window | None = None) -> list[Measurement]:
+    """Time several functions in rounds: each round takes one sample of every function.
 
     A speedup is a ratio of two timings; on a shared machine (a VM's neighbours, clock changes)
     the speed drifts by tens of percent over seconds, so timings taken one after the other
-    compare different machines. Interleaving exposes all of them to the same drift. Stops when
-    every median settles or the time budget (one measurement's per function) runs out.
+    compare different machines. Rounds expose all of them to the same drift, and sample i of every
+    function comes from round i, so ratios can be taken round by round (`paired_ratio`). The order
+    rotates each round, so every function takes every position equally often: a function that
+    always came last would always meet the machine in the same state (measured: 2-7 % faster under
+    load). Stops, after a whole rotation, when every median settles or the time budget (one
+    measurement's per function) runs out.
     """
+    window = window or host_window(clock, sync)
+
     def calibrate(fn):
         start, calls, last = clock(), 0, 0.0
         while calls < policy.min_warmup or clock() - start < policy.warmup_s:
@@ -90,26 +140,27 @@ def time_interleaved(fns: Sequence[Callable[[], Any]], policy: TimingPolicy = Ti
             sync()
             last = clock() - t0
             calls += 1
+        if window.one_call:
+            return 1
         return max(1, math.ceil(policy.min_sample_s / last - 1e-6)) if last > 0 else 1
 
+    k = len(fns)
     inner = [calibrate(fn) for fn in fns]
     samples: list[list[float]] = [[] for _ in fns]
-    begin, settled = clock(), [None] * len(fns)
-    while len(samples[-1]) < policy.max_samples:
-        for fn, n, out in zip(fns, inner, samples):
-            sync()
-            t0 = clock()
-            for _ in range(n):
-                fn()
-            sync()
-            out.append((clock() - t0) * 1e3 / n)
-        n = len(samples[-1])
-        if n >= policy.min_samples and n % policy.block == 0:
+    begin, settled, rounds = clock(), [None] * k, 0
+    while rounds < policy.max_samples:
+        for j in range(k):
+            i = (rounds + j) % k
+            samples[i].append(window.run(fns[i], inner[i]))
+        rounds += 1
+        if rounds % k or rounds < policy.min_samples:
+            continue
+        if rounds % policy.block < k:  # once per block of rounds
             meds = [statistics.median(s) for s in samples]
             if all(old is not None and abs(m - old) <= policy.settle_rel * m for m, old in zip(meds, settled)):
                 break
             settled = meds
-        if n >= policy.min_samples and clock() - begin >= len(fns) * policy.max_time_s:
+        if clock() - begin >= k * policy.max_time_s:
             break
     return [Measurement(tuple(s), n) for s, n in zip(samples, inner)]
 
@@ -119,6 +170,35 @@ def time_paired(fn_a: Callable[[], Any], fn_b: Callable[[], Any], policy: Timing
     """`time_interleaved` of two functions."""
     a, b = time_interleaved([fn_a, fn_b], policy, clock, sync)
     return a, b
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """A ratio of two timings from paired samples, with a bootstrap confidence interval."""
+
+    value: float  # the median, over rounds, of (numerator sample / denominator sample)
+    lo: float
+    hi: float
+
+    @property
+    def clear(self) -> bool:
+        """False when the interval holds 1.0: no clear difference between the two."""
+        return not self.lo <= 1.0 <= self.hi
+
+
+def paired_ratio(num: Measurement, den: Measurement, confidence: float = 0.95, resamples: int = 2000,
+                 seed: int = 0) -> Ratio:
+    """Round by round, num/den (both saw the same machine); the median of those, and a bootstrap
+    interval of that median (rounds resampled with replacement, a fixed seed: the same samples give
+    the same interval)."""
+    import numpy as np
+
+    ratios = np.asarray(num.samples_ms, dtype=float) / np.asarray(den.samples_ms, dtype=float)
+    rng = np.random.default_rng(seed)
+    medians = np.median(rng.choice(ratios, size=(resamples, ratios.size), replace=True), axis=1)
+    tail = (1 - confidence) / 2
+    lo, hi = np.quantile(medians, [tail, 1 - tail])
+    return Ratio(float(np.median(ratios)), float(lo), float(hi))
 
 
 def time_once(fn: Callable[[], Any], clock: Clock = time.perf_counter, sync: Callable[[], None] = no_sync) -> tuple[Any, float]:
@@ -181,14 +261,24 @@ def tensor_bytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 
 
-def weight_bytes(model: nn.Module) -> int:
-    seen: set[int] = set()
+def weight_bytes(model: nn.Module, skip: set[int] = frozenset()) -> int:
+    """Bytes of every parameter and buffer (each counted once), but those whose id is in `skip`."""
+    seen: set[int] = set(skip)
     total = 0
     for t in list(model.parameters()) + list(model.buffers()):
         if id(t) not in seen:
             seen.add(id(t))
             total += tensor_bytes(t)
     return total
+
+
+def streamed_weight_bytes(model: nn.Module) -> int:
+    """Weight and buffer bytes one step reads: an embedding table is looked up (a few rows), not streamed,
+    unless another layer (a tied lm_head) reads the same tensor whole."""
+    tables = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    read_whole = {id(m.weight) for m in model.modules() if not isinstance(m, nn.Embedding) and
+                  isinstance(getattr(m, "weight", None), torch.Tensor)}
+    return weight_bytes(model, skip=tables - read_whole)
 
 
 def _proc_status_kb(field: str) -> int | None:
@@ -233,6 +323,11 @@ class PeakMemory:
 
 
 # ---- distance to the memory roofline --------------------------------------------------------
+
+def copy_buffer_mib(cache_bytes: int | None) -> int:
+    """A copy buffer several times the last-level cache, so the copy measures memory, not the cache."""
+    return max(256, math.ceil(4 * (cache_bytes or 0) / 2**20))
+
 
 def copy_bandwidth_gbs(device: str, mib: int = 256, policy: TimingPolicy | None = None) -> float:
     """The device's achievable copy bandwidth, counting bytes read plus written (GB/s)."""

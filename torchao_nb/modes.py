@@ -18,9 +18,6 @@ from .compiling import EAGER, CompileSettings
 from .measure import TimingPolicy
 from .registry import Registry
 
-GROUP_SIZE = 128  # torchao's default int4 group size; also what its published tables use most
-
-
 @dataclass(frozen=True)
 class ApplyReport:
     """What quantizing one model copy did."""
@@ -42,6 +39,7 @@ class ApplyContext:
     clock: Callable[[], float] = time.perf_counter
     progress: bool = False
     settings: object | None = None  # the mode's own settings object (Mode.settings), None for its defaults
+    mode_settings: tuple[tuple[str, object], ...] = ()  # every mode's settings (autoquant quantizes candidates)
 
 
 @dataclass(frozen=True)
@@ -57,6 +55,12 @@ class Mode:
     # (model, device, dtype, example_inputs, ApplyContext) -> ApplyReport: replaces the default
     # "quantize_ every fitting Linear" (autoquant's search).
     apply: Callable[..., ApplyReport] | None = None
+    # (linear, device, dtype, settings) -> (config, label): a config per layer (int4's group size), layers
+    # with one label quantized together; None: `config` for every layer.
+    layer_config: Callable[..., tuple[Any, str]] | None = None
+    # (device, dtype, rows) -> why the cell can't run, given the fewest rows (batch x tokens) a Linear
+    # sees in one call; checked before quantizing (torch._int_mm on CUDA needs more than 16).
+    input_reason: Callable[[DeviceInfo, torch.dtype, int], str | None] = lambda info, dtype, rows: None
     # The mode's own settings type: `settings.of(value)` turns None, a dict or an instance into one.
     settings: Any = None
 
@@ -112,22 +116,76 @@ def _has_mslk() -> bool:
 
 # ---- int4 ---------------------------------------------------------------------------------
 
-def _int4_config(info: DeviceInfo, dtype: torch.dtype):
+INT4_GROUP_SIZES = (256, 128, 64, 32)  # what tinygemm takes; torchao's CPU int4 kernel takes 128 and below
+# torchao's published GPU numbers use group 64 (int4wo-64); on CPU 128, its default, measures well.
+INT4_DEFAULT_GROUP = {"cuda": 64, "cpu": 128}
+
+
+@dataclass(frozen=True)
+class Int4Settings:
+    """int4weightonly's settings: `sweep(int4weightonly={"group_size": 64})` or `--int4-group-size 64`."""
+
+    group_size: int | None = field(default=None, metadata=dict(
+        flag="--int4-group-size", type=int, metavar="N",
+        help="group size of int4 weight-only, one of 256/128/64/32 (default: 64 on CUDA, as torchao's published "
+             "numbers; 128 on CPU); a layer whose in_features it doesn't divide takes the largest that does"))
+
+    def __post_init__(self):
+        if self.group_size is not None and self.group_size not in INT4_GROUP_SIZES:
+            raise UserError(f"int4 group size must be one of {', '.join(map(str, INT4_GROUP_SIZES))}, "
+                            f"got {self.group_size!r}.")
+
+    @classmethod
+    def of(cls, value: Any) -> "Int4Settings":
+        if value is None or isinstance(value, cls):
+            return value or cls()
+        if isinstance(value, int):
+            return cls(group_size=value)
+        if isinstance(value, dict):
+            unknown = set(value) - {"group_size"}
+            if unknown:
+                raise UserError(f"unknown int4weightonly setting(s) {', '.join(sorted(unknown))}; valid: group_size.")
+            return cls(**value)
+        raise UserError(f"int4weightonly= takes a group size or {{'group_size': N}}, not {type(value).__name__}.")
+
+
+def _int4_sizes(info: DeviceInfo, dtype: torch.dtype) -> tuple[int, ...]:
+    """Group sizes the int4 kernel for this device and dtype accepts, largest first."""
+    cpu_kernel = not info.is_cuda and dtype == torch.bfloat16  # torchao's CPU int4 kernel asserts <= 128
+    return tuple(g for g in INT4_GROUP_SIZES if not (cpu_kernel and g > 128))
+
+
+def _int4_group(lin: nn.Linear, info: DeviceInfo, dtype: torch.dtype, settings: Int4Settings | None) -> int | None:
+    """The requested group size if it divides in_features, else the largest accepted one that does."""
+    sizes = _int4_sizes(info, dtype)
+    wanted = (settings and settings.group_size) or INT4_DEFAULT_GROUP.get(info.type, 128)
+    if wanted in sizes and lin.in_features % wanted == 0:
+        return wanted
+    return next((g for g in sizes if lin.in_features % g == 0), None)
+
+
+def _int4_config(info: DeviceInfo, dtype: torch.dtype, group: int | None = None):
+    group = group or INT4_DEFAULT_GROUP.get(info.type, 128)
     if info.is_cuda:
         # The plain packing needs the separate mslk kernels; tinygemm's 4-d tile packing ships
         # with torch itself and runs on SM 8.x/9.x.
         from torchao.quantization.quantize_.workflows.int4.int4_packing_format import Int4PackingFormat
 
         packing = Int4PackingFormat.PLAIN if _has_mslk() else Int4PackingFormat.TILE_PACKED_TO_4D
-        return _make("Int4WeightOnlyConfig", group_size=GROUP_SIZE, int4_packing_format=packing)
+        return _make("Int4WeightOnlyConfig", group_size=group, int4_packing_format=packing)
     if dtype == torch.bfloat16:
         # Measured on a 2-core AVX512-BF16 CPU: ~4x faster than bf16 noquant when compiled.
-        return _make("PrototypeInt4WeightOnlyConfig", "torchao.prototype.quantization.int4", group_size=GROUP_SIZE)
+        return _make("PrototypeInt4WeightOnlyConfig", "torchao.prototype.quantization.int4", group_size=group)
     # In fp32 the prototype int4 kernel is slower than noquant here; Intx int4 (group-wise)
     # lowers to plain dequantize + matmul, which inductor fuses well.
     from torchao.quantization.granularity import PerGroup
 
-    return _make("IntxWeightOnlyConfig", weight_dtype=torch.int4, granularity=PerGroup(GROUP_SIZE))
+    return _make("IntxWeightOnlyConfig", weight_dtype=torch.int4, granularity=PerGroup(group))
+
+
+def _int4_layer_config(lin: nn.Linear, info: DeviceInfo, dtype: torch.dtype, settings: Int4Settings | None):
+    group = _int4_group(lin, info, dtype, settings)
+    return _int4_config(info, dtype, group), f"group {group}"
 
 
 def _int4_unsupported(info: DeviceInfo, dtype: torch.dtype) -> str | None:
@@ -143,12 +201,12 @@ def _int4_unsupported(info: DeviceInfo, dtype: torch.dtype) -> str | None:
 
 
 def _int4_layer_reason(lin: nn.Linear, info: DeviceInfo, dtype: torch.dtype) -> str | None:
-    if lin.in_features % GROUP_SIZE:
-        return f"in_features {lin.in_features} is not divisible by the group size {GROUP_SIZE}"
+    if _int4_group(lin, info, dtype, None) is None:
+        sizes = "/".join(map(str, _int4_sizes(info, dtype)))
+        return f"in_features {lin.in_features} is divisible by no int4 group size ({sizes})"
     if not info.is_cuda and dtype == torch.bfloat16 and lin.out_features % 16:
         return f"out_features {lin.out_features} is not divisible by 16 (CPU int4 kernel)"
-    if info.is_cuda and lin.out_features % 8:
-        return f"out_features {lin.out_features} is not divisible by 8 (tinygemm)"
+    # CUDA: torchao pads out_features to a multiple of 8 itself.
     return None
 
 
@@ -191,10 +249,18 @@ register = MODES.add
 
 
 register(Mode("noquant", "No quantization: the model as it is (the A/A control).", lambda info, dtype: None))
+def _int8dyn_input_reason(info: DeviceInfo, dtype: torch.dtype, rows: int) -> str | None:
+    if info.is_cuda and rows <= 16:
+        return (f"int8 dynamic on CUDA calls torch._int_mm, which needs more than 16 rows per matmul; this cell "
+                f"has {rows} (batch x tokens): use a larger batch or a prefill (torchao measured 0.09x at batch-1 decode)")
+    return None
+
+
 register(Mode(
     "int8dynamic", "int8 weights and per-token dynamically quantized int8 activations (int8 x int8 matmul).",
     lambda info, dtype: _make("Int8DynamicActivationInt8WeightConfig"),
     lambda info, dtype: _needs("Int8DynamicActivationInt8WeightConfig"),
+    input_reason=_int8dyn_input_reason,
 ))
 register(Mode(
     "int8weightonly", "int8 per-channel weights, activations stay in the model dtype.",
@@ -203,8 +269,9 @@ register(Mode(
 ))
 register(Mode(
     "int4weightonly",
-    f"int4 group-wise (group {GROUP_SIZE}) weights; CUDA: tinygemm, CPU bf16: torchao's CPU int4 kernel, CPU fp32: Intx int4.",
-    _int4_config, _int4_unsupported, _int4_layer_reason,
+    "int4 group-wise weights (group 64 on CUDA, 128 on CPU; --int4-group-size); CUDA: tinygemm, "
+    "CPU bf16: torchao's CPU int4 kernel, CPU fp32: Intx int4.",
+    _int4_config, _int4_unsupported, _int4_layer_reason, layer_config=_int4_layer_config, settings=Int4Settings,
 ))
 register(Mode(
     "float8weightonly", "float8 (e4m3) per-channel weights, activations stay in the model dtype.",
@@ -286,21 +353,32 @@ def quantize(model: nn.Module, mode: Mode, info: DeviceInfo, dtype: torch.dtype,
     """Quantize `model` in place with `mode`; layers that don't fit are left alone and reported."""
     if mode.apply is not None:
         return mode.apply(model, info, dtype, example_inputs, context or ApplyContext(device=info.type))
+    if any(is_quantized(lin) for lin in linear_layers(model).values()):
+        raise UserError("this model is already quantized (its Linear weights are torchao tensors): pass the "
+                        "unquantized model; torchao_nb quantizes a fresh copy for every mode")
     layers = linear_layers(model)
-    skipped = {}
-    for fqn, lin in layers.items():
-        reason = mode.layer_reason(lin, info, dtype)
-        if reason:
-            skipped[fqn] = reason
-    config = mode.config(info, dtype)
-    if config is not None and len(skipped) < len(layers):
-        from torchao.quantization import quantize_
+    skipped = {fqn: why for fqn, lin in layers.items() if (why := mode.layer_reason(lin, info, dtype))}
+    fitting = [fqn for fqn in layers if fqn not in skipped]
+    config, groups = mode.config(info, dtype), {}
+    if mode.layer_config is not None:  # layers that need another config (int4's group size) go in their own call
+        settings = context.settings if context is not None else None
+        for fqn in fitting:
+            layer_cfg, label = mode.layer_config(layers[fqn], info, dtype, settings)
+            groups.setdefault(label, (layer_cfg, set()))[1].add(fqn)
+    elif config is not None:
+        groups[""] = (config, set(fitting))
+    for layer_cfg, fqns in groups.values():
+        if fqns:
+            from torchao.quantization import quantize_
 
-        fits = lambda mod, fqn: isinstance(mod, nn.Linear) and fqn not in skipped  # noqa: E731
-        with quiet_logs():
-            quantize_(model, config, filter_fn=fits)
+            with quiet_logs():
+                quantize_(model, layer_cfg, filter_fn=lambda mod, fqn, fqns=fqns: isinstance(mod, nn.Linear) and fqn in fqns)
+    if groups:  # the config most layers took is the row's recipe
+        config = max(groups.values(), key=lambda g: len(g[1]))[0]
     done = sum(is_quantized(lin) for lin in linear_layers(model).values())
-    return ApplyReport(done, len(layers), skipped, config_dict(config))
+    extra = {"layer_configs": {label: sorted(f) for label, (_, f) in groups.items()}} if len(groups) > 1 or (
+        groups and "" not in groups) else {}
+    return ApplyReport(done, len(layers), skipped, config_dict(config), extra)
 
 
 def availability(info: DeviceInfo, dtype: torch.dtype) -> dict[str, str | None]:

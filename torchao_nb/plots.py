@@ -61,9 +61,10 @@ def latency(results: ResultSet, ax: Axes | None = None, notes: bool = True) -> F
 
 def _speedup_series(rows: Sequence[Row]) -> list[d.Series]:
     if all(not r.compile for r in rows):
-        return [d.Series("vs eager unquantized (compile off)", "speedup")]
-    return [d.Series("vs compiled unquantized baseline", "speedup"),
-            d.Series("vs eager unquantized", "speedup_vs_eager", hatch="///", alpha=0.55)]
+        return [d.Series("vs eager unquantized (compile off)", "speedup", interval=("speedup_lo", "speedup_hi"))]
+    return [d.Series("vs compiled unquantized baseline", "speedup", interval=("speedup_lo", "speedup_hi")),
+            d.Series("vs eager unquantized", "speedup_vs_eager", hatch="///", alpha=0.55,
+                     interval=("speedup_vs_eager_lo", "speedup_vs_eager_hi"))]
 
 
 def speedup(results: ResultSet, ax: Axes | None = None, notes: bool = True) -> Figure:
@@ -75,7 +76,8 @@ def speedup(results: ResultSet, ax: Axes | None = None, notes: bool = True) -> F
     d.grouped_bars(ax, d.bars_for(rs, series), series, nt, "{:.2f}×")
     ax.axhline(1.0, color="black", linewidth=1, linestyle="--", gid="one")
     ax.set_ylabel("speedup (×)")
-    ax.set_title(f"Speedup per mode (1.0× = as fast as the unquantized model)\n{d.subject(rs.rows)}", fontsize=10)
+    ax.set_title(f"Speedup per mode (1.0× = as fast as the unquantized model; error bar = 95 % interval)\n"
+                 f"{d.subject(rs.rows)}", fontsize=10)
     d.notes_legend(fig, ax, nt.lines() if notes else [], own, *d.series_legend(series, rs.rows))
     return fig
 
@@ -101,8 +103,10 @@ def memory(results: ResultSet, ax: Axes | None = None, notes: bool = True) -> Fi
 def roofline(results: ResultSet, ax: Axes | None = None, notes: bool = True) -> Figure:
     """Achieved memory bandwidth per mode as % of the device's measured copy bandwidth.
 
-    Bytes per step are the weights read once plus the input and output tensors; memory-bound
-    work (small-batch decode) should approach 100 %, whatever its speedup over the baseline.
+    Bytes per step are the weights a step reads once (embedding tables are looked up, not streamed)
+    plus the input and output tensors; memory-bound work (small-batch decode) should approach 100 %,
+    whatever its speedup over the baseline. A step whose bytes fit in the last-level cache (L2 on a
+    GPU) says "in cache": a percentage of memory bandwidth would mean nothing there.
     """
     rs = d.check(results)
     fig, ax, own = d.new_axes(ax)

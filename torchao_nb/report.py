@@ -66,8 +66,12 @@ def environment_table(env: dict) -> str:
 
 
 def baseline_table(env: dict) -> str:
-    settings = env.get("baseline_settings") or []
-    return "<h3>Baseline compiler settings</h3>" + tables.baseline_html(settings) if settings else ""
+    out = ""
+    for key, title in (("baseline_settings", "Baseline compiler settings (the seed's)"),
+                       ("torchao_tuning_settings", "torchao's recommended inductor settings")):
+        if env.get(key):
+            out += f"<h3>{html.escape(title)}</h3>" + tables.baseline_html(env[key])
+    return out
 
 
 def results_table(rs: ResultSet) -> str:

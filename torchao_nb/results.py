@@ -43,8 +43,14 @@ class Row:
     noisy: bool | None = None  # IQR > 10% of the median
     baseline_ms: float | None = None  # the unquantized reference, compiled when compile is on
     eager_ms: float | None = None  # the unquantized reference, eager
-    speedup: float | None = None  # baseline_ms / median_ms: the seed's comparison
-    speedup_vs_eager: float | None = None  # eager_ms / median_ms
+    speedup: float | None = None  # vs the compiled baseline: median over rounds of baseline / mode (the seed's comparison)
+    speedup_lo: float | None = None  # its bootstrap 95 % interval
+    speedup_hi: float | None = None
+    speedup_vs_eager: float | None = None  # the same against the eager unquantized model
+    speedup_vs_eager_lo: float | None = None
+    speedup_vs_eager_hi: float | None = None
+    synced_ms: float | None = None  # CUDA: median of single calls each followed by a sync (median_ms: back-to-back)
+    timing: str = ""  # how samples were taken (host clock, CUDA events, L2 flushed)
     compile_s: float | None = None  # compile + first call
     quantize_s: float | None = None
     search_s: float | None = None  # autoquant: the per-layer search, part of quantize_s
@@ -57,10 +63,16 @@ class Row:
     layers_quantized: int | None = None
     layers_total: int | None = None
     graphs: int | None = None  # graphs dynamo compiled; 0 with compile on would mean eager ran
+    graph_breaks: int | None = None  # named in extra["graph_breaks"]
+    recompiles: int | None = None  # compiles after the first call (while measuring): named in extra
+    cudagraph_skips: int | None = None  # CUDA graphs inductor gave up on (reduce-overhead)
+    fx_cache: str = ""  # FX graph cache hits/misses of the first call
     tokens_per_s: float | None = None  # decoders: tokens produced per second
-    bytes_per_step: int | None = None  # weights (and buffers) read once plus input and output tensors
+    bytes_per_step: int | None = None  # weights and buffers a step reads (embedding tables are looked up, not
+    # streamed) plus input and output tensors
     achieved_gbs: float | None = None  # bytes_per_step / median latency
-    roofline_pct: float | None = None  # achieved_gbs as % of the device's measured copy bandwidth
+    roofline_pct: float | None = None  # achieved_gbs as % of the device's measured copy bandwidth (None: fits in cache)
+    fits_in_cache: bool | None = None  # bytes_per_step fit in the last-level cache (CPU) / L2 (GPU): no roofline
     threads: int | None = None
     compile_mode: str = ""  # torch.compile mode when compile is on ("default", "reduce-overhead", ...)
     seq_len: int | None = None  # a registry model's sequence length (None: a user's module)

@@ -64,12 +64,13 @@ def baseline_records(states: Sequence[dict]) -> list[dict[str, str]]:
         return "" if v is None else repr(v)
 
     return [{"setting": s.get("key", ""), "value": f"{value(s.get('old'))} → {value(s.get('new'))}",
-             "applied": "yes" if s.get("applied") else "no", "why": s.get("note", "")} for s in states]
+             "applied": "yes" if s.get("applied") else "no", "effect here": s.get("effect", ""),
+             "why": s.get("note", "")} for s in states]
 
 
 def baseline_html(states: Sequence[dict], inline: bool = False) -> str:
     records = baseline_records(states)
-    headers = ["setting", "value", "applied", "why"]
+    headers = ["setting", "value", "applied", "effect here", "why"]
     return html_table(headers, [[r[h] for h in headers] for r in records], "baseline", inline=inline)
 
 

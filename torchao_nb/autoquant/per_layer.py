@@ -106,12 +106,11 @@ def time_modules(modules: dict[str, nn.Module], x: torch.Tensor, reference: torc
     """
     policy, sync = _search_policy(ctx.policy), measure.sync_for(ctx.device)
     out: dict[str, float | tuple[str, str]] = {}
-    with torch.no_grad(), compiling.maybe_compiled(ctx.compile), \
-            torch._dynamo.config.patch(recompile_limit=max(torch._dynamo.config.recompile_limit, 2 * len(modules))):
+    with torch.no_grad(), compiling.maybe_compiled(ctx.compile):
         fns = {}
         for name, module in modules.items():
             try:
-                fns[name] = compiling.compiled(module, ctx.compile)
+                fns[name] = compiling.compiled(module, ctx.compile, name)
                 why, _ = wrongness(reference, fns[name](x)[0])  # compile and first call, not timed
             except Exception as e:  # recorded; the other candidates still run
                 fns.pop(name, None)

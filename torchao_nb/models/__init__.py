@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -58,6 +59,7 @@ class ModelSpec:
     seq_len: int = 1  # default sequence length the builder uses
     step: str = "forward"  # what one timed call is: a key of STEPS
     task: Task | None = None
+    fullgraph: bool = False  # compiles as one graph: a graph break is an error row (our bug), not a slow row
 
     def __post_init__(self):
         if self.family not in FAMILIES:
@@ -88,8 +90,8 @@ register = MODELS.add
 
 
 def register_form(form: Form) -> Form:
-    if not form.prefix.endswith(":"):
-        raise ValueError(f"form {form.prefix!r} does not end with ':'")
+    if not form.prefix.endswith((":", "-")):
+        raise ValueError(f"form {form.prefix!r} does not end with ':' or '-'")
     return FORMS.add(form, form.prefix)
 
 
@@ -117,26 +119,51 @@ register(ModelSpec(
     "mlp", "mlp", "Two LLaMA-shaped SwiGLU blocks (1024→2816→1024): memory-bound at small batch.",
     _seeded(mlp.build), params=mlp.PARAMS,
 ))
-_LLAMA_SEQ = {"llama-tiny": 16, "llama-small": 128, "llama-1b": 256}
-_LLAMA_NOTE = {"llama-tiny": "for tests", "llama-small": "for CPU demos", "llama-1b": "Llama-3.2-1B shapes, for GPUs"}
+_LLAMA_SEQ = {"llama-tiny": 16, "llama-small": 128, "llama-1b": 256, "llama-8b-shapes": 256}
+_LLAMA_NOTE = {"llama-tiny": "for tests", "llama-small": "for CPU demos", "llama-1b": "Llama-3.2-1B shapes, for GPUs",
+               "llama-8b-shapes": "Llama-3.1-8B's layer shapes, 4 of its 32 layers, so its lm_head weighs 38 % "
+               "of the Linears (7 % in the real model); llama-8b-shapes-<N>l for N layers; for GPUs"}
+
+
+def _llama_specs(name: str, a: llama.LlamaArgs, seq: int, note: str) -> tuple[ModelSpec, ModelSpec]:
+    shape = f"{a.layers} layers, dim {a.dim}, GQA {a.heads}/{a.kv_heads}, vocab {a.vocab} ({note})"
+    decode = ModelSpec(
+        name, "decoder", f"LLaMA-style decoder, {shape}; times one decode step against a KV cache of seq_len "
+        f"positions (default {seq}), reports tokens/s.",
+        _llama(a, "decode"), params=a.params(), seq_len=seq, step="decode", fullgraph=True)
+    prefill = ModelSpec(
+        f"{name}:prefill", "decoder", f"{name}, timed as the prefill of a seq_len-token prompt "
+        f"(default {seq}); tokens/s counts prompt tokens.",
+        _llama(a, "prefill"), params=a.params(), seq_len=seq, step="prefill", fullgraph=True)
+    return decode, prefill
+
+
 for _name, _a in llama.SIZES.items():
-    _shape = f"{_a.layers} layers, dim {_a.dim}, GQA {_a.heads}/{_a.kv_heads}, vocab {_a.vocab} ({_LLAMA_NOTE[_name]})"
-    register(ModelSpec(
-        _name, "decoder", f"LLaMA-style decoder, {_shape}; times one decode step against a KV cache of seq_len "
-        f"positions (default {_LLAMA_SEQ[_name]}), reports tokens/s.",
-        _llama(_a, "decode"), params=_a.params(), seq_len=_LLAMA_SEQ[_name], step="decode",
-    ))
-    register(ModelSpec(
-        f"{_name}:prefill", "decoder", f"{_name}, timed as the prefill of a seq_len-token prompt "
-        f"(default {_LLAMA_SEQ[_name]}); tokens/s counts prompt tokens.",
-        _llama(_a, "prefill"), params=_a.params(), seq_len=_LLAMA_SEQ[_name], step="prefill",
-    ))
+    for _spec in _llama_specs(_name, _a, _LLAMA_SEQ[_name], _LLAMA_NOTE[_name]):
+        register(_spec)
+
+
+def _llama_8b_layers(arg: str) -> ModelSpec:
+    """llama-8b-shapes-<N>l[:prefill]: the 8B-shaped proxy with N layers."""
+    count, _, step = arg.partition(":")
+    if not count.endswith("l") or not count[:-1].isdigit() or int(count[:-1]) < 1 or step not in ("", "prefill"):
+        raise UserError(f"llama-8b-shapes-{arg}: give a layer count like llama-8b-shapes-8l or llama-8b-shapes-8l:prefill.")
+    layers = int(count[:-1])
+    a = dataclasses.replace(llama.SIZES["llama-8b-shapes"], layers=layers)
+    name = f"llama-8b-shapes-{layers}l"
+    decode, prefill = _llama_specs(name, a, 256, f"Llama-3.1-8B's layer shapes, {layers} of its 32 layers")
+    return prefill if step else decode
+
+
 for _name, _v in vit.SIZES.items():
     register(ModelSpec(
         _name, "vision", f"ViT-style image encoder: {_v.depth} blocks, dim {_v.dim}, {_v.heads} heads, "
         f"{_v.image}px images in {_v.patch}px patches, {_v.classes} classes.",
         _seeded(lambda device, dtype, batch, seq, _v=_v: vit.build(_v, device, dtype, batch)), params=_v.params(),
     ))
+
+register_form(Form("llama-8b-shapes-", "<N>l[:prefill]", "decoder",
+                   "Llama-3.1-8B's layer shapes with N layers (llama-8b-shapes has 4)", _llama_8b_layers))
 
 DEFAULT_MODEL = "mlp"
 

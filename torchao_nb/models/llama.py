@@ -38,6 +38,10 @@ SIZES = {
     "llama-small": LlamaArgs(dim=1024, hidden=2816, layers=4, heads=16, kv_heads=4, vocab=8192),
     # Llama-3.2-1B's shapes (its lm_head is tied to the embedding; here it is a separate Linear)
     "llama-1b": LlamaArgs(dim=2048, hidden=8192, layers=16, heads=32, kv_heads=8, vocab=128256),
+    # Llama-3.1-8B's per-layer shapes with 4 of its 32 layers: each matmul is the 8B's, so per-layer
+    # ratios compare with torchao's published 8B numbers at a fraction of the compile time. The
+    # lm_head (4096 x 128256) is then 38 % of the Linear weights (7 % in the real model).
+    "llama-8b-shapes": LlamaArgs(dim=4096, hidden=14336, layers=4, heads=32, kv_heads=8, vocab=128256),
 }
 
 

@@ -1,0 +1,163 @@
+"""The unquantized side of a group of cells: the model source, its reference output, and the rows cells start from."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import compiling, models
+from . import env as envmod
+from . import modes as modes_mod
+from ._torchao import torchao_version
+from .checks import nonfinite
+from .config import SweepConfig
+from .results import Row
+
+Phase = Any  # Callable[[str], None]: what the cell is doing now, for progress and crash reports
+
+
+def no_phase(_: str) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A registered model (by name, so it travels to a worker as a name), or a user's module with its inputs."""
+
+    name: str
+    module: nn.Module | None = None
+    inputs: models.Inputs | None = None
+
+    def __reduce__(self):  # travels without the cached spec: a registry model is rebuilt from its name
+        return (ModelSource, (self.name, self.module, self.inputs))
+
+    @functools.cached_property
+    def spec(self) -> models.ModelSpec | None:
+        return None if self.module is not None else models.get(self.name)
+
+    def batch_sizes(self, cfg: SweepConfig) -> tuple[int, ...]:
+        return cfg.batch_sizes if self.module is None else (models.batch_of(self.inputs),)
+
+    def seq_len(self, cfg: SweepConfig) -> int | None:
+        spec = self.spec
+        return None if spec is None else cfg.seq_len or spec.seq_len
+
+    def compile_settings(self, cfg: SweepConfig) -> compiling.CompileSettings:
+        """Built-in models compile as one graph (a break would be our bug); a user's module as they asked."""
+        fullgraph = self.spec.fullgraph if self.spec is not None else cfg.compile.fullgraph
+        return dataclasses.replace(cfg.compile, fullgraph=fullgraph)
+
+    def build(self, cfg: SweepConfig, batch: int) -> tuple[nn.Module, models.Inputs, int | None]:
+        spec = self.spec
+        if spec is not None:
+            seq = self.seq_len(cfg)
+            module, inputs = spec.build(cfg.device, cfg.dtype, batch, seq)
+            return module, inputs, spec.tokens_per_call(batch, seq)
+        # The user's module is copied before anything touches it: it is never mutated.
+        module = copy.deepcopy(self.module).to(device=cfg.device, dtype=cfg.dtype).eval()
+        return module, models.convert_inputs(self.inputs, cfg.device, cfg.dtype), None
+
+
+@dataclass
+class Reference:
+    """The unquantized model of one (model, batch size) and its output, shared by its cells.
+
+    It is not timed here: each cell times it again, interleaved with the mode (see cell.run_cell); its
+    compiled form is made once, by the first cell that needs it, and kept for the group.
+    """
+
+    name: str
+    module: nn.Module
+    inputs: models.Inputs
+    output: Any
+    tokens_per_call: int | None
+    layers_total: int
+    copy_gbs: float | None = None  # the device's copy bandwidth, for the roofline column
+    task: models.Task | None = None  # a task-level accuracy that fills `cosine` instead of the raw output's
+    task_inputs: Any = None
+    task_output: Any = None
+    seq_len: int | None = None  # a registry model's sequence length; None for a user's module
+    rows: int | None = None  # the fewest rows (batch x tokens) any Linear sees in one call
+    compile: compiling.CompileSettings = compiling.EAGER  # how this model's cells compile
+    cache_bytes: int | None = None  # the device's last-level cache (CPU) or L2 (GPU)
+    compiled_baseline: Any = None  # made by the first compiled cell, re-used by the others
+    builtin: bool = False  # a registry model: its code is torchao_nb's
+
+
+def _fewest_rows(module: nn.Module, inputs: models.Inputs) -> tuple[Any, int | None]:
+    """The output of one forward pass, and the fewest rows a Linear got in it (its input's numel / in_features)."""
+    seen: list[int] = []
+
+    def hook(mod, args):
+        if args and isinstance(args[0], torch.Tensor) and args[0].dim():
+            seen.append(args[0].numel() // max(1, args[0].shape[-1]))
+
+    handles = [lin.register_forward_pre_hook(hook) for lin in modes_mod.linear_layers(module).values()]
+    try:
+        out = models.call(module, inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return out, min(seen) if seen else None
+
+
+def build_reference(cfg: SweepConfig, source: ModelSource, batch: int, copy_gbs: float | None,
+                    on_phase: Phase = no_phase) -> Reference:
+    """Build the model and record its unquantized output (the accuracy reference); raises if the model fails."""
+    on_phase("building the model")
+    module, inputs, tokens = source.build(cfg, batch)
+    spec = source.spec
+    task = spec.task if spec is not None else None
+    on_phase("computing the unquantized output")
+    with torch.no_grad():
+        output, rows = _fewest_rows(module, inputs)
+        bad = nonfinite(output)
+        if bad:
+            raise ValueError(f"its output has {bad} NaN or infinite values, so no mode can be compared with it")
+        task_inputs = task.inputs(cfg.device, cfg.dtype) if task else None
+        task_output = task.run(module, task_inputs) if task else None
+    return Reference(source.name, module, inputs, output, tokens, len(modes_mod.linear_layers(module)),
+                     copy_gbs, task, task_inputs, task_output, source.seq_len(cfg), rows,
+                     source.compile_settings(cfg), envmod.cache_bytes(cfg.device), builtin=spec is not None)
+
+
+# ---- rows ----------------------------------------------------------------------------------------------
+
+def _where(device: str) -> dict[str, str]:
+    """What every row records about the machine and versions that produced it."""
+    return dict(device_name=envmod.device_info(device).name, torch_version=torch.__version__,
+                torchao_version=torchao_version() or "")
+
+
+def new_row(cfg: SweepConfig, ref: Reference, mode: str, batch: int, status: str, reason: str = "", **kw) -> Row:
+    return Row(model=ref.name, mode=mode, batch_size=batch, device=cfg.device, dtype=envmod.dtype_name(cfg.dtype),
+               compile=cfg.compile.enabled, baseline=cfg.compile.baseline, status=status, reason=reason,
+               layers_total=ref.layers_total, threads=cfg.threads, compile_mode=cfg.compile.label,
+               seq_len=ref.seq_len, torchao_tuning=cfg.compile.enabled and cfg.compile.torchao_tuning,
+               **_where(cfg.device), **kw)
+
+
+def _stub(cfg: SweepConfig, source: ModelSource) -> Reference:
+    return Reference(source.name, None, None, None, None, None, seq_len=source.seq_len(cfg))
+
+
+def cell_key(cfg: SweepConfig, source: ModelSource, mode: str, batch: int) -> tuple:
+    """The key the row of this cell will have (Row.key), known before it runs."""
+    return new_row(cfg, _stub(cfg, source), mode, batch, "ok").key
+
+
+def error_row(cfg: SweepConfig, source: ModelSource, mode: str, batch: int, why: str, extra: dict | None = None) -> Row:
+    """A cell that failed before it could say anything about its model (a crash, a time limit)."""
+    return new_row(cfg, _stub(cfg, source), mode, batch, "error", why[:500], extra=json.dumps(extra) if extra else "")
+
+
+def failed_reference_row(cfg: SweepConfig, source: ModelSource, mode: str, batch: int, why: str,
+                         extra: dict | None = None) -> Row:
+    return error_row(cfg, source, mode, batch, f"the unquantized model failed: {why}", extra)
