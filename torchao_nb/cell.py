@@ -110,13 +110,15 @@ def _diagnose(cfg: SweepConfig, ref: Reference, model: nn.Module, fn) -> str:
     return table or "the profiler saw no kernel"
 
 
-def _compile_fields(first: compiling.CompileRecord, later: compiling.CompileRecord, extra: dict) -> dict[str, Any]:
+def _compile_fields(first: compiling.CompileRecord, later: compiling.CompileRecord, extra: dict,
+                    device: str) -> dict[str, Any]:
     """Compiler facts of the row; breaks, recompiles while timing and CUDA-graph skips are named in extra."""
     if first.graph_breaks:
         extra["graph_breaks"] = first.graph_breaks
     if later.recompiles:
         extra["recompiles_while_timing"] = later.recompiles
-    skips = first.cudagraph_skips + later.cudagraph_skips
+    # On a CPU inductor always "skips" CUDA graphs: only a GPU's skips say something.
+    skips = first.cudagraph_skips + later.cudagraph_skips if device == "cuda" else None
     log = first.log + later.log
     if log and (first.graph_breaks or later.recompiles or skips):
         extra["compile_log"] = log[-LOG_LINES:]
@@ -197,7 +199,7 @@ def run_cell(cfg: SweepConfig, ref: Reference, mode: str, batch: int, clock=time
         fits = ref.cache_bytes is not None and step_bytes <= ref.cache_bytes
         achieved = step_bytes / (median / 1e3) / 1e9
         return new_row(
-            cfg, ref, mode, batch, "ok", **numbers, **_compile_fields(first, later, extra),
+            cfg, ref, mode, batch, "ok", **numbers, **_compile_fields(first, later, extra, cfg.device),
             compile_s=compile_s if ref.compile.enabled else None,
             sqnr_db=acc.sqnr_db, cosine=acc.cosine, max_abs_err=acc.max_abs_err,
             bytes_per_step=step_bytes, achieved_gbs=achieved, fits_in_cache=fits if ref.cache_bytes else None,
