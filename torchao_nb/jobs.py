@@ -92,9 +92,9 @@ def run_unit(plan_path: str | os.PathLike, root: str | os.PathLike, index: int |
              or os.environ.get("SUBMITIT_LOCAL_JOB_ID") or "",
              "command": shlex.join([sys.executable, *sys.argv])}
     atomic_write(folder / "unit.json", json.dumps(about, indent=1))
-    options = sweep_options(unit)
+    options = {**sweep_options(unit), "isolate": isolate}  # a hand-written plan's own isolate gives way
     results = engine.sweep(model=unit.model, modes=list(unit.modes), out=folder, resume=True,
-                           retry_errors=retry_errors, progress=progress, on_row=on_row, isolate=isolate, **options)
+                           retry_errors=retry_errors, progress=progress, on_row=on_row, **options)
     return UnitRun(i, unit, folder, results)
 
 
