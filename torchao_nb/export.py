@@ -100,6 +100,8 @@ RUNNER_FIELDS: dict[str, Any] = {
 }
 DEPENDENCY_FIELDS: dict[str, Any] = {"repo": str, "branch": str, "sha": str, "version": str, "extra_info": STR_MAP}
 INPUT_FIELDS: dict[str, Any] = {"dtype": str, "extra_info": STR_MAP}
+KEYED: dict[str, tuple[str, dict[str, Any]]] = {"dependencies": ("dependency", DEPENDENCY_FIELDS),
+                                                 "inputs": ("input", INPUT_FIELDS)}
 
 
 class V3SchemaError(ValueError):
@@ -271,18 +273,13 @@ def _check(value: Any, kind: Any, where: str, problems: list[str]) -> None:
         else:
             for i, runner in enumerate(value):
                 _check_object(runner, RUNNER_FIELDS, f"{where}[{i}]", problems)
-    elif kind == "dependencies":
+    elif isinstance(kind, str) and kind in KEYED:  # Map(String, Tuple(...)): an object of named entries
+        what, fields = KEYED[kind]
         if not isinstance(value, dict):
-            problems.append(f"{where}: expected an object keyed by dependency name, got {type(value).__name__}")
+            problems.append(f"{where}: expected an object keyed by {what} name, got {type(value).__name__}")
         else:
-            for name, dep in value.items():
-                _check_object(dep, DEPENDENCY_FIELDS, f"{where}.{name}", problems)
-    elif kind == "inputs":
-        if not isinstance(value, dict):
-            problems.append(f"{where}: expected an object keyed by input name, got {type(value).__name__}")
-        else:
-            for name, inp in value.items():
-                _check_object(inp, INPUT_FIELDS, f"{where}.{name}", problems)
+            for name, entry in value.items():
+                _check_object(entry, fields, f"{where}.{name}", problems)
     elif isinstance(kind, dict):
         _check_object(value, kind, where, problems)
     else:  # pragma: no cover - a table entry this function doesn't know
