@@ -50,3 +50,4 @@ def test_run_writes_files_that_load_back(tmp_path, capsys):
     assert ResultSet.load(tmp_path / "results.csv") == rs
     assert [r.status for r in rs] == ["ok", "ok", "skipped"]
     assert rs.environment["torchao"] and rs.environment["device"] == "cpu"
+    assert rs.environment["command"].startswith(sys.executable) and "PyTorch version" in rs.environment["collect_env"]

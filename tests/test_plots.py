@@ -355,3 +355,19 @@ def test_a_sweep_where_nothing_ran_is_still_drawn_and_marked(rs):
 
 def with_rows(rs, rows):
     return ResultSet(tuple(rows), rs.environment)
+
+
+def test_a_run_of_two_devices_is_split_so_its_cells_compare_instead_of_colliding(rs, tmp_path):
+    import dataclasses
+
+    cpu = [dataclasses.replace(r, device_name="Test CPU") for r in rs.rows]
+    gpu = [dataclasses.replace(r, device_name="Other GPU") for r in other_run().rows]
+    env = {"torch": "2.13.0", "devices": {"Test CPU": rs.environment, "Other GPU": other_run().environment}}
+    ResultSet((*cpu, *gpu), env).save(tmp_path / "merged")  # what `merge` writes
+    runs = runs_mod.load_runs([tmp_path / "merged"])
+    assert list(runs) == ["merged · Test CPU", "merged · Other GPU"]
+    assert runs["merged · Other GPU"].environment["device"] == "cuda"  # each device keeps its own environment
+    df = runs_mod.compare_table(runs)
+    cell = df[(df["mode"] == "int8dynamic") & (df["batch_size"] == 1)].iloc[0]
+    assert cell["merged · Other GPU / merged · Test CPU latency"] == pytest.approx(0.5)
+    assert list(runs_mod.as_runs([ResultSet((*cpu, *gpu), env)])) == ["run 1 · Test CPU", "run 1 · Other GPU"]

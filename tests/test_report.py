@@ -80,3 +80,15 @@ def test_report_user_errors(argv, message, runs, tmp_path, capsys):
     rc = main([a.replace("{tmp}", str(tmp_path)).replace("{run}", str(runs[0])) for a in argv])
     err = capsys.readouterr().err
     assert rc == 2 and message in err and err.startswith("error: ")
+
+
+def test_a_merged_folder_of_two_devices_is_compared(tmp_path):
+    import dataclasses
+
+    cpu = [dataclasses.replace(r, device_name="Test CPU", torch_version="2.13.0+cpu") for r in result_set().rows]
+    gpu = [dataclasses.replace(r, device_name="Other GPU", torch_version="2.13.0+cu130") for r in other_run().rows]
+    ResultSet((*cpu, *gpu), {"devices": {"Test CPU": result_set().environment}}).save(tmp_path / "merged")
+    text = report.build([tmp_path / "merged"], tmp_path / "r.html").html.read_text()
+    assert 'id="comparison"' in text and text.count('<section class="run"') == 2
+    runs_table = text.split('<table class="runs">')[1].split("</table>")[0]
+    assert "Test CPU" in runs_table and "2.13.0+cu130" in runs_table

@@ -1,4 +1,4 @@
-"""The headless command line: `python -m torchao_nb run | list-modes | list-models | report | notebook | autoquant-cache`."""
+"""The headless command line: `python -m torchao_nb run | plan | merge | export | list-modes | list-models | report | notebook | autoquant-cache`."""
 
 from __future__ import annotations
 
@@ -31,27 +31,45 @@ def _settings_flags():
                     yield name, field
 
 
-def _run(args) -> int:
-    from . import config, measure, tables
-    from .engine import sweep
+def _sweep_options(args) -> dict:
+    """The sweep options the flags give (those left out are not in the dict), mode settings included."""
+    from . import config, measure
 
-    options = {o.name: getattr(args, o.name) for o in config.OPTIONS if o.flag}
-    result = sweep(
-        model=args.model, modes=args.modes, out=args.out, resume=args.resume, retry_errors=args.retry_errors,
-        progress=not args.quiet, isolate=not args.in_process, policy=measure.FAST_POLICY if args.quick else None,
-        **options, **_mode_settings(args),
-    )
+    options = {o.name: getattr(args, o.name) for o in config.OPTIONS if o.flag and getattr(args, o.name) is not None}
+    if args.quick:
+        options["policy"] = measure.FAST_POLICY
+    return options | _mode_settings(args)
+
+
+def _print_results(result, out) -> int:
+    from . import tables
+
     env = result.environment
     print(f"torch {env['torch']}, torchao {env['torchao']}, {env['device']} ({env['device_name']}), "
           f"{env['dtype']}, {env['threads']} threads, compile={'on' if env['compile'] else 'off'}, "
           f"baseline settings={'on' if env['baseline'] else 'off'}, cells in {env['isolation']}")
     print(tables.text(result))
     print(f"\nspeedup = compiled unquantized baseline / mode (eager baseline when --no-compile); "
-          f"results in {args.out}/results.csv and results.json")
+          f"results in {out}/results.csv and results.json")
     if not any(r.status == "ok" for r in result):
         print("error: no cell was measured (see the status and note columns)", file=sys.stderr)
         return 1
     return 0
+
+
+def _run(args) -> int:
+    from .engine import sweep
+
+    if args.plan is not None or args.executor is not None:
+        from .cli_jobs import run_plan
+
+        return run_plan(args, _sweep_options(args), _print_results)
+    if args.index is not None:
+        raise UserError("--index picks a unit of a plan: give --plan PLAN too (write one with `python -m torchao_nb plan`)")
+    result = sweep(model=args.model, modes=args.modes or "all", out=args.out, resume=args.resume,
+                   retry_errors=args.retry_errors, progress=not args.quiet, isolate=not args.in_process,
+                   **_sweep_options(args))
+    return _print_results(result, args.out)
 
 
 def _list_modes(args) -> int:
@@ -127,34 +145,42 @@ def _autoquant_cache(args) -> int:
     return 0
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m torchao_nb", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
+def _add_sweep_flags(p: argparse.ArgumentParser) -> None:
+    """What a sweep measures: `run` and `plan` take the same flags, from the options defined in config."""
+    from . import config
 
-    run = sub.add_parser("run", help="sweep models x modes x batch sizes and write results files")
-    run.add_argument("--model", default=None, help="registry model name(s), comma-separated (see list-models)")
-    run.add_argument("--modes", default="all", help="comma-separated modes, or 'all' (see list-modes)")
-    from . import config  # the sweep's options are defined once, there
-
+    p.add_argument("--model", default=None, help="registry model name(s), comma-separated (see list-models)")
+    p.add_argument("--modes", default=None, help="comma-separated modes, or 'all' (the default; see list-modes)")
     for o in config.OPTIONS:
         if o.flag is None:
             continue
         if o.type is bool:
-            run.add_argument(o.flag, dest=o.name, action=argparse.BooleanOptionalAction, default=None,
-                             help=f"{o.help} (default {'on' if o.default else 'off'})")
+            p.add_argument(o.flag, dest=o.name, action=argparse.BooleanOptionalAction, default=None,
+                           help=f"{o.help} (default {'on' if o.default else 'off'})")
         else:
             default = "" if o.default is None else f" (default {o.default})"
-            run.add_argument(o.flag, dest=o.name, type=o.type, default=None, help=o.help + default)
+            p.add_argument(o.flag, dest=o.name, type=o.type, default=None, help=o.help + default)
+    p.add_argument("--quick", action="store_true", help="a few samples per cell: for smoke tests, not for numbers")
+    for mode, field in _settings_flags():
+        p.add_argument(field.metadata["flag"], dest=f"{mode}__{field.name}", type=field.metadata.get("type", float),
+                       default=None, metavar=field.metadata.get("metavar"), help=f"{mode}: {field.metadata['help']}")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m torchao_nb", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="sweep models x modes x batch sizes and write results files; or run a plan's units")
+    _add_sweep_flags(run)
     run.add_argument("--in-process", action="store_true",
                      help="run the cells in this process instead of a supervised worker (for debugging: a crash ends the run)")
-    run.add_argument("--out", required=True, help="results folder")
+    run.add_argument("--out", required=True, help="results folder (with --plan: the root that holds every unit's folder)")
     run.add_argument("--resume", action="store_true", help="re-use the cells already in OUT/rows.jsonl")
-    run.add_argument("--retry-errors", action="store_true", help="with --resume: measure cells that failed again")
+    run.add_argument("--retry-errors", action="store_true", help="with --resume or --plan: measure cells that failed again")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
-    run.add_argument("--quick", action="store_true", help="a few samples per cell: for smoke tests, not for numbers")
-    for mode, field in _settings_flags():
-        run.add_argument(field.metadata["flag"], dest=f"{mode}__{field.name}", type=field.metadata.get("type", float),
-                         default=None, metavar=field.metadata.get("metavar"), help=f"{mode}: {field.metadata['help']}")
+    from .cli_jobs import add_job_flags
+
+    add_job_flags(run)
     run.set_defaults(func=_run)
 
     lm = sub.add_parser("list-modes", help="every mode and whether it runs on this machine")
@@ -187,12 +213,16 @@ def parser() -> argparse.ArgumentParser:
     aq.add_argument("action", choices=["info", "clear"])
     aq.add_argument("--cache-dir", default=None, help="default: $TORCHAO_NB_CACHE_DIR or ~/.cache/torchao_nb")
     aq.set_defaults(func=_autoquant_cache)
+    from .cli_jobs import add_commands
+
+    add_commands(sub, _add_sweep_flags, _sweep_options)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["run"] and not {"--in-process", "-h", "--help"} & set(argv):
+    # (with --executor the units run in jobs, not here)
+    if argv[:1] == ["run"] and not {"--in-process", "-h", "--help", "--executor"} & {a.split("=")[0] for a in argv}:
         from . import executors
 
         executors.prestart()  # the worker imports torch and torchao while this process does the same

@@ -6,7 +6,9 @@ import dataclasses
 import datetime as _dt
 import json
 import os
+import shlex
 import shutil
+import sys
 import threading
 import warnings
 from pathlib import Path
@@ -100,6 +102,7 @@ def _environment(cfg: config.SweepConfig, executor: executors.Executor) -> dict:
         torchao_tuning_settings=(baseline_mod.describe_dicts(baseline_mod.TORCHAO_TUNING, cfg.device)
                                  if cfg.compile.torchao_tuning else []),
         sweep_settings=config.settings_dict(cfg),
+        command=shlex.join([sys.executable, *sys.argv]),  # what started this sweep (in a notebook: its kernel)
     )
     return environment
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import functools
 import os
 import platform
 import subprocess
@@ -125,6 +126,18 @@ def _nvidia_driver() -> str | None:
         )
         return out.stdout.strip().splitlines()[0]
     return None
+
+
+@functools.lru_cache(maxsize=1)
+def collect_env_text() -> str:
+    """torch.utils.collect_env's report (what PyTorch's bug template asks for). It shells out to
+    pip, lscpu and nvidia-smi (about 1 s here), so a process computes it once."""
+    try:
+        from torch.utils import collect_env
+
+        return collect_env.get_pretty_env_info()
+    except Exception as e:  # a report about the machine must never stop a sweep
+        return f"unavailable: {type(e).__name__}: {e}"
 
 
 def environment(device: str, dtype: torch.dtype, threads: int) -> dict:

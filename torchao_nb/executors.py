@@ -78,6 +78,7 @@ def device_environment(cfg) -> dict:
     out["modes"] = {n: {"description": modes.MODES[n].description,
                         "unsupported": modes.MODES[n].unsupported_reason(info, cfg.dtype)} for n in cfg.modes}
     out["copy_gbs"] = _copy_gbs(cfg.device, cfg.threads)
+    out["collect_env"] = envmod.collect_env_text()
     return out
 
 

@@ -85,6 +85,17 @@ def reasons_table(rs: ResultSet) -> str:
     return tables.results_html(ResultSet(tuple(bad)), ("model", "mode", "batch", "status", "note"), "reasons")
 
 
+def runs_table(runs: dict[str, ResultSet]) -> str:
+    """Which device and versions each compared run measured on."""
+    def one(rs: ResultSet, field: str, env_key: str) -> str:
+        seen = dict.fromkeys(getattr(r, field) for r in rs.rows if getattr(r, field))
+        return ", ".join(seen) or _value(rs.environment.get(env_key))
+
+    rows = [(label, one(rs, "device_name", "device_name"), one(rs, "torch_version", "torch"),
+             one(rs, "torchao_version", "torchao"), one(rs, "dtype", "dtype")) for label, rs in runs.items()]
+    return tables.html_table(["run", "device", "torch", "torchao", "dtype"], rows, "runs")
+
+
 def differences_table(runs: dict[str, ResultSet]) -> str:
     df = runs_mod.compare_table(runs)
     status_cols = [c for c in df.columns if c.endswith(": status")]
@@ -139,8 +150,9 @@ def build(paths: Sequence[str | Path], out: str | Path = "report.html", labels: 
     body.append(f"<h1>torchao_nb report</h1><p class=\"meta\">{sources} · written {now} by torchao_nb {__version__}</p>")
     if len(runs) > 1:
         body.append('<section id="comparison"><h2>Runs compared</h2>'
-                    "<p>Cells are matched by model, mode and batch size. Speedups are against each run's own "
-                    "unquantized baseline; differences are against the first run.</p>")
+                    "<p>Cells are matched by model, mode and batch size; a folder holding several devices' rows "
+                    "(a merged one) is one run per device. Speedups are against each run's own "
+                    "unquantized baseline; differences are against the first run.</p>" + runs_table(runs))
         body.append(save(plots.compare(runs), "compare-speedup", "Speedup per mode, runs side by side"))
         body.append(save(plots.compare(runs, metric="median_ms"), "compare-latency", "Latency per mode, runs side by side"))
         body.append("<h3>Differences</h3>" + differences_table(runs) + "</section>")

@@ -29,11 +29,32 @@ def load_runs(paths: Sequence[str | Path], labels: Sequence[str] | None = None) 
         except ValueError as e:  # a file that isn't results
             raise UserError(str(e)) from None
         label = labels[i] if labels else (p.name if p.is_dir() else p.parent.name) or str(p)
-        base, n = label, 2
-        while label in runs:
-            label, n = f"{base} ({n})", n + 1
-        runs[label] = rs
-    return runs
+        runs[_unique(label, runs)] = rs
+    return split_devices(runs)
+
+
+def _unique(label: str, taken) -> str:
+    base, n = label, 2
+    while label in taken:
+        label, n = f"{base} ({n})", n + 1
+    return label
+
+
+def split_devices(runs: Mapping[str, ResultSet]) -> dict[str, ResultSet]:
+    """A run holding rows of several devices (a merged folder) becomes one run per device, "<label> · <device>",
+    each with its device's environment: the same cell on two GPUs is two runs to compare, never one collision."""
+    out: dict[str, ResultSet] = {}
+    for label, rs in runs.items():
+        devices = list(dict.fromkeys(r.device_name for r in rs.rows))
+        if len(devices) <= 1:
+            out[_unique(label, out)] = rs
+            continue
+        envs = rs.environment.get("devices") or {}
+        for dev in devices:
+            env = dict(envs.get(dev) or rs.environment)
+            part = ResultSet(tuple(r for r in rs.rows if r.device_name == dev), env)
+            out[_unique(f"{label} · {dev or 'unknown device'}", out)] = part
+    return out
 
 
 def as_runs(runs: Mapping[str, ResultSet] | Sequence[ResultSet]) -> dict[str, ResultSet]:
@@ -43,10 +64,12 @@ def as_runs(runs: Mapping[str, ResultSet] | Sequence[ResultSet]) -> dict[str, Re
         out = {f"run {i + 1}": rs for i, rs in enumerate(runs)}
     if len(out) < 1:
         raise UserError("nothing to compare: give at least one result set")
-    return out
+    return split_devices(out)
 
 
-CELL = ("model", "mode", "batch_size")  # how cells of different runs are matched
+# How cells of different runs are matched: runs are one device each (split_devices), so comparing a CPU
+# folder with a GPU folder, or the two GPUs of a merged folder, lines up the same model, mode and batch.
+CELL = ("model", "mode", "batch_size")
 
 
 def cells_of(runs: dict[str, ResultSet]) -> tuple[list[tuple], dict[str, dict[tuple, Row]]]:

@@ -1,0 +1,232 @@
+"""Sweeps beyond one machine, for real: plans, units run here and as submitit jobs, merge, report and v3 export."""
+
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import stat
+
+import pytest
+
+from torchao_nb import engine, jobs, measure, report, runs
+from torchao_nb import plan as plan_mod
+from torchao_nb.cli import main
+from torchao_nb.errors import UserError
+from torchao_nb.export import REQUIRED_FIELDS, METRICS, validate_v3
+from torchao_nb.results import ResultSet, read_jsonl
+
+# The smallest honest sweep: eager, a few samples per cell, two threads in every process (threads are in the key).
+OPTIONS = dict(device="cpu", compile=False, policy=measure.FAST_POLICY, threads=2)
+MODES = "noquant,int8dynamic"
+
+
+@pytest.fixture(scope="module")
+def demo_unit(tmp_path_factory):
+    """The demo's model as a one-unit plan, run here: noquant, int8dynamic, and float8dynamic (skipped on a CPU)."""
+    tmp = tmp_path_factory.mktemp("demo")
+    units = jobs.make_plan("mlp", "noquant,int8dynamic,float8dynamic", **OPTIONS)
+    path = plan_mod.write_plan(units, tmp / "plan.jsonl")
+    run = jobs.run_unit(path, tmp / "root", 0, isolate=False)
+    return path, tmp / "root", run
+
+
+# ---- plans ----
+
+
+def test_make_plan_checks_options_as_the_sweep_does():
+    units = jobs.make_plan(["mlp", "llama-tiny"], "noquant,int8dynamic", batch_sizes="1,8", dtype="float32",
+                           autoquant={"sqnr_floor_db": 25}, **OPTIONS)
+    assert [u.name for u in units] == ["mlp-bs1", "mlp-bs8", "llama-tiny-bs1", "llama-tiny-bs8"]
+    opts = jobs.sweep_options(units[1])
+    assert opts["batch_sizes"] == [8] and opts["device"] == "cpu" and opts["dtype"] == "float32"
+    assert opts["policy"] == measure.FAST_POLICY and opts["autoquant"] == {"sqnr_floor_db": 25}
+    # a GPU plan can be written on a machine without one: the device is resolved where the unit runs
+    assert jobs.make_plan("mlp", "noquant", device="cuda")[0].device == "cuda"
+
+
+def test_plan_command_writes_the_units_of_the_run_flags(tmp_path, capsys):
+    out = tmp_path / "plan.jsonl"
+    assert main(["plan", "--model", "mlp,llama-tiny", "--modes", "noquant,int8dynamic", "--batch-sizes", "1,8",
+                 "--device", "cpu", "--no-compile", "--quick", "--autoquant-floor", "25", "--out", str(out)]) == 0
+    assert "plan: 4 unit(s)" in capsys.readouterr().out
+    units = plan_mod.read_plan(out)
+    assert [(u.model, u.batch_size) for u in units] == [("mlp", 1), ("mlp", 8), ("llama-tiny", 1), ("llama-tiny", 8)]
+    opts = jobs.sweep_options(units[0])
+    assert opts["compile"] is False and opts["policy"] == measure.FAST_POLICY
+    assert opts["autoquant"] == {"sqnr_floor_db": 25.0} and "dtype" not in opts  # left out: decided where it runs
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(model="gpt-17"), "unknown model 'gpt-17'"),
+    (dict(modes="int3"), "unknown mode 'int3'"),
+    (dict(batch_sizes="0"), "batch size must be a positive integer"),
+    (dict(compile_mode="fastest"), "unknown compile mode"),
+    (dict(device="tpu"), "unknown device 'tpu'"),
+    (dict(isolate=False), "how a unit runs"),
+    (dict(colour="red"), "unknown sweep option"),
+])
+def test_make_plan_bad_options(kwargs, message):
+    with pytest.raises(UserError, match=message):
+        jobs.make_plan(**{"model": "mlp", "modes": "noquant", **kwargs})
+
+
+# ---- one unit, here ----
+
+
+def test_a_unit_writes_its_device_folder_records_how_it_ran_and_resumes(demo_unit):
+    path, root, run = demo_unit
+    device = run.results.environment["device_name"]
+    assert run.folder == root / plan_mod.slug(device) / "mlp-bs1"
+    assert [r.status for r in run.results] == ["ok", "ok", "skipped"]
+    assert {r.device_name for r in run.results} == {device} and all(r.torch_version for r in run.results)
+    env = json.loads((run.folder / "environment.json").read_text())
+    assert "PyTorch version" in env["collect_env"] and env["command"]  # the machine in PyTorch's own words
+    assert json.loads((run.folder / "unit.json").read_text())["index"] == 0
+    before = (run.folder / "rows.jsonl").read_text()
+    again = jobs.run_unit(path, root, None, isolate=False, environ={"JOB_COMPLETION_INDEX": "0"})
+    assert (run.folder / "rows.jsonl").read_text() == before  # every cell re-used, none measured twice
+    assert again.results.rows == run.results.rows
+
+
+def test_two_devices_merge_apart_and_the_report_compares_them(demo_unit, tmp_path):
+    _, root, run = demo_unit
+    # a second machine: the same unit's folder, as if a GPU had written it
+    fake = tmp_path / "root" / "Fake-GPU" / "mlp-bs1"
+    shutil.copytree(run.folder, fake)
+    rows = [dataclasses.replace(r, device_name="Fake GPU", median_ms=r.median_ms and r.median_ms / 2)
+            for r in read_jsonl(fake / "rows.jsonl")]
+    (fake / "rows.jsonl").write_text("".join(json.dumps(r.to_dict()) + "\n" for r in rows))
+    env = json.loads((fake / "environment.json").read_text())
+    (fake / "environment.json").write_text(json.dumps({**env, "device_name": "Fake GPU"}))
+    shutil.copytree(run.folder, tmp_path / "root" / run.folder.parent.name / "mlp-bs1")
+
+    assert main(["merge", str(tmp_path / "root"), "--out", str(tmp_path / "merged")]) == 0
+    merged = ResultSet.load(tmp_path / "merged")
+    assert len(merged) == 6 and len({r.key for r in merged}) == 6  # 3 cells x 2 devices, no collision
+    assert set(merged.environment["devices"]) == {"Fake GPU", run.results.environment["device_name"]}
+    compared = runs.load_runs([tmp_path / "merged"])
+    assert list(compared) == [f"merged · {d}" for d in dict.fromkeys(r.device_name for r in merged)]
+    table = runs.compare_table(compared)
+    assert len(table) == 3 and table.filter(like="latency").dropna().shape[0] == 2  # the two ok cells compared
+    text = report.build([tmp_path / "merged"], tmp_path / "report.html").html.read_text()
+    assert 'id="comparison"' in text and "Fake GPU" in text and '<table class="runs">' in text
+
+
+def test_v3_export_of_the_demo_unit_has_every_required_field(demo_unit, tmp_path, capsys):
+    _, _, run = demo_unit
+    out = tmp_path / "benchmark-results" / "torchao_nb.json"
+    assert main(["export", str(run.folder), "--format", "pytorch-v3", "--out", str(out)]) == 0
+    assert "1 cell(s) without a measurement" in capsys.readouterr().out
+    records = json.loads(out.read_text())
+    assert isinstance(records, list) and records
+    for rec in records:
+        for section, fields in REQUIRED_FIELDS.items():
+            assert all(rec[section][f] not in (None, "") for f in fields), (section, rec[section])
+        assert all(isinstance(v, float) for v in rec["metric"]["benchmark_values"])
+    ok = [r for r in run.results if r.status == "ok"]
+    assert {rec["benchmark"]["dtype"] for rec in records} == {r.mode for r in ok}  # the skipped cell is left out
+    assert {rec["metric"]["name"] for rec in records} <= {m.name for m in METRICS}
+    assert {rec["runners"][0]["type"] for rec in records} == {run.results.environment["device_name"]}
+    validate_v3(records)
+
+
+# ---- every unit, as submitit jobs ----
+
+
+@dataclasses.dataclass(frozen=True)
+class DiesPartWay(jobs.RunUnit):
+    """Unit 1's job is killed (SIGKILL: the out-of-memory killer, a lost node) once its first row is on disk."""
+
+    def __call__(self, index):
+        if index != 1:
+            return super().__call__(index)
+        jobs.run_unit(self.plan_path, self.root, index, isolate=self.isolate,
+                      on_row=lambda row: os.kill(os.getpid(), signal.SIGKILL))
+
+
+def test_local_jobs_run_a_plan_resume_a_killed_unit_and_merge_as_one_sweep(tmp_path):
+    pytest.importorskip("submitit")
+    units = jobs.make_plan("llama-tiny", MODES, batch_sizes="1,2,3", seq_len=8, **OPTIONS)
+    path = plan_mod.write_plan(units, tmp_path / "plan.jsonl")
+    root, settings, events = tmp_path / "root", jobs.JobSettings("local", time_limit_min=5), []
+
+    first = jobs.submit(path, root, settings, isolate=False, task=DiesPartWay(str(path), str(root), False))
+    done = first.wait(events.append)
+    assert len({u.job.job_id for u in done}) == 3  # three units, three jobs
+    assert [u.state for u in done] == ["done", "failed", "done"]
+    assert "without a result" in done[1].message and "no row yet for int8dynamic" in done[1].message
+    assert any("unit 1 llama-tiny-bs2" in e and "FAILED" in e for e in events)
+    killed = jobs.unit_rows(root, units[1])
+    assert [r.mode for r in killed] == ["noquant"]
+
+    again = jobs.submit(path, root, settings, isolate=False)  # the same command again
+    assert [u.state for u in again.units] == ["complete already", "running", "complete already"]
+    assert [u.state for u in again.wait(events.append)] == ["complete already", "done", "complete already"]
+    rows = jobs.unit_rows(root, units[1])
+    assert [r.mode for r in rows] == ["noquant", "int8dynamic"]  # resumed: no duplicate, the first row kept
+    assert rows[0] == killed[0]
+
+    merged = plan_mod.collect(root)
+    assert merged.dropped == 0 and len(merged.units) == 3
+    here = engine.sweep(model="llama-tiny", modes=MODES, batch_sizes=[1, 2, 3], seq_len=8, isolate=False,
+                        progress=False, **OPTIONS)
+    assert sorted((r.key, r.status) for r in merged.rows) == sorted((r.key, r.status) for r in here)
+
+
+# ---- SLURM, with a stand-in sbatch ----
+
+
+def _fake_slurm(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "sbatch").write_text(f'#!/bin/sh\ncp "$1" {tmp_path}/submitted.sh\necho "Submitted batch job 4242"\n')
+    for f in bin_dir.iterdir():
+        f.chmod(f.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return tmp_path / "submitted.sh"
+
+
+def test_slurm_gets_one_array_job_with_the_settings_asked_for(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("submitit")
+    submitted = _fake_slurm(tmp_path, monkeypatch)
+    path = plan_mod.write_plan(jobs.make_plan("mlp", MODES, batch_sizes="1,2,3", **OPTIONS), tmp_path / "plan.jsonl")
+    rc = main(["run", "--plan", str(path), "--executor", "slurm", "--partition", "gpu", "--gpus", "1",
+               "--time-limit", "90", "--parallel", "2", "--slurm-arg", "account=abc", "--setup", "module load cuda",
+               "--no-wait", "--out", str(tmp_path / "root")])
+    out = capsys.readouterr().out
+    assert rc == 0 and "unit 0 = job 4242_0, unit 1 = job 4242_1, unit 2 = job 4242_2" in out
+    script = submitted.read_text()
+    for line in ("#SBATCH --array=0-2%2", "#SBATCH --partition=gpu", "#SBATCH --gpus-per-node=1",
+                 "#SBATCH --time=90", "#SBATCH --account=abc", "module load cuda", "export PYTHONPATH="):
+        assert line in script
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "--plan", "{plan}", "--dtype", "float32", "--out", "{tmp}"], "the plan fixes what each unit measures"),
+    (["run", "--index", "0", "--out", "{tmp}"], "give --plan PLAN too"),
+    (["run", "--plan", "{tmp}/nope.jsonl", "--index", "0", "--out", "{tmp}"], "no plan file at"),
+    (["run", "--plan", "{plan}", "--index", "7", "--out", "{tmp}"], r"the plan has 1 unit(s) (0-0)"),
+    (["run", "--plan", "{plan}", "--executor", "local", "--no-wait", "--out", "{tmp}"], "--no-wait is for slurm"),
+    (["run", "--plan", "{plan}", "--executor", "slurm", "--slurm-arg", "account", "--out", "{tmp}"], "KEY=VALUE"),
+    (["run", "--plan", "{plan}", "--executor", "slurm", "--out", "{tmp}"], 'Could not detect "srun"'),
+    (["merge", "{tmp}", "--out", "{tmp}/m"], "no unit folders under"),
+    (["export", "{tmp}/none", "--out", "{tmp}/x.json"], "no results in"),
+])
+def test_user_errors_beyond_one_machine_are_one_line(argv, message, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("submitit")
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # no srun here
+    monkeypatch.delenv("SLURM_ARRAY_TASK_ID", raising=False)
+    path = plan_mod.write_plan(jobs.make_plan("mlp", "noquant", **OPTIONS), tmp_path / "plan.jsonl")
+    rc = main([a.replace("{tmp}", str(tmp_path)).replace("{plan}", str(path)) for a in argv])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1, err
+
+
+def test_a_unit_is_complete_only_for_the_plan_that_wrote_it(demo_unit):
+    path, root, run = demo_unit
+    (unit,) = plan_mod.read_plan(path)
+    assert jobs.missing_modes(root, unit) == []
+    other = dataclasses.replace(unit, options={**unit.options, "dtype": "float32"})  # same folder name, other cells
+    assert other.name == unit.name and jobs.missing_modes(root, other) == list(unit.modes)

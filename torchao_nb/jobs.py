@@ -1,0 +1,364 @@
+"""Sweeps beyond one machine: a plan from sweep options, one unit of it run here, or every unit as submitit jobs.
+
+`make_plan` checks the options as `sweep` would and lists the units (torchao_nb.plan); `run_unit` runs
+one unit through `engine.sweep` into ROOT/<device name>/<model>-bs<b>/ with resume, which is all an
+array-job element (SLURM, a Kubernetes Indexed Job, a CI matrix entry) needs; `submit` hands the
+units to submitit, locally (one at a time by default) or as one SLURM array job, and `Submission.wait`
+follows them. The sweep loop knows nothing of any of this.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from . import config, engine, measure
+from . import env as envmod
+from . import modes as modes_mod
+from . import plan as plan_mod
+from .errors import UserError, error_text
+from .results import ResultSet, Row, atomic_write, read_jsonl
+
+CLUSTERS = ("local", "slurm")
+NOT_IN_PLAN = ("isolate",)  # how a unit runs, not what it measures: given when it runs
+LOCAL_POLL_S = 0.2
+SLURM_POLL_S = 20.0  # submitit asks sacct, which clusters ask users not to call often
+EventFn = Callable[[str], None]
+
+
+# ---- the plan ----------------------------------------------------------------------------------------
+
+def make_plan(model: str | Sequence[str] | None = None, modes: str | Sequence[str] | None = "all",
+              batch_sizes: Any = None, **options: Any) -> list[plan_mod.Unit]:
+    """The units of the sweep `sweep(model, modes, batch_sizes=..., **options)` would run, one per model ×
+    batch size. Options are checked here, on the machine that plans; the device ("auto" by default) is
+    resolved on the machine that runs each unit, so a login node without a GPU can plan a GPU sweep."""
+    names = [s.name for s in engine.resolve_models(model, None)]
+    mode_list = modes_mod.resolve_modes(modes)
+    batches = config.check_batch_sizes(batch_sizes or (1,))
+    opts, settings = config.split_options(options)
+    refused = sorted(set(opts) & set(NOT_IN_PLAN))
+    if refused:
+        raise UserError(f"{', '.join(refused)} is how a unit runs, not what it measures: give it to run_unit or submit")
+    device = opts.pop("device", None) or "auto"
+    if str(device).lower() not in ("auto", "cpu", "cuda"):
+        raise UserError(f"unknown device {device!r}; choose one of: auto, cpu, cuda.")
+    # every other option checked as the sweep will check it (on the CPU here: the plan's device may be absent)
+    config.build(mode_list, False, False, **{**opts, **settings, "device": "cpu"})
+    stored = {k: v for k, v in opts.items() if v is not None and k != "batch_sizes"}
+    if "policy" in stored:
+        stored["policy"] = dataclasses.asdict(stored["policy"])
+    return plan_mod.make_plan(names, list(batches), mode_list, str(device).lower(), {**stored, **settings})
+
+
+def sweep_options(unit: plan_mod.Unit) -> dict[str, Any]:
+    """The unit as engine.sweep's keyword arguments (a stored timing policy becomes a TimingPolicy again)."""
+    opts = dict(unit.options)
+    if isinstance(opts.get("policy"), dict):
+        opts["policy"] = measure.TimingPolicy(**opts["policy"])
+    return {"device": unit.device, "batch_sizes": [unit.batch_size], **opts}
+
+
+# ---- one unit, here ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class UnitRun:
+    index: int
+    unit: plan_mod.Unit
+    folder: Path
+    results: ResultSet
+
+
+def run_unit(plan_path: str | os.PathLike, root: str | os.PathLike, index: int | str | None = None, *,
+             isolate: bool = True, retry_errors: bool = False, progress: bool = False,
+             on_row: Callable[[Row], None] | None = None, environ: dict | None = None) -> UnitRun:
+    """Run unit `index` of the plan (else $SLURM_ARRAY_TASK_ID, else $JOB_COMPLETION_INDEX) into
+    ROOT/<device name>/<model>-bs<b>/, re-using the cells already there: a requeued job continues."""
+    units = plan_mod.read_plan(plan_path)
+    i = plan_mod.unit_index(index, environ, len(units))
+    unit = units[i]
+    device = envmod.resolve_device(unit.device)
+    folder = plan_mod.unit_dir(root, envmod.device_info(device).name, unit)
+    engine.check_out_dir(folder)
+    about = {"plan": str(Path(plan_path).resolve()), "index": i, "unit": unit.to_dict(),
+             "job_id": os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID")
+             or os.environ.get("SUBMITIT_LOCAL_JOB_ID") or "",
+             "command": shlex.join([sys.executable, *sys.argv])}
+    atomic_write(folder / "unit.json", json.dumps(about, indent=1))
+    options = {**sweep_options(unit), "isolate": isolate}  # a hand-written plan's own isolate gives way
+    results = engine.sweep(model=unit.model, modes=list(unit.modes), out=folder, resume=True,
+                           retry_errors=retry_errors, progress=progress, on_row=on_row, **options)
+    return UnitRun(i, unit, folder, results)
+
+
+def unit_rows(root: str | os.PathLike, unit: plan_mod.Unit) -> list[Row]:
+    """The rows this unit has written so far, on whichever device ran it: ROOT/*/<unit>/rows.jsonl of the
+    folders whose unit.json names this very unit (another plan's unit of the same name measures other cells)."""
+    rows: list[Row] = []
+    for about in sorted(Path(root).glob(f"*/{unit.name}/unit.json")):
+        try:
+            same = json.loads(about.read_text()).get("unit") == unit.to_dict()
+        except (OSError, ValueError, AttributeError):
+            same = False
+        if same:
+            rows += [r for r in read_jsonl(about.parent / plan_mod.ROWS_FILE) if r.batch_size == unit.batch_size]
+    return rows
+
+
+def missing_modes(root: str | os.PathLike, unit: plan_mod.Unit, retry_errors: bool = False) -> list[str]:
+    """The unit's modes without a row yet (with retry_errors, error rows count as missing, as the sweep treats them)."""
+    have = {r.mode for r in unit_rows(root, unit) if not (retry_errors and r.status == "error")}
+    return [m for m in unit.modes if m not in have]
+
+
+@dataclass(frozen=True)
+class RunUnit:
+    """What one submitit job runs: a unit of the plan. Submitit calls `checkpoint` when SLURM preempts the
+    job or its time runs out, and requeues the same call, which resumes from the unit's rows.jsonl."""
+
+    plan_path: str
+    root: str
+    isolate: bool = True
+    retry_errors: bool = False
+
+    def __call__(self, index: int) -> dict:
+        def say(row: Row) -> None:  # one line per cell in the job's log
+            print(f"{row.model} bs={row.batch_size} {row.mode}: {row.status} {row.reason[:200]}", flush=True)
+
+        run = run_unit(self.plan_path, self.root, index, isolate=self.isolate, retry_errors=self.retry_errors,
+                       on_row=say)
+        return {"index": run.index, "folder": str(run.folder), "statuses": [r.status for r in run.results]}
+
+    def checkpoint(self, index: int):
+        from submitit.core.utils import DelayedSubmission
+
+        return DelayedSubmission(self, index)
+
+
+# ---- every unit, as submitit jobs ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class JobSettings:
+    """Where and with what each unit's job runs. SLURM reads every field; local jobs use gpus, time_limit_min,
+    parallel and setup."""
+
+    cluster: str = "local"  # local | slurm
+    partition: str | None = None
+    gpus: int | None = None  # per unit; default: 1 on SLURM, locally 1 when this machine has a GPU, else 0
+    cpus: int | None = None  # per unit (SLURM --cpus-per-task)
+    mem_gb: int | None = None
+    time_limit_min: int = 60  # per unit; past it SLURM requeues the unit, which resumes
+    parallel: int | None = None  # units running at once; default: 1 locally (timings disturb each other), no limit on SLURM
+    slurm_args: tuple[tuple[str, str], ...] = ()  # more #SBATCH options, e.g. (("account", "abc"), ("qos", "high"))
+    setup: tuple[str, ...] = ()  # shell lines before each job (module load ..., source .venv/bin/activate)
+    name: str = "torchao_nb"
+
+    def __post_init__(self):
+        if self.cluster not in CLUSTERS:
+            raise UserError(f"unknown executor {self.cluster!r}; choose one of: {', '.join(CLUSTERS)}.")
+        for field in ("gpus", "cpus", "mem_gb", "parallel"):
+            value = getattr(self, field)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0
+                                      or (value == 0 and field != "gpus")):
+                raise UserError(f"{field} must be a {'non-negative' if field == 'gpus' else 'positive'} "
+                                f"whole number, got {value!r}.")
+        if not isinstance(self.time_limit_min, int) or self.time_limit_min <= 0:
+            raise UserError(f"the time limit must be a positive number of minutes, got {self.time_limit_min!r}.")
+
+
+def _submitit():
+    try:
+        import submitit
+    except ImportError:
+        raise UserError("--executor local|slurm needs submitit: pip install 'torchao_nb[slurm]' "
+                        "(or run each unit yourself with `run --plan PLAN --index N`)") from None
+    return submitit
+
+
+def _setup_lines(settings: JobSettings) -> list[str]:
+    # A job imports torchao_nb by name: make it this same torchao_nb, as the worker process does.
+    here = shlex.quote(str(Path(__file__).resolve().parent.parent))
+    return [*settings.setup, f'export PYTHONPATH={here}"${{PYTHONPATH:+:$PYTHONPATH}}"']
+
+
+def _executor(settings: JobSettings, folder: Path):
+    submitit = _submitit()
+    if settings.cluster == "local":
+        ex = submitit.LocalExecutor(folder)
+        ex.update_parameters(timeout_min=settings.time_limit_min, setup=_setup_lines(settings))
+        return ex
+    try:
+        ex = submitit.SlurmExecutor(folder)
+    except RuntimeError as e:  # no srun on PATH
+        raise UserError(f"--executor slurm: {e} Submit from a SLURM login node, or use --executor local.") from None
+    params: dict[str, Any] = dict(job_name=settings.name, time=settings.time_limit_min,
+                                  gpus_per_node=1 if settings.gpus is None else settings.gpus,
+                                  setup=_setup_lines(settings))
+    if settings.partition:
+        params["partition"] = settings.partition
+    if settings.cpus:
+        params["cpus_per_task"] = settings.cpus
+    if settings.mem_gb:
+        params["mem"] = f"{settings.mem_gb}GB"
+    if settings.parallel:
+        params["array_parallelism"] = settings.parallel
+    if settings.slurm_args:
+        params["additional_parameters"] = dict(settings.slurm_args)
+    ex.update_parameters(**params)
+    return ex
+
+
+@dataclass
+class UnitJob:
+    """One unit and the job that runs it (None until submitted, or when the unit was already complete)."""
+
+    index: int
+    unit: plan_mod.Unit
+    job: Any = None
+    state: str = "waiting"  # waiting | running | done | failed | complete already
+    message: str = ""
+    slot: int | None = None  # local: which of the `parallel` places (and its GPUs) it runs in
+
+
+class Submission:
+    """The units of a plan as submitit jobs: SLURM gets one array job; locally, `parallel` units run at once
+    (submitit would start every local job together) and the next starts when one ends, so follow it with wait()."""
+
+    def __init__(self, plan_path, root, settings: JobSettings, indices: Sequence[int] | None = None, *,
+                 isolate: bool = True, retry_errors: bool = False, task: Callable[[int], Any] | None = None):
+        self.plan_path, self.root = Path(plan_path).resolve(), Path(root).resolve()
+        self.settings, self.retry_errors = settings, retry_errors
+        units = plan_mod.read_plan(self.plan_path)
+        chosen = range(len(units)) if indices is None else [plan_mod.unit_index(i, {}, len(units)) for i in indices]
+        self.units = [UnitJob(i, units[i]) for i in chosen]
+        self.task = task or RunUnit(str(self.plan_path), str(self.root), isolate, retry_errors)
+        self.folder = self.root / ".submitit"
+        self.executor = _executor(settings, self.folder / "%j")
+        self.started = time.monotonic()
+        self._gpus = self._local_gpus()
+        for u in self.units:
+            if not missing_modes(self.root, u.unit, retry_errors):
+                u.state, u.message = "complete already", "every cell has a row"
+
+    def _local_gpus(self) -> int:
+        if self.settings.cluster != "local":
+            return 0
+        import torch
+
+        visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        gpus = min(1, visible) if self.settings.gpus is None else self.settings.gpus
+        if gpus * (self.settings.parallel or 1) > visible and gpus > 0:
+            raise UserError(f"{self.settings.parallel or 1} unit(s) at once x {gpus} GPU(s) each, but this machine "
+                            f"has {visible}; lower --parallel or --gpus.")
+        return gpus
+
+    @property
+    def local(self) -> bool:
+        return self.settings.cluster == "local"
+
+    def start(self) -> "Submission":
+        waiting = [u for u in self.units if u.state == "waiting"]
+        if not waiting:
+            return self
+        if self.local:
+            self._fill_local_slots()
+        else:
+            jobs = self.executor.map_array(self.task, [u.index for u in waiting])
+            for u, job in zip(waiting, jobs):
+                u.job, u.state = job, "running"
+        return self
+
+    def _fill_local_slots(self) -> None:
+        running = [u for u in self.units if u.state == "running"]
+        free = [s for s in range(self.settings.parallel or 1) if s not in {u.slot for u in running}]
+        for u in [u for u in self.units if u.state == "waiting"][:len(free)]:
+            slot = free.pop(0)
+            gpus = tuple(range(slot * self._gpus, (slot + 1) * self._gpus))
+            self.executor.update_parameters(gpus_per_node=self._gpus, visible_gpus=gpus)
+            u.job, u.state, u.slot = self.executor.submit(self.task, u.index), "running", slot
+
+    def _finish(self, u: UnitJob) -> None:
+        """A job ended: the unit is done when every mode has a row (a killed job still reads FINISHED)."""
+        outcome = ""
+        if u.job.paths.result_pickle.exists():
+            try:
+                u.job.result()
+            except Exception as e:
+                outcome = error_text(e, 300)
+        else:
+            outcome = "the job ended without a result (killed, out of memory, or cancelled)"
+        missing = missing_modes(self.root, u.unit, self.retry_errors)
+        if not missing:
+            u.state, u.message = "done", ""
+        else:
+            u.state = "failed"
+            u.message = (f"{outcome or 'the job ended'}; no row yet for {', '.join(missing)}; "
+                         f"log: {u.job.paths.stderr}")
+
+    def poll(self) -> list[UnitJob]:
+        """Check the running jobs; returns the units that just ended (and, locally, starts the next ones)."""
+        ended = []
+        for u in self.units:
+            if u.state == "running" and u.job.done():
+                self._finish(u)
+                ended.append(u)
+        if ended and self.local:
+            self._fill_local_slots()
+        return ended
+
+    @property
+    def finished(self) -> bool:
+        return all(u.state not in ("waiting", "running") for u in self.units)
+
+    def cells(self) -> tuple[int, int]:
+        """(cells with a row, cells in these units)."""
+        have = sum(len(u.unit.modes) - len(missing_modes(self.root, u.unit)) for u in self.units)
+        return have, sum(len(u.unit.modes) for u in self.units)
+
+    def progress(self) -> str:
+        done = sum(u.state in ("done", "complete already") for u in self.units)
+        have, total = self.cells()
+        return f"{done}/{len(self.units)} units, {have}/{total} cells"
+
+    def wait(self, on_event: EventFn = print, poll_s: float | None = None) -> list[UnitJob]:
+        """Follow the jobs until every unit ended, telling `on_event` what happened; returns the units."""
+        poll_s = (LOCAL_POLL_S if self.local else SLURM_POLL_S) if poll_s is None else poll_s
+        last = self.progress()
+        try:
+            while not self.finished:
+                for u in self.poll():
+                    job = f"job {u.job.job_id}"
+                    what = "done" if u.state == "done" else f"FAILED: {u.message}"
+                    last = self.progress()
+                    on_event(f"[{self._elapsed()}] unit {u.index} {u.unit.name} ({job}) {what}; {last}")
+                now = self.progress()
+                if now != last:
+                    last = now
+                    on_event(f"[{self._elapsed()}] {now}")
+                if not self.finished:
+                    time.sleep(poll_s)
+        except KeyboardInterrupt:
+            if self.local:  # local jobs would go on in the background and clash with a rerun
+                for u in self.units:
+                    if u.state == "running":
+                        u.job.cancel(check=False)
+            raise
+        return self.units
+
+    def _elapsed(self) -> str:
+        return f"{time.monotonic() - self.started:6.1f} s"
+
+
+def submit(plan_path, root, settings: JobSettings, indices: Sequence[int] | None = None, *, isolate: bool = True,
+           retry_errors: bool = False, task: Callable[[int], Any] | None = None) -> Submission:
+    """Submit the plan's units (all, or `indices`) as jobs writing under ROOT; units that already have a row
+    for every mode are not submitted again. Follow them with `.wait()` (locally, that also starts the next)."""
+    return Submission(plan_path, root, settings, indices, isolate=isolate, retry_errors=retry_errors,
+                      task=task).start()
