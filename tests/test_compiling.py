@@ -81,7 +81,8 @@ class Breaks(TwoLinear):
 def test_compiler_counters_and_graph_breaks_are_in_the_row():
     rows = {r.mode: r for r in run("mlp", modes="noquant", compile=True)}
     r = rows["noquant"]
-    assert r.status == "ok" and r.graph_breaks == 0 and r.recompiles == 0 and r.cudagraph_skips == 0
+    assert r.status == "ok" and r.graph_breaks == 0 and r.recompiles == 0
+    assert r.cudagraph_skips is None  # counted on CUDA only: on a CPU inductor always "skips" CUDA graphs
     assert r.fx_cache  # e.g. "hit 1": the first call's FX graph cache
     assert ("no clear difference" in columns.note(r)) == (r.speedup_lo <= 1.0 <= r.speedup_hi)
     broken = run(Breaks(), example_inputs=(torch.randn(2, 128),), modes="noquant", compile=True).rows[0]

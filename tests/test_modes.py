@@ -59,11 +59,20 @@ def test_configs_do_not_touch_inductor_settings():
 
 
 def test_quantize_reports_layers_left_alone():
-    model = nn.Sequential(nn.Linear(128, 256), nn.ReLU(), nn.Linear(96, 128)).to(torch.bfloat16)
+    # in_features 100 is divisible by no int4 group size; 96 takes 32 (128 doesn't divide it)
+    model = nn.Sequential(nn.Linear(128, 256), nn.ReLU(), nn.Linear(96, 128), nn.Linear(100, 128)).to(torch.bfloat16)
     report = modes_mod.quantize(model, modes_mod.MODES["int4weightonly"], CPU, torch.bfloat16)
-    assert (report.layers_quantized, report.layers_total) == (1, 2)
-    assert "group size 128" in report.skipped_layers["2"]
-    assert modes_mod.is_quantized(model[0]) and not modes_mod.is_quantized(model[2])
+    assert (report.layers_quantized, report.layers_total) == (2, 3)
+    assert "divisible by no int4 group size (128/64/32)" in report.skipped_layers["3"]
+    assert report.extra["layer_configs"] == {"group 128": ["0"], "group 32": ["2"]}
+    assert modes_mod.is_quantized(model[0]) and modes_mod.is_quantized(model[2]) and not modes_mod.is_quantized(model[3])
+
+
+def test_an_already_quantized_model_is_refused_with_a_message():
+    model = nn.Sequential(nn.Linear(128, 128)).to(torch.bfloat16)
+    modes_mod.quantize(model, modes_mod.MODES["int8weightonly"], CPU, torch.bfloat16)
+    with pytest.raises(UserError, match="already quantized"):
+        modes_mod.quantize(model, modes_mod.MODES["int8dynamic"], CPU, torch.bfloat16)
 
 
 def test_cpu_int4_out_features_check():
