@@ -50,7 +50,7 @@ def test_time_budget_bounds_a_noisy_function():
 
     def step():
         state["i"] += 1
-        clock.now += 0.010 if state["i"] % 2 else 0.030  # never settles
+        clock.now += (0.010, 0.030, 0.020)[state["i"] % 3]  # never settles
 
     policy = measure.TimingPolicy(max_time_s=1.0, warmup_s=0.0)
     m = measure.time_calls(step, policy, clock=clock)
@@ -115,8 +115,8 @@ def test_time_paired_interleaves_and_is_exact_with_a_fake_clock():
     ma, mb = measure.time_paired(a, b, measure.TimingPolicy(warmup_s=0.0), clock=clock)
     assert ma.median_ms == pytest.approx(4.0) and mb.median_ms == pytest.approx(2.0)
     assert len(ma.samples_ms) == len(mb.samples_ms) == 30  # both settle at the second check
-    timed = order[-60:]
-    assert timed == ["a", "b", "b", "a"] * 15  # samples alternate, and each takes each position as often
+    timed = order[-120:]  # each window: one untimed call, then the timed one
+    assert timed == ["a", "a", "b", "b", "b", "b", "a", "a"] * 15  # windows alternate, each in each position as often
 
 
 def test_time_paired_shares_a_drift_between_both():
@@ -149,7 +149,7 @@ def test_every_function_takes_every_position_equally_often():
     ms = measure.time_interleaved(fns, measure.TimingPolicy(warmup_s=0.0, min_warmup=1), clock=clock)
     rounds = len(ms[0].samples_ms)
     assert rounds % 3 == 0
-    timed = order[-3 * rounds:]
+    timed = order[-6 * rounds:][::2]  # one window per function and round, each an untimed call and a timed one
     for name in "abc":
         positions = [timed[3 * r: 3 * r + 3].index(name) for r in range(rounds)]
         assert [positions.count(p) for p in range(3)] == [rounds // 3] * 3
