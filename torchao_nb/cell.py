@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import functools
 import gc
+import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from .checks import nonfinite, wrongness
 from . import env as envmod
 from ._torchao import torchao_version
 from . import modes as modes_mod
-from .config import SweepConfig
+from .config import SweepConfig, mode_settings_text
 from .errors import UserError, error_text
 from .results import Row
 
@@ -44,6 +45,33 @@ class ModelSource:
     @functools.cached_property
     def spec(self) -> models.ModelSpec | None:
         return None if self.module is not None else models.get(self.name)
+
+    @functools.cached_property
+    def signature(self) -> str:
+        """A user's module: a hash of its structure, its tensors' names, shapes and dtypes and its inputs' shapes, so
+        a resumed sweep re-uses a row only for the same module (its class name alone can't tell two apart)."""
+        if self.module is None:
+            return ""
+        parts = [repr(self.module)]
+        parts += [f"{n}:{tuple(t.shape)}:{t.dtype}" for n, t in self.module.state_dict().items()
+                  if isinstance(t, torch.Tensor)]
+        values = self.inputs.items() if isinstance(self.inputs, dict) else enumerate(self.inputs)
+        parts += [f"{k}={tuple(v.shape)}:{v.dtype}" if isinstance(v, torch.Tensor) else f"{k}={v!r}" for k, v in values]
+        return hashlib.sha1("\n".join(parts).encode()).hexdigest()[:12]
+
+    @functools.cached_property
+    def prequantized(self) -> str:
+        """Why a user's module is already quantized ("" when it isn't): its Linear weights are torchao tensors."""
+        if self.module is None:
+            return ""
+        layers = modes_mod.linear_layers(self.module)
+        done = {fqn: type(lin.weight).__name__ for fqn, lin in layers.items() if modes_mod.is_quantized(lin)}
+        if not done:
+            return ""
+        fqn, kind = next(iter(done.items()))
+        return (f"the model is already quantized ({len(done)} of {len(layers)} Linear layers hold torchao tensors, "
+                f"e.g. {fqn}.weight is a {kind}): give the unquantized model to compare modes; noquant measures it "
+                "as given")
 
     def batch_sizes(self, cfg: SweepConfig) -> tuple[int, ...]:
         return cfg.batch_sizes if self.module is None else (models.batch_of(self.inputs),)
@@ -81,6 +109,8 @@ class Reference:
     task_inputs: Any = None
     task_output: Any = None
     seq_len: int | None = None  # a registry model's sequence length; None for a user's module
+    signature: str = ""  # a user's module: ModelSource.signature
+    prequantized: str = ""  # a user's module that is already quantized: ModelSource.prequantized
 
 
 def build_reference(cfg: SweepConfig, source: ModelSource, batch: int, copy_gbs: float | None,
@@ -99,18 +129,25 @@ def build_reference(cfg: SweepConfig, source: ModelSource, batch: int, copy_gbs:
         task_inputs = task.inputs(cfg.device, cfg.dtype) if task else None
         task_output = task.run(module, task_inputs) if task else None
     return Reference(source.name, module, inputs, output, tokens, len(modes_mod.linear_layers(module)),
-                     copy_gbs, task, task_inputs, task_output, source.seq_len(cfg))
+                     copy_gbs, task, task_inputs, task_output, source.seq_len(cfg), source.signature,
+                     source.prequantized)
+
+
+def _stub(cfg: SweepConfig, source: ModelSource) -> Reference:
+    """What a row needs to know about a model that was not (or could not be) built."""
+    return Reference(source.name, None, None, None, None, None, seq_len=source.seq_len(cfg),
+                     signature=source.signature, prequantized=source.prequantized)
 
 
 def error_row(cfg: SweepConfig, source: ModelSource, mode: str, batch: int, why: str, extra: dict | None = None) -> Row:
     """A cell that failed before it could say anything about its model (a crash, a time limit)."""
-    stub = Reference(source.name, None, None, None, None, None, seq_len=source.seq_len(cfg))
-    return _row(cfg, stub, mode, batch, "error", why[:500], extra=json.dumps(extra) if extra else "")
+    return _row(cfg, _stub(cfg, source), mode, batch, "error", why[:500], extra=json.dumps(extra) if extra else "")
 
 
 def failed_reference_row(cfg: SweepConfig, source: ModelSource, mode: str, batch: int, why: str,
                          extra: dict | None = None) -> Row:
-    return error_row(cfg, source, mode, batch, f"the unquantized model failed: {why}", extra)
+    also = f" ({source.prequantized})" if source.prequantized else ""
+    return error_row(cfg, source, mode, batch, f"the unquantized model failed: {why}{also}", extra)
 
 
 @functools.lru_cache(maxsize=None)
@@ -125,13 +162,13 @@ def _row(cfg: SweepConfig, ref: Reference, mode: str, batch: int, status: str, r
                compile=cfg.compile.enabled, baseline=cfg.compile.baseline, status=status, reason=reason,
                layers_total=ref.layers_total, threads=cfg.threads, compile_mode=cfg.compile.label,
                seq_len=ref.seq_len, torchao_tuning=cfg.compile.enabled and cfg.compile.torchao_tuning,
-               **_where(cfg.device), **kw)
+               timing=measure.policy_name(cfg.policy), mode_settings=mode_settings_text(cfg, mode),
+               model_signature=ref.signature, **_where(cfg.device), **kw)
 
 
 def cell_key(cfg: SweepConfig, source: ModelSource, mode: str, batch: int) -> tuple:
     """The key the row of this cell will have (Row.key), known before it runs."""
-    stub = Reference(source.name, None, None, None, None, None, seq_len=source.seq_len(cfg))
-    return _row(cfg, stub, mode, batch, "ok").key
+    return _row(cfg, _stub(cfg, source), mode, batch, "ok").key
 
 
 def free_memory(device: str) -> None:
@@ -169,6 +206,8 @@ def run_cell(cfg: SweepConfig, ref: Reference, mode: str, batch: int, clock=time
     reason = spec.unsupported_reason(info, cfg.dtype)
     if reason:
         return _row(cfg, ref, mode, batch, "skipped", reason)
+    if ref.prequantized and mode != "noquant":  # torchao can't quantize its own tensors again (aten.view fails)
+        return _row(cfg, ref, mode, batch, "skipped", ref.prequantized)
     if ref.layers_total == 0 and mode != "noquant":
         return _row(cfg, ref, mode, batch, "skipped", "nothing to quantize: the model has no nn.Linear layer")
     sync = measure.sync_for(cfg.device)
