@@ -102,10 +102,9 @@ def _notebook(args) -> int:
     from nbclient.exceptions import CellExecutionError
 
     from . import notebooks
-    from .config import check_batch_sizes
 
     params = dict(notebooks.parse_param(p) for p in args.param)
-    batch_sizes = None if args.batch_sizes is None else list(check_batch_sizes(args.batch_sizes.split(",")))
+    batch_sizes = None if args.batch_sizes is None else args.batch_sizes.split(",")
     flags = {"model": args.model, "modes": args.modes, "device": args.device, "dtype": args.dtype,
              "batch_sizes": batch_sizes, "compile": args.compile, "fast": args.fast or None}
     params.update({k: v for k, v in flags.items() if v is not None})
@@ -116,8 +115,10 @@ def _notebook(args) -> int:
         params.setdefault("out", str(args.out))  # the notebook's results go beside it
     try:
         ipynb, html = notebooks.execute(nb, args.out, params, timeout_s=args.timeout)
-    except CellExecutionError as e:
-        print(f"error: a cell of {nb.name} failed; the notebook as far as it ran is in {args.out}\n{e}", file=sys.stderr)
+    except CellExecutionError as e:  # its text is the cell's whole coloured traceback: that stays in the notebook
+        what = f"{e.ename}: {str(e.evalue).strip().splitlines()[0] if str(e.evalue).strip() else ''}".rstrip(": ")
+        print(f"error: a cell of {nb.name} failed ({what}); the notebook as far as it ran, with the traceback, "
+              f"is in {args.out}", file=sys.stderr)
         return 1
     print(f"executed notebook: {ipynb}\nHTML export: {html}")
     return 0
