@@ -143,7 +143,7 @@ def summary(results: dict[str, torchao_nb.ResultSet], wall_s: float) -> str:
             extra = r.extra_dict if r.extra else {}
             compiled = "eager" if r.compile_s is None else f"compile {r.compile_s:.1f} s"
             facts = (f"{compiled}, fx cache {r.fx_cache or 'none'}, breaks {r.graph_breaks}, "
-                     f"recompiles {r.recompiles}, cudagraph skips {r.cudagraph_skips}, timing: {r.timing}"
+                     f"recompiles {r.recompiles}, cudagraph skips {r.cudagraph_skips}, sampling: {r.sampling}"
                      if r.status == "ok" else r.reason)
             out.append(f"\n### {step} {r.mode}: {facts}")
             if extra.get("profile"):

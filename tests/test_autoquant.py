@@ -14,12 +14,12 @@ matplotlib.use("Agg")
 from torchao.core.config import AOBaseConfig  # noqa: E402
 from torchao.quantization.transform_module import register_quantize_module_handler  # noqa: E402
 
-from torchao_nb import UserError, _torchao, autoquant, measure, modes as modes_mod, plots, sweep, tables  # noqa: E402
+from torchao_nb import UserError, autoquant, measure, modes as modes_mod, plots, sweep, tables  # noqa: E402
 from torchao_nb.cli import main  # noqa: E402
 from torchao_nb.env import DeviceInfo  # noqa: E402
 from torchao_nb.modes import ApplyContext, Mode  # noqa: E402
 
-from .conftest import NoLinear, TwoLinear  # noqa: E402
+from .conftest import NoLinear  # noqa: E402
 
 CPU = DeviceInfo("cpu", "test cpu", None, True)
 

@@ -51,3 +51,55 @@ def test_run_writes_files_that_load_back(tmp_path, capsys):
     assert [r.status for r in rs] == ["ok", "ok", "skipped"]
     assert rs.environment["torchao"] and rs.environment["device"] == "cpu"
     assert rs.environment["command"].startswith(sys.executable) and "PyTorch version" in rs.environment["collect_env"]
+
+
+QUICK_RUN = ["run", "--model", "llama-tiny", "--device", "cpu", "--no-compile", "--quick", "--in-process", "--quiet"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--seq-len", "0"], "seq_len must be a positive whole number, got 0"),
+    (["--seq-len", "-5"], "seq_len must be a positive whole number, got -5"),
+    (["--threads", "0"], "threads must be a positive whole number, got 0"),
+    (["--cell-timeout", "0"], "cell_timeout_s must be a positive number"),
+])
+def test_values_that_used_to_become_defaults_or_error_rows_are_refused(argv, message, tmp_path, capsys):
+    assert main(QUICK_RUN + argv + ["--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {message}" + err.split(message, 1)[1] and err.count("\n") == 1
+    assert not (tmp_path / "rows.jsonl").exists()  # refused before anything ran
+
+
+def test_a_run_in_which_no_cell_was_measured_exits_non_zero(tmp_path, capsys):
+    from torchao_nb.cli import _run_status
+    from torchao_nb.results import Row
+
+    rc = main(QUICK_RUN + ["--modes", "float8dynamic", "--out", str(tmp_path)])
+    assert rc == 1 and "no cell was measured: every cell was skipped" in capsys.readouterr().err
+    failed = [Row("m", "noquant", 1, "cpu", "float32", False, False, "error", reason="boom"),
+              Row("m", "int8dynamic", 1, "cpu", "float32", False, False, "skipped", reason="no")]
+    assert _run_status(ResultSet(tuple(failed))) == 1
+    assert "every cell failed, gave a wrong output or was skipped" in capsys.readouterr().err
+    assert _run_status(ResultSet()) == 1 and "stopped before any cell finished" in capsys.readouterr().err
+
+
+def test_settings_that_do_nothing_here_get_one_line_each(tmp_path, capsys, monkeypatch):
+    from torchao_nb import config
+
+    monkeypatch.setattr(config, "cpu_cores", lambda: 1)
+    rc = main(QUICK_RUN + ["--modes", "noquant", "--threads", "2", "--compile-mode", "reduce-overhead",
+                           "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 0
+    assert err.count("note: threads=2 is more than the 1 CPU cores") == 1
+    assert err.count("note: compile mode 'reduce-overhead' has no effect: compile is off") == 1
+
+
+def test_resume_under_other_settings_says_what_it_re_used(tmp_path, capsys):
+    assert main(QUICK_RUN + ["--modes", "noquant", "--seq-len", "8", "--threads", "2", "--out", str(tmp_path)]) == 0
+    capsys.readouterr()
+    assert main(QUICK_RUN + ["--modes", "noquant", "--seq-len", "8", "--threads", "1", "--resume",
+                             "--out", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert "note: resuming" in captured.err and "threads 2 (this run: 1)" in captured.err
+    assert ", 1 thread," in captured.out
+    assert [r.threads for r in ResultSet.load(tmp_path)] == [1]

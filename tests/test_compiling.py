@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from torch import nn
 
 from torchao_nb import baseline, columns, config, env, measure, models
 from torchao_nb import modes as modes_mod

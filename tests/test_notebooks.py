@@ -1,6 +1,7 @@
 """Every bundled notebook executes on the CPU with the smallest model; the `notebook` command writes its HTML."""
 
 import json
+import re
 
 import nbformat
 import pytest
@@ -69,11 +70,13 @@ def test_walkthrough_executes_with_the_smallest_model(tmp_path):
         assert text in tables
 
 
-def test_notebook_command_runs_the_report_and_writes_html(tmp_path, capsys):
+def test_notebook_command_runs_the_report_and_writes_html(tmp_path, capfd):
     out = tmp_path / "report"
     code = cli.main(["notebook", "03_report", "--model", SMALLEST, "--modes", "noquant,int8dynamic,float8dynamic",
                      "--no-compile", "--fast", "--out", str(out)])
-    assert code == 0, capsys.readouterr().err
+    err = capfd.readouterr().err  # the kernel's own stderr included
+    assert code == 0, err
+    assert "without encryption" not in err and err == "", err
     assert {"03_report.ipynb", "03_report.html", "results.csv", "results.json", "environment.json"} <= {p.name for p in out.iterdir()}
     nb = nbformat.read(out / "03_report.ipynb", as_version=4)
     check_clean(nb)
@@ -86,6 +89,9 @@ def test_notebook_command_runs_the_report_and_writes_html(tmp_path, capsys):
     assert all(r["model"] == SMALLEST and r["compile"] is False for r in rows)
     html = (out / "03_report.html").read_text()
     assert html.count("data:image/png;base64") >= 2 and "int8dynamic" in html and "float8dynamic" in html
+    # an offline file: no script, stylesheet or image from the network (require.js, MathJax, mermaid, widgets)
+    assert not re.search(r"<script[^>]*\bsrc=", html) and not re.search(r"import\(\s*[\"']https?:", html)
+    assert not re.search(r"""(src|href)=["'](https?:)?//""", html) and "cdnjs" not in html and "unpkg" not in html
 
 
 def test_bad_notebook_requests_get_clear_errors(tmp_path, capsys):
@@ -103,10 +109,29 @@ def test_bad_notebook_requests_get_clear_errors(tmp_path, capsys):
     assert notebooks.parse_param("modes=int8dynamic") == ("modes", "int8dynamic")
 
 
-def test_a_failing_cell_keeps_the_partial_notebook(tmp_path, capsys):
-    assert cli.main(["notebook", "03_report", "--model", SMALLEST, "-p", "modes='nonsense'", "--fast",
-                     "--out", str(tmp_path)]) == 1
-    assert "a cell of 03_report.ipynb failed" in capsys.readouterr().err
+def test_a_failing_cell_keeps_the_partial_notebook_and_says_so_in_one_line(tmp_path, capsys):
+    (tmp_path / "a-file").write_text("x")
+    results = tmp_path / "a-file" / "results"  # not a folder anyone can write: the sweep's cell fails
+    assert cli.main(["notebook", "03_report", "--model", SMALLEST, "-p", f"out={str(results)!r}", "--fast",
+                     "--no-compile", "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: a cell of 03_report.ipynb failed (UserError: cannot write results to")
+    assert err.count("\n") == 1 and "\x1b[" not in err  # one line, not the cell's coloured traceback
     nb = nbformat.read(tmp_path / "03_report.ipynb", as_version=4)
     errors = [o for _, o in outputs(nb, "error")]
-    assert errors and "unknown mode 'nonsense'" in errors[0].evalue
+    assert errors and "cannot write results to" in errors[0].evalue
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "gpt5"], "unknown model 'gpt5'"),
+    (["--modes", "int3"], "unknown mode 'int3'"),
+    (["-p", "model=5"], "model must be a registry name"),
+    (["--device", "tpu"], "unknown device 'tpu'"),
+    (["--dtype", "int7"], "unknown dtype 'int7'"),
+    (["-p", "batch_sizes=[0]"], "batch size must be a positive integer"),
+])
+def test_bad_parameters_are_caught_before_a_kernel_starts(argv, message, tmp_path, capfd):
+    assert cli.main(["notebook", "03_report", *argv, "--out", str(tmp_path)]) == 2
+    err = capfd.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []  # no kernel ran, no notebook was written

@@ -8,6 +8,7 @@ import pytest
 from tests.plot_fixtures import ERROR_REASON, SKIP_REASON, other_run, result_set
 from torchao_nb import ResultSet, report
 from torchao_nb.cli import main
+from torchao_nb.results import append_jsonl
 
 
 @pytest.fixture
@@ -92,3 +93,38 @@ def test_a_merged_folder_of_two_devices_is_compared(tmp_path):
     assert 'id="comparison"' in text and text.count('<section class="run"') == 2
     runs_table = text.split('<table class="runs">')[1].split("</table>")[0]
     assert "Test CPU" in runs_table and "2.13.0+cu130" in runs_table
+
+
+@pytest.mark.parametrize("content, why", [
+    ("", "the file is empty"),
+    ("[]", "expected an object with a list of 'rows', found a JSON list"),
+    ('{"rows": [', "JSONDecodeError"),
+    ('{"rows": [[1]]}', "a row is a JSON object, found list"),
+])
+def test_report_falls_back_from_an_unreadable_results_json_and_names_it(content, why, runs, tmp_path, capsys):
+    folder = runs[0]
+    for r in result_set().rows:  # rows.jsonl beside it is intact
+        append_jsonl(folder / "rows.jsonl", r)
+    (folder / "results.json").write_text(content)
+    assert main(["report", str(folder), "--out", str(tmp_path / "r.html")]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith(f"note: could not read {folder / 'results.json'}") and why in err
+    assert f"read {folder / 'rows.jsonl'} instead" in err and err.count("\n") == 1
+    text = (tmp_path / "r.html").read_text()
+    assert text.split('<table class="results">')[1].split("</table>")[0].count("<tr") == 1 + len(result_set())
+
+
+def test_report_on_results_that_cannot_be_read_says_which_file(tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "results.json").write_text("[]")
+    (tmp_path / "run" / "results.csv").write_bytes(b"\xff\xfe")
+    assert main(["report", str(tmp_path / "run"), "--out", str(tmp_path / "r.html")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: could not read the results in") and err.count("\n") == 1
+    assert "results.json: ValueError: expected an object" in err and "results.csv: UnicodeDecodeError" in err
+
+
+def test_report_to_a_place_it_cannot_write(runs, capsys):
+    assert main(["report", str(runs[0]), "--out", "/proc/x/r.html"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot write the report to /proc/x/r.html") and err.count("\n") == 1

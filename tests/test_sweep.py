@@ -42,7 +42,7 @@ def test_every_mode_gets_a_row_with_a_status(two_linear):
     assert r.sqnr_db >= 20 and r.cosine > 0.99
     # speedups are medians of round-by-round ratios, inside their bootstrap intervals
     assert 0 < r.speedup_lo <= r.speedup <= r.speedup_hi and 0 < r.speedup_vs_eager_lo <= r.speedup_vs_eager <= r.speedup_vs_eager_hi
-    assert r.timing == "host clock around back-to-back calls"
+    assert r.sampling == "host clock around back-to-back calls" and r.timing == "quick"
     assert r.layers_quantized == 2 and r.layers_total == 2
     assert r.weight_bytes < rows["noquant"].weight_bytes
     assert rows["noquant"].layers_quantized == 0
@@ -216,3 +216,68 @@ def test_threads_are_restored(two_linear):
     rs = run(two_linear, modes="noquant", threads=1)
     assert rs.rows[0].threads == 1 and rs.environment["threads"] == 1
     assert torch.get_num_threads() == before
+
+
+class WithMask(nn.Module):
+    """An activation and an optional attention-mask-like second tensor whose first dimension is not the batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(128, 128)
+
+    def forward(self, x, mask=None):
+        return self.fc(x) + (0 if mask is None else mask.sum() * 0)
+
+
+@pytest.mark.parametrize("inputs, shapes", [
+    ((torch.randn(8, 128),), ((8, 128),)),
+    ((torch.randn(8, 128), torch.ones(16, 16)), ((8, 128), (16, 16))),
+    ({"x": torch.randn(8, 128), "mask": torch.ones(16, 16)}, ((8, 128), (16, 16))),
+])
+def test_every_input_tensor_reaches_the_module_as_given(inputs, shapes):
+    model = WithMask()
+    seen = set()
+    model.register_forward_pre_hook(lambda mod, args, kwargs: seen.add(
+        tuple(tuple(t.shape) for t in [*args, *kwargs.values()] if isinstance(t, torch.Tensor))), with_kwargs=True)
+    rs = run(model, example_inputs=inputs, modes="noquant,int8dynamic")
+    assert [(r.batch_size, r.status) for r in rs] == [(8, "ok"), (8, "ok")]  # the row's batch is the input's
+    assert seen == {shapes}  # never cut or repeated to another batch size
+
+
+def test_an_already_quantized_module_is_detected_and_its_rows_say_so(two_linear):
+    from torchao.quantization import Int8WeightOnlyConfig, quantize_
+
+    from torchao_nb.errors import Notice
+
+    quantize_(two_linear, Int8WeightOnlyConfig())
+    with pytest.warns(Notice, match="TwoLinear: the model is already quantized"):
+        rows = by_mode(run(two_linear, modes="noquant,int8dynamic,int4weightonly"))
+    assert rows["noquant"].status == "ok"  # measured as given
+    for mode in ("int8dynamic", "int4weightonly"):
+        assert rows[mode].status == "skipped", rows[mode].reason
+        assert "already quantized (2 of 2 Linear layers hold torchao tensors, e.g. fc1.weight is a Int8Tensor)" \
+            in rows[mode].reason
+
+
+def test_settings_that_do_nothing_here_are_a_notice_not_an_error():
+    from torchao_nb import config
+    from torchao_nb.errors import Notice
+
+    with pytest.warns(Notice, match=r"threads=\d+ is more than the \d+ CPU cores"):
+        cfg = config.build(["noquant"], False, False, device="cpu", threads=config.cpu_cores() + 1)
+    assert cfg.threads == config.cpu_cores() + 1
+    with pytest.warns(Notice, match="'reduce-overhead' captures CUDA graphs, which don't exist on the CPU"):
+        config.build(["noquant"], False, False, device="cpu", compile_mode="reduce-overhead")
+    with pytest.raises(UserError, match="policy must be a torchao_nb.measure.TimingPolicy"):
+        config.build(["noquant"], False, False, device="cpu", policy="fast")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(seq_len=0), "seq_len must be a positive whole number, got 0"),
+    (dict(seq_len=-5), "seq_len must be a positive whole number, got -5"),
+    (dict(threads=0), "threads must be a positive whole number, got 0"),
+    (dict(seq_len=2.5), "seq_len must be a positive whole number"),
+])
+def test_numbers_that_would_be_replaced_by_defaults_are_refused(kwargs, message):
+    with pytest.raises(UserError, match=message):
+        run("llama-tiny", **kwargs)

@@ -273,5 +273,58 @@ def test_export_to_an_unwritable_folder_is_shown(notebook, tmp_path):
     p.run()
     p.export_dir.value = str(blocker / "sub")
     p.export_button.click()
-    assert isinstance(p.error, UserError) and "cannot write to" in str(p.error)
-    assert "cannot write to" in p.errors.value
+    assert isinstance(p.error, UserError) and "cannot write results to" in str(p.error)
+    assert "type another folder" in str(p.error) and "cannot write results to" in p.errors.value
+
+
+def test_a_refused_second_run_is_not_left_standing_once_the_run_ends(notebook):
+    panel = None
+    refusals = []
+
+    def click_run_again(rs):
+        panel.run_button.click()  # the user clicks Run again while the run goes on
+        refusals.append(panel.error)
+        return bar_figure(rs)
+
+    panel = panel_on(notebook, figure=click_run_again)
+    panel.run_button.click()
+    panel.wait(timeout=300)
+    assert refusals and "already in progress" in str(refusals[0])  # refused at the time, and shown
+    assert panel.error is None and panel.errors.value == ""  # the latest action is the run, which succeeded
+    assert panel.status.value == "done: 2 cells" and panel.progress.bar_style == "success"
+
+
+def test_a_successful_export_after_a_failed_one_clears_the_error(notebook, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    p = panel_on(notebook, modes=("noquant",))
+    p.run()
+    p.export_dir.value = str(blocker / "sub")
+    p.export_button.click()
+    assert isinstance(p.error, UserError) and "cannot write results to" in p.errors.value
+    assert p.progress.bar_style == "danger"
+    p.export_dir.value = str(tmp_path / "good")
+    p.export_button.click()
+    assert p.error is None and p.errors.value == "" and p.progress.bar_style != "danger"
+    assert p.status.value.startswith("exported")
+
+
+def test_export_into_a_command_line_results_folder_keeps_its_files(notebook, tmp_path):
+    from torchao_nb import ResultSet, sweep
+    from torchao_nb.folder import Lock
+
+    cli_rows = sweep(model="llama-tiny", modes="noquant,int8dynamic", device="cpu", compile=False, progress=False,
+                     policy=measure.FAST_POLICY, isolate=False, out=tmp_path).rows
+    p = panel_on(notebook, modes=("noquant",), out=str(tmp_path))
+    p.run()
+    with Lock(tmp_path):  # a run writing there now: the export waits its turn
+        p.export_button.click()
+    assert isinstance(p.error, UserError) and "in use by another run" in str(p.error)
+    assert ResultSet.load(tmp_path).rows == cli_rows
+    p.export_button.click()
+    assert p.error is None, p.error
+    assert ResultSet.load(tmp_path).rows == ResultSet.load(tmp_path / "rows.jsonl").rows == p.results.rows
+    (aside,) = (tmp_path / "previous").iterdir()  # the command line's results, whole
+    assert ResultSet.load(aside).rows == cli_rows and "earlier results are in" in p.status.value
+    p.export_button.click()  # the same results again: nothing more to keep aside
+    assert len(list((tmp_path / "previous").iterdir())) == 1

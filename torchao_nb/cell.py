@@ -97,7 +97,7 @@ def _timed(cfg: SweepConfig, ref: Reference, fn, window: measure.Window, clock, 
                 baseline_ms=base_m.median_ms, eager_ms=eager_m.median_ms,
                 speedup=speedup.value, speedup_lo=speedup.lo, speedup_hi=speedup.hi,
                 speedup_vs_eager=vs_eager.value, speedup_vs_eager_lo=vs_eager.lo, speedup_vs_eager_hi=vs_eager.hi,
-                timing=window.what)
+                sampling=window.what)
 
 
 def _diagnose(cfg: SweepConfig, ref: Reference, model: nn.Module, fn) -> str:
@@ -132,6 +132,8 @@ def _not_here(cfg: SweepConfig, ref: Reference, mode: str, spec: modes_mod.Mode,
     """Why this cell can't run, found before anything is quantized or compiled."""
     if ref.layers_total == 0 and mode != "noquant":
         return "nothing to quantize: the model has no nn.Linear layer"
+    if ref.prequantized and mode != "noquant":  # torchao can't quantize its own tensors again (aten.view fails)
+        return ref.prequantized
     return spec.unsupported_reason(info, cfg.dtype) or (
         None if ref.rows is None else spec.input_reason(info, cfg.dtype, ref.rows))
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
-from .errors import UserError
+from .errors import Notice, UserError
 
 
 def _mode_settings(args) -> dict:
@@ -45,16 +46,30 @@ def _print_results(result, out) -> int:
     from . import tables
 
     env = result.environment
+    threads = f"{env['threads']} thread{'s' * (env['threads'] != 1)}"
     print(f"torch {env['torch']}, torchao {env['torchao']}, {env['device']} ({env['device_name']}), "
-          f"{env['dtype']}, {env['threads']} threads, compile={'on' if env['compile'] else 'off'}, "
+          f"{env['dtype']}, {threads}, compile={'on' if env['compile'] else 'off'}, "
           f"baseline settings={'on' if env['baseline'] else 'off'}, cells in {env['isolation']}")
     print(tables.text(result))
     print(f"\nspeedup = compiled unquantized baseline / mode (eager baseline when --no-compile); "
           f"results in {out}/results.csv and results.json")
-    if not any(r.status == "ok" for r in result):
-        print("error: no cell was measured (see the status and note columns)", file=sys.stderr)
-        return 1
-    return 0
+    return _run_status(result)
+
+
+def _run_status(result) -> int:
+    """0 when at least one cell was measured; 1 (with one line saying why) when none was: every cell failed, gave
+    a wrong output or could not run here. A script that runs a sweep must not take "nothing measured" for success."""
+    statuses = {r.status for r in result}
+    if "ok" in statuses:
+        return 0
+    if not statuses:
+        why = "the sweep stopped before any cell finished"
+    elif statuses == {"skipped"}:
+        why = "every cell was skipped: none of these modes can run here (see the note column)"
+    else:
+        why = "every cell failed, gave a wrong output or was skipped (see the status and note columns)"
+    print(f"error: no cell was measured: {why}", file=sys.stderr)
+    return 1
 
 
 def _run(args) -> int:
@@ -105,10 +120,9 @@ def _notebook(args) -> int:
     from nbclient.exceptions import CellExecutionError
 
     from . import notebooks
-    from .config import check_batch_sizes
 
     params = dict(notebooks.parse_param(p) for p in args.param)
-    batch_sizes = None if args.batch_sizes is None else list(check_batch_sizes(args.batch_sizes.split(",")))
+    batch_sizes = None if args.batch_sizes is None else args.batch_sizes.split(",")
     flags = {"model": args.model, "modes": args.modes, "device": args.device, "dtype": args.dtype,
              "batch_sizes": batch_sizes, "compile": args.compile, "fast": args.fast or None}
     params.update({k: v for k, v in flags.items() if v is not None})
@@ -119,8 +133,10 @@ def _notebook(args) -> int:
         params.setdefault("out", str(args.out))  # the notebook's results go beside it
     try:
         ipynb, html = notebooks.execute(nb, args.out, params, timeout_s=args.timeout)
-    except CellExecutionError as e:
-        print(f"error: a cell of {nb.name} failed; the notebook as far as it ran is in {args.out}\n{e}", file=sys.stderr)
+    except CellExecutionError as e:  # its text is the cell's whole coloured traceback: that stays in the notebook
+        what = f"{e.ename}: {str(e.evalue).strip().splitlines()[0] if str(e.evalue).strip() else ''}".rstrip(": ")
+        print(f"error: a cell of {nb.name} failed ({what}); the notebook as far as it ran, with the traceback, "
+              f"is in {args.out}", file=sys.stderr)
         return 1
     print(f"executed notebook: {ipynb}\nHTML export: {html}")
     return 0
@@ -219,6 +235,17 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _show_notice(message, category, filename, lineno, file=None, line=None) -> None:
+    """torchao_nb's notices as one line each; other warnings as Python shows them."""
+    if issubclass(category, Notice):
+        print(f"note: {message}", file=sys.stderr)
+    else:
+        _python_showwarning(message, category, filename, lineno, file, line)
+
+
+_python_showwarning = warnings.showwarning
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     # (with --executor the units run in jobs, not here)
@@ -227,11 +254,14 @@ def main(argv: list[str] | None = None) -> int:
 
         executors.prestart()  # the worker imports torch and torchao while this process does the same
     args = parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: finished rows are kept; rerun with --resume to continue", file=sys.stderr)
-        return 130
+    with warnings.catch_warnings():
+        warnings.simplefilter("once", Notice)  # each notice once, however often it is raised
+        warnings.showwarning = _show_notice
+        try:
+            return args.func(args)
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("interrupted: finished rows are kept; rerun with --resume to continue", file=sys.stderr)
+            return 130

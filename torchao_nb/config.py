@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -12,7 +14,7 @@ import torch
 from . import compiling, measure
 from . import env as envmod
 from . import modes as modes_mod
-from .errors import UserError
+from .errors import Notice, UserError
 
 DEFAULT_CELL_TIMEOUT_S = 1800.0  # generous: a cold compile plus autoquant's search of a large model fits
 
@@ -133,7 +135,9 @@ def build(mode_list: list[str], user_module: bool, progress: bool, **options: An
     timeout = o["cell_timeout_s"]
     if not isinstance(timeout, (int, float)) or not timeout > 0:
         raise UserError(f"cell_timeout_s must be a positive number of seconds, got {timeout!r}.")
-    return SweepConfig(
+    if o["policy"] is not None and not isinstance(o["policy"], measure.TimingPolicy):
+        raise UserError(f"policy must be a torchao_nb.measure.TimingPolicy, not {type(o['policy']).__name__}.")
+    cfg = SweepConfig(
         modes=tuple(mode_list), device=device, dtype=envmod.resolve_dtype(o["dtype"], info),
         batch_sizes=None if user_module else check_batch_sizes(o["batch_sizes"] or (1,)),
         compile=compiling.CompileSettings(
@@ -145,6 +149,39 @@ def build(mode_list: list[str], user_module: bool, progress: bool, **options: An
         mode_settings=tuple((name, modes_mod.MODES[name].parse_settings(value)) for name, value in settings.items()),
         isolate=bool(o["isolate"]), cell_timeout_s=float(timeout), diagnose=bool(o["diagnose"]),
     )
+    _warn_unusual(cfg, opts)
+    return cfg
+
+
+def cpu_cores() -> int:
+    """The cores this process may run on (a container or taskset can allow fewer than the machine has)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _warn_unusual(cfg: SweepConfig, given: dict[str, Any]) -> None:
+    """Settings that are valid but don't do what they seem to here: one Notice each, never an error."""
+    notes = []
+    if cfg.device == "cpu" and cfg.threads > cpu_cores():
+        notes.append(f"threads={cfg.threads} is more than the {cpu_cores()} CPU cores this process may use: the cells "
+                     "run oversubscribed, slower and noisier than with at most that many")
+    if given.get("compile_mode") not in (None, "default") and not cfg.compile.enabled:
+        notes.append(f"compile mode {cfg.compile.mode!r} has no effect: compile is off")
+    elif cfg.compile.enabled and cfg.device == "cpu" and cfg.compile.mode == "reduce-overhead":
+        notes.append("compile mode 'reduce-overhead' captures CUDA graphs, which don't exist on the CPU: there it "
+                     "compiles like 'default' (the rows still say reduce-overhead)")
+    for note in notes:
+        warnings.warn(note, Notice, stacklevel=4)
+
+
+def mode_settings_text(cfg: SweepConfig, mode: str) -> str:
+    """The row's `mode_settings`: the mode's own settings (its defaults when none were given) that change what it
+    measures, as JSON; "" for a mode without settings."""
+    spec = modes_mod.MODES.get(mode)
+    if spec is None or spec.settings is None:
+        return ""
+    settings = cfg.settings_for(mode) or spec.settings.of(None)
+    data = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings) if f.metadata.get("in_key", True)}
+    return json.dumps(data, sort_keys=True, default=str)
 
 
 def settings_dict(cfg: SweepConfig) -> dict[str, Any]:

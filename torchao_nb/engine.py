@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import datetime as _dt
-import json
 import os
 import shlex
-import shutil
 import sys
 import threading
 import warnings
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from torch import nn
@@ -21,11 +18,9 @@ from . import baseline as baseline_mod
 from . import config, executors, models
 from . import modes as modes_mod
 from .cell import ModelSource, cell_key
-from .errors import UserError
-from .results import ResultSet, Row, append_jsonl, atomic_write, read_jsonl
-
-ROWS_FILE = "rows.jsonl"
-RESULT_FILES = (ROWS_FILE, "results.csv", "results.json", "environment.json")
+from .errors import Notice, UserError
+from .folder import ResultsFolder
+from .results import ResultSet, Row
 
 
 def resolve_models(model: Any, example_inputs: Any) -> list[ModelSource]:
@@ -35,7 +30,9 @@ def resolve_models(model: Any, example_inputs: Any) -> list[ModelSource]:
         return [ModelSource(type(model).__name__, module=model, inputs=models.check_inputs(example_inputs))]
     if example_inputs is not None:
         raise UserError("example_inputs= is only for an nn.Module; registry models build their own inputs.")
-    names = [model] if isinstance(model, str) or model is None else list(model)
+    names = [model] if isinstance(model, str) or model is None else model
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) or n is None for n in names):
+        raise UserError(_model_help(model))
     out = []
     for n in names:
         for part in (n or models.DEFAULT_MODEL).split(","):
@@ -46,36 +43,20 @@ def resolve_models(model: Any, example_inputs: Any) -> list[ModelSource]:
     return out
 
 
-# ---- the results folder ---------------------------------------------------------------------------
-
-def check_out_dir(out: str | os.PathLike) -> Path:
-    """Create the output folder and prove it is writable before any minute is spent measuring."""
-    p = Path(out)
-    try:
-        p.mkdir(parents=True, exist_ok=True)
-        probe = p / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as e:
-        raise UserError(f"cannot write results to {p}: {e.strerror or e}; choose another --out folder.") from None
-    return p
+def _model_help(model: Any) -> str:
+    if isinstance(model, (list, tuple)) and any(isinstance(m, nn.Module) for m in model):
+        return ("model= takes one nn.Module at a time (with its example_inputs=); a list is for registry names, "
+                "e.g. ['mlp', 'llama-tiny'].")
+    return (f"model= takes a registry name (e.g. 'mlp'), a list of names, or an nn.Module with example_inputs=; "
+            f"got {type(model).__name__}.")
 
 
-def _set_aside_previous(out: Path) -> None:
-    """A fresh (non-resume) sweep into a used folder moves the old files into previous/<time>/."""
-    old = [out / n for n in RESULT_FILES if (out / n).exists()]
-    if old:
-        dest = out / "previous" / _dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-        dest.mkdir(parents=True)
-        for f in old:
-            shutil.move(str(f), dest / f.name)
-
-
-def _done_rows(out: Path | None, resume: bool, retry_errors: bool) -> dict[tuple, Row]:
-    """Rows a resumed sweep re-uses: every recorded cell (errors too, unless retried: a crash would crash again)."""
-    if out is None or not resume:
-        return {}
-    return {r.key: r for r in read_jsonl(out / ROWS_FILE) if not (retry_errors and r.status == "error")}
+def _warn_prequantized(sources: list[ModelSource]) -> None:
+    """Said once, before any cell runs; each quantized mode's row says it too."""
+    for source in sources:
+        if source.prequantized:
+            warnings.warn(f"{source.name}: {source.prequantized}; its quantized modes are skipped.", Notice,
+                          stacklevel=3)
 
 
 # ---- the steps of a sweep ----------------------------------------------------------------------------
@@ -115,32 +96,40 @@ def _progress(total: int, enabled: bool):
     return tqdm(total=total, unit="cell", dynamic_ncols=True, leave=True)
 
 
-def _run_cells(cfg: config.SweepConfig, sources: list[ModelSource], executor: executors.Executor, out: Path | None,
+def _cells(cfg: config.SweepConfig, sources: list[ModelSource]) -> list[tuple[ModelSource, int, str, tuple]]:
+    """Every (model, batch size, mode) of the sweep, in order, with the key its row will have."""
+    return [(source, batch, mode, cell_key(cfg, source, mode, batch))
+            for source in sources for batch in source.batch_sizes(cfg) for mode in cfg.modes]
+
+
+def _run_cells(cfg: config.SweepConfig, cells: list, executor: executors.Executor, folder: ResultsFolder | None,
                done: dict[tuple, Row], keep: Callable[[Row], None], stop: threading.Event | None, bar) -> None:
     def finished(row: Row, saved: bool = False) -> None:
-        if out is not None and not saved:
-            append_jsonl(out / ROWS_FILE, row)
+        if folder is not None and not saved:
+            folder.append(row)
         keep(row)
         bar and bar.update(1)
 
-    for source in sources:
-        for batch in source.batch_sizes(cfg):
-            if stop is not None and stop.is_set():
-                return
-            todo = []
-            for mode in cfg.modes:
-                key = cell_key(cfg, source, mode, batch)
-                if key in done:
-                    finished(done[key], saved=True)
-                else:
-                    todo.append(mode)
-            if not todo:
-                continue
+    groups: dict[tuple[int, int], list] = {}  # (model, batch) → its cells, in order
+    for source, batch, mode, key in cells:
+        groups.setdefault((id(source), batch), []).append((source, batch, mode, key))
+    for group in groups.values():
+        if stop is not None and stop.is_set():
+            return
+        todo = []
+        for source, batch, mode, key in group:
+            if key in done:
+                finished(done[key], saved=True)
+            else:
+                todo.append(mode)
+        if not todo:
+            continue
+        source, batch = group[0][0], group[0][1]
 
-            def phase(mode: str | None, what: str, name=source.name, batch=batch) -> None:
-                bar and bar.set_description(f"{name} bs={batch}: {mode or 'reference'} ({what})", refresh=True)
+        def phase(mode: str | None, what: str, name=source.name, batch=batch) -> None:
+            bar and bar.set_description(f"{name} bs={batch}: {mode or 'reference'} ({what})", refresh=True)
 
-            executor.run(executors.Group(cfg, source, batch, tuple(todo)), finished, phase, stop)
+        executor.run(executors.Group(cfg, source, batch, tuple(todo)), finished, phase, stop)
 
 
 def sweep(model: str | Sequence[str] | nn.Module | None = None, modes: str | Sequence[str] | None = "all", *,
@@ -152,8 +141,12 @@ def sweep(model: str | Sequence[str] | nn.Module | None = None, modes: str | Seq
 
     `model` is a registry name (see `torchao_nb.models.MODELS`), a list of them, or an `nn.Module`
     with `example_inputs=` (a tuple of positional args or a dict of keyword args), used exactly as
-    given. Rows are appended to `out/rows.jsonl` as they finish, so an interrupted sweep keeps them;
-    `resume=True` re-uses the cells already there (`retry_errors=True` measures failed ones again).
+    given. Rows are appended to `out/rows.jsonl` as they finish, so an interrupted sweep keeps them, and
+    `out/results.csv|json` always hold every row of rows.jsonl. `out` is locked while the sweep writes it.
+    Without `resume` the folder's earlier files move to `out/previous/<time>/`. `resume=True` re-uses the
+    rows measured with exactly this run's settings (`Row.key`; errors too: `retry_errors=True` measures
+    them again), keeps rows of other cells measured under the same settings, and moves the rest aside
+    (a Notice says what and why). The returned ResultSet holds this run's cells.
     A mode with settings takes them by its name, e.g. `autoquant={"sqnr_floor_db": 30}`.
     `stop` (a threading.Event) ends the sweep: between cells in-process, at once with a worker.
 
@@ -162,10 +155,17 @@ def sweep(model: str | Sequence[str] | nn.Module | None = None, modes: str | Seq
     sources = resolve_models(model, example_inputs)
     cfg = config.build(modes_mod.resolve_modes(modes), sources[0].module is not None, progress, **options)
     cfg = _isolation(cfg, sources)
-    folder = check_out_dir(out) if out is not None else None
-    done = _done_rows(folder, resume, retry_errors)
-    if folder is not None and not resume:
-        _set_aside_previous(folder)
+    _warn_prequantized(sources)
+    cells = _cells(cfg, sources)
+    folder = ResultsFolder(out) if out is not None else None
+    with folder or contextlib.nullcontext():
+        done = folder.start([key for *_, key in cells], resume, retry_errors) if folder is not None else {}
+        return _measure(cfg, cells, folder, done, stop, on_row, clock, progress)
+
+
+def _measure(cfg: config.SweepConfig, cells: list, folder: ResultsFolder | None, done: dict[tuple, Row],
+             stop: threading.Event | None, on_row: Callable[[Row], None] | None, clock, progress: bool) -> ResultSet:
+    """Run the cells not already done; this run's rows (re-used ones included) and its environment."""
     executor = executors.for_config(cfg, clock)
     rows: list[Row] = []
     environment: dict = {}
@@ -173,18 +173,17 @@ def sweep(model: str | Sequence[str] | nn.Module | None = None, modes: str | Seq
     try:
         environment = _environment(cfg, executor)
         if folder is not None:
-            atomic_write(folder / "environment.json", json.dumps(environment, indent=1, default=str))
-        bar = _progress(sum(len(s.batch_sizes(cfg)) for s in sources) * len(cfg.modes), progress)
+            if folder.summary:
+                environment["resume"] = folder.summary
+            folder.write_environment(environment)
+        bar = _progress(len(cells), progress)
         keep = lambda r: (rows.append(r), on_row and on_row(r))  # noqa: E731
-        _run_cells(cfg, sources, executor, folder, done, keep, stop, bar)
+        _run_cells(cfg, cells, executor, folder, done, keep, stop, bar)
     finally:
         executor.close()
         if bar is not None:
             bar.close()
-        result = ResultSet(tuple(rows), environment)
-        if folder is not None and rows:
-            result.save(folder)
-    return result
+    return ResultSet(tuple(rows), environment)
 
 
 sweep.__doc__ += "".join(f"\n    - {o.name} (default {o.default!r}): {o.help}" for o in config.OPTIONS)

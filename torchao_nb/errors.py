@@ -11,3 +11,8 @@ def error_text(e: BaseException, limit: int = 500) -> str:
     """'Type: first line of the message', cut to `limit` characters: what a row or a table shows."""
     lines = str(e).strip().splitlines()
     return f"{type(e).__name__}: {lines[0] if lines else ''}".rstrip(": ")[:limit]
+
+
+class Notice(UserWarning):
+    """Something a user should know that is not an error (a resumed folder's summary, a setting that does nothing
+    here): raised with warnings.warn, so the API shows it once and the command line prints it as one line."""

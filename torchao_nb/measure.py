@@ -33,6 +33,20 @@ class TimingPolicy:
 FAST_POLICY = TimingPolicy(min_warmup=1, warmup_s=0.0, min_sample_s=0.0, min_samples=3, max_samples=5, max_time_s=0.5, block=3)
 
 
+def policy_name(policy: TimingPolicy) -> str:
+    """The row's `timing`: "default", "quick" (FAST_POLICY), or "custom-" and a hash of the fields, so a resumed
+    sweep never mixes rows timed under different policies."""
+    named = {TimingPolicy(): "default", FAST_POLICY: "quick"}
+    if policy in named:
+        return named[policy]
+    import dataclasses
+    import hashlib
+    import json
+
+    text = json.dumps(dataclasses.asdict(policy), sort_keys=True)
+    return "custom-" + hashlib.sha1(text.encode()).hexdigest()[:8]
+
+
 @dataclass(frozen=True)
 class Measurement:
     """Per-call times of one function; median over mean because stragglers (GC, other processes) skew means."""

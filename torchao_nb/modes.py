@@ -353,13 +353,13 @@ def quantize(model: nn.Module, mode: Mode, info: DeviceInfo, dtype: torch.dtype,
     """Quantize `model` in place with `mode`; layers that don't fit are left alone and reported."""
     if mode.apply is not None:
         return mode.apply(model, info, dtype, example_inputs, context or ApplyContext(device=info.type))
-    if any(is_quantized(lin) for lin in linear_layers(model).values()):
+    layers = linear_layers(model)
+    config, groups = mode.config(info, dtype), {}
+    if (config is not None or mode.layer_config is not None) and any(is_quantized(lin) for lin in layers.values()):
         raise UserError("this model is already quantized (its Linear weights are torchao tensors): pass the "
                         "unquantized model; torchao_nb quantizes a fresh copy for every mode")
-    layers = linear_layers(model)
     skipped = {fqn: why for fqn, lin in layers.items() if (why := mode.layer_reason(lin, info, dtype))}
     fitting = [fqn for fqn in layers if fqn not in skipped]
-    config, groups = mode.config(info, dtype), {}
     if mode.layer_config is not None:  # layers that need another config (int4's group size) go in their own call
         settings = context.settings if context is not None else None
         for fqn in fitting:

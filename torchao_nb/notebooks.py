@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ast
+import contextlib
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +74,59 @@ def inject_parameters(nb, params: dict[str, Any]):
     return nb
 
 
+def _model_names(value: Any) -> Any:
+    from . import models
+
+    if not isinstance(value, str):
+        raise UserError(f"model must be a registry name such as 'mlp', not {value!r}.")
+    for part in value.split(","):
+        models.get(part.strip())
+    return value
+
+
+def _mode_names(value: Any) -> Any:
+    from . import autoquant  # noqa: F401  (registers the autoquant mode)
+    from . import modes
+
+    if not isinstance(value, (str, list, tuple)):
+        raise UserError(f"modes must be comma-separated names or 'all', not {value!r}.")
+    modes.resolve_modes(value)
+    return value
+
+
+def _batch_sizes(value: Any) -> list[int]:
+    from .config import check_batch_sizes
+
+    return list(check_batch_sizes(value))
+
+
+def _device(value: Any) -> Any:
+    from .env import resolve_device
+
+    if not isinstance(value, str):
+        raise UserError(f"device must be auto, cpu or cuda, not {value!r}.")
+    resolve_device(value)
+    return value
+
+
+def _dtype(value: Any) -> Any:
+    from . import env
+
+    env.resolve_dtype(value, env.device_info("cpu"))  # only the name is checked here; auto is resolved by the run
+    return value
+
+
+# Parameters that name something a registry knows, checked before a kernel starts: a typo costs one line, not a
+# kernel start and a traceback.
+PARAMETER_CHECKS = {"model": _model_names, "modes": _mode_names, "batch_sizes": _batch_sizes, "device": _device,
+                    "dtype": _dtype}
+
+
+def check_parameters(params: dict[str, Any]) -> dict[str, Any]:
+    """The parameters with their values checked (and normalised: batch sizes as a list of ints)."""
+    return {k: PARAMETER_CHECKS[k](v) if k in PARAMETER_CHECKS else v for k, v in params.items()}
+
+
 def kernel_env() -> dict[str, str]:
     """The kernel imports this same torchao_nb, installed or not."""
     env = dict(os.environ)
@@ -88,33 +143,65 @@ def execute(name: str | os.PathLike, out: str | os.PathLike, params: dict[str, A
     from nbclient.exceptions import CellExecutionError
 
     source = find(name)
-    nb = inject_parameters(nbformat.read(source, as_version=4), dict(params or {}))
+    nb = inject_parameters(nbformat.read(source, as_version=4), check_parameters(dict(params or {})))
     out_dir = Path(out)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot write to {out_dir}: {e.strerror or e}; choose another --out folder.") from None
-    client = NotebookClient(nb, timeout=timeout_s, kernel_name=kernel_name,
-                            resources={"metadata": {"path": str(out_dir)}})
     ipynb = out_dir / source.name
     html_file = ipynb.with_suffix(".html")
-    try:
-        client.execute(env=kernel_env())
-    except CellExecutionError:
-        # Keep what ran, with the failing cell's traceback, so the reader sees where it broke.
-        _write(nb, ipynb, html_file)
-        raise
+    with (tempfile.TemporaryDirectory(prefix="torchao_nb-") if os.name == "posix"
+          else contextlib.nullcontext()) as socket_dir:
+        client = NotebookClient(nb, timeout=timeout_s, kernel_name=kernel_name, config=_kernel_config(socket_dir),
+                                resources={"metadata": {"path": str(out_dir)}})
+        try:
+            client.execute(env=kernel_env())
+        except CellExecutionError:
+            # Keep what ran, with the failing cell's traceback, so the reader sees where it broke.
+            _write(nb, ipynb, html_file)
+            raise
     _write(nb, ipynb, html_file)
     return ipynb, html_file
 
 
-def _write(nb, ipynb: Path, html_file: Path) -> None:
-    import nbformat
+def _kernel_config(socket_dir: str | None):
+    """Where Unix sockets exist, the kernel talks over them (ipc) instead of TCP on localhost: nothing on the
+    network, and no "running over TCP without encryption" warning on every run. The socket path is absolute:
+    the kernel runs in the output folder, this process wherever it was started."""
+    from traitlets.config import Config
+
+    if socket_dir is None:
+        return Config()
+    return Config({"KernelManager": {"transport": "ipc", "ip": os.path.join(socket_dir, "kernel")}})
+
+
+# nbconvert's lab template, less every script it loads from a CDN (require.js, MathJax, mermaid, the widget
+# manager): the export is a file that opens offline, as `report`'s is. Figures are PNG outputs, embedded.
+OFFLINE_TEMPLATE = "torchao_nb_offline.html.j2"
+_OFFLINE_SOURCE = """{%- extends 'lab/index.html.j2' -%}
+{%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
+{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
+{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+{%- block jupyter_widgets -%}{%- endblock jupyter_widgets -%}
+"""
+
+
+def offline_html(nb) -> str:
+    """The notebook as one HTML file that loads nothing from the network."""
+    from jinja2 import DictLoader
     from nbconvert import HTMLExporter
 
+    exporter = HTMLExporter(extra_loaders=[DictLoader({OFFLINE_TEMPLATE: _OFFLINE_SOURCE})],
+                            template_file=OFFLINE_TEMPLATE)
+    return exporter.from_notebook_node(nb)[0]
+
+
+def _write(nb, ipynb: Path, html_file: Path) -> None:
+    import nbformat
+
     atomic_write(ipynb, nbformat.writes(nb))
-    body, _ = HTMLExporter().from_notebook_node(nb)
-    atomic_write(html_file, body)
+    atomic_write(html_file, offline_html(nb))
 
 
 def parse_param(text: str) -> tuple[str, Any]:

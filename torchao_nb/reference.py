@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -12,12 +13,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import compiling, models
+from . import compiling, measure, models
 from . import env as envmod
 from . import modes as modes_mod
 from ._torchao import torchao_version
 from .checks import nonfinite
-from .config import SweepConfig
+from .config import SweepConfig, mode_settings_text
 from .results import Row
 
 Phase = Any  # Callable[[str], None]: what the cell is doing now, for progress and crash reports
@@ -41,6 +42,33 @@ class ModelSource:
     @functools.cached_property
     def spec(self) -> models.ModelSpec | None:
         return None if self.module is not None else models.get(self.name)
+
+    @functools.cached_property
+    def signature(self) -> str:
+        """A user's module: a hash of its structure, its tensors' names, shapes and dtypes and its inputs' shapes, so
+        a resumed sweep re-uses a row only for the same module (its class name alone can't tell two apart)."""
+        if self.module is None:
+            return ""
+        parts = [repr(self.module)]
+        parts += [f"{n}:{tuple(t.shape)}:{t.dtype}" for n, t in self.module.state_dict().items()
+                  if isinstance(t, torch.Tensor)]
+        values = self.inputs.items() if isinstance(self.inputs, dict) else enumerate(self.inputs)
+        parts += [f"{k}={tuple(v.shape)}:{v.dtype}" if isinstance(v, torch.Tensor) else f"{k}={v!r}" for k, v in values]
+        return hashlib.sha1("\n".join(parts).encode()).hexdigest()[:12]
+
+    @functools.cached_property
+    def prequantized(self) -> str:
+        """Why a user's module is already quantized ("" when it isn't): its Linear weights are torchao tensors."""
+        if self.module is None:
+            return ""
+        layers = modes_mod.linear_layers(self.module)
+        done = {fqn: type(lin.weight).__name__ for fqn, lin in layers.items() if modes_mod.is_quantized(lin)}
+        if not done:
+            return ""
+        fqn, kind = next(iter(done.items()))
+        return (f"the model is already quantized ({len(done)} of {len(layers)} Linear layers hold torchao tensors, "
+                f"e.g. {fqn}.weight is a {kind}): give the unquantized model to compare modes; noquant measures it "
+                "as given")
 
     def batch_sizes(self, cfg: SweepConfig) -> tuple[int, ...]:
         return cfg.batch_sizes if self.module is None else (models.batch_of(self.inputs),)
@@ -89,6 +117,8 @@ class Reference:
     cache_bytes: int | None = None  # the device's last-level cache (CPU) or L2 (GPU)
     compiled_baseline: Any = None  # made by the first compiled cell, re-used by the others
     builtin: bool = False  # a registry model: its code is torchao_nb's
+    signature: str = ""  # a user's module: ModelSource.signature
+    prequantized: str = ""  # a user's module that is already quantized: ModelSource.prequantized
 
 
 def _fewest_rows(module: nn.Module, inputs: models.Inputs) -> tuple[Any, int | None]:
@@ -125,7 +155,8 @@ def build_reference(cfg: SweepConfig, source: ModelSource, batch: int, copy_gbs:
         task_output = task.run(module, task_inputs) if task else None
     return Reference(source.name, module, inputs, output, tokens, len(modes_mod.linear_layers(module)),
                      copy_gbs, task, task_inputs, task_output, source.seq_len(cfg), rows,
-                     source.compile_settings(cfg), envmod.cache_bytes(cfg.device), builtin=spec is not None)
+                     source.compile_settings(cfg), envmod.cache_bytes(cfg.device), builtin=spec is not None,
+                     signature=source.signature, prequantized=source.prequantized)
 
 
 # ---- rows ----------------------------------------------------------------------------------------------
@@ -141,11 +172,14 @@ def new_row(cfg: SweepConfig, ref: Reference, mode: str, batch: int, status: str
                compile=cfg.compile.enabled, baseline=cfg.compile.baseline, status=status, reason=reason,
                layers_total=ref.layers_total, threads=cfg.threads, compile_mode=cfg.compile.label,
                seq_len=ref.seq_len, torchao_tuning=cfg.compile.enabled and cfg.compile.torchao_tuning,
-               **_where(cfg.device), **kw)
+               timing=measure.policy_name(cfg.policy), mode_settings=mode_settings_text(cfg, mode),
+               model_signature=ref.signature, **_where(cfg.device), **kw)
 
 
 def _stub(cfg: SweepConfig, source: ModelSource) -> Reference:
-    return Reference(source.name, None, None, None, None, None, seq_len=source.seq_len(cfg))
+    """What a row needs to know about a model that was not (or could not be) built."""
+    return Reference(source.name, None, None, None, None, None, seq_len=source.seq_len(cfg),
+                     signature=source.signature, prequantized=source.prequantized)
 
 
 def cell_key(cfg: SweepConfig, source: ModelSource, mode: str, batch: int) -> tuple:
@@ -160,4 +194,5 @@ def error_row(cfg: SweepConfig, source: ModelSource, mode: str, batch: int, why:
 
 def failed_reference_row(cfg: SweepConfig, source: ModelSource, mode: str, batch: int, why: str,
                          extra: dict | None = None) -> Row:
-    return error_row(cfg, source, mode, batch, f"the unquantized model failed: {why}", extra)
+    also = f" ({source.prequantized})" if source.prequantized else ""
+    return error_row(cfg, source, mode, batch, f"the unquantized model failed: {why}{also}", extra)

@@ -132,6 +132,13 @@ def build(paths: Sequence[str | Path], out: str | Path = "report.html", labels: 
     for label, rs in runs.items():
         if not len(rs):
             raise UserError(f"results {label!r} hold no rows: run a sweep into that folder first")
+    try:
+        return _write(runs, out, dpi)
+    except OSError as e:
+        raise UserError(f"cannot write the report to {out}: {e.strerror or e}; choose another --out file.") from None
+
+
+def _write(runs: dict[str, ResultSet], out: Path, dpi: int) -> Report:
     out.parent.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
 

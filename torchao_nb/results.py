@@ -10,18 +10,26 @@ import math
 import os
 import tempfile
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .errors import Notice
 
 # ok: measured; skipped: can't run here (reason says why); error: failed or crashed (reason: what);
 # wrong: ran, but its output is not finite or far from the unquantized one (reason: the numbers), never timed.
 STATUSES = ("ok", "skipped", "error", "wrong")
 
 
-# The fields that identify a cell: a row is re-used by --resume only when all of them match.
-KEY_FIELDS = ("model", "mode", "batch_size", "seq_len", "device", "device_name", "dtype", "compile", "baseline",
-              "compile_mode", "torchao_tuning", "threads", "torch_version", "torchao_version")
+# What a cell is: the model (with its parameters and, for a user's module, its signature), the mode (with its
+# settings) and the batch size.
+CELL_FIELDS = ("model", "mode", "batch_size", "seq_len", "model_signature", "mode_settings")
+# What a sweep measured every cell under: the machine, the versions, how it compiled and timed.
+SETTING_FIELDS = ("device", "device_name", "dtype", "compile", "baseline", "compile_mode", "torchao_tuning", "threads",
+                  "timing", "torch_version", "torchao_version")
+# Everything that changes a measurement: a row is re-used by --resume only when all of these match.
+KEY_FIELDS = CELL_FIELDS + SETTING_FIELDS
 
 
 @dataclass(frozen=True)
@@ -50,7 +58,7 @@ class Row:
     speedup_vs_eager_lo: float | None = None
     speedup_vs_eager_hi: float | None = None
     synced_ms: float | None = None  # CUDA: median of single calls each followed by a sync (median_ms: back-to-back)
-    timing: str = ""  # how samples were taken (host clock, CUDA events, L2 flushed)
+    sampling: str = ""  # how samples were taken (host clock, CUDA events, L2 flushed)
     compile_s: float | None = None  # compile + first call
     quantize_s: float | None = None
     search_s: float | None = None  # autoquant: the per-layer search, part of quantize_s
@@ -80,6 +88,9 @@ class Row:
     torchao_tuning: bool = False  # torchao's recommended inductor settings were applied
     torch_version: str = ""
     torchao_version: str = ""
+    timing: str = ""  # the timing policy: "default", "quick" (--quick) or "custom-<hash of its fields>"
+    mode_settings: str = ""  # JSON of the mode's own settings that change what it measures (autoquant's floor, ...)
+    model_signature: str = ""  # a user's module: a hash of its structure, weights' shapes and inputs' shapes
     recipe: str = ""  # the exact torchao config, JSON
     extra: str = ""  # JSON: layers left alone and why, autoquant's decision table, ...
 
@@ -155,27 +166,68 @@ def atomic_write(path: str | os.PathLike, text: str | bytes) -> None:
 
 
 def append_jsonl(path: str | os.PathLike, row: Row) -> None:
-    """Append one finished row and flush it to disk, so an interrupted sweep keeps it."""
-    with open(path, "a") as f:
-        f.write(json.dumps(row.to_dict()) + "\n")
+    """Append one finished row and flush it to disk, so an interrupted sweep keeps it. The row starts on a line of
+    its own even when the file ends in a line cut off by a crash, so the fragment never swallows it."""
+    with open(path, "a+b") as f:
+        f.seek(0, os.SEEK_END)
+        start = b""
+        if f.tell():
+            f.seek(-1, os.SEEK_END)
+            start = b"" if f.read(1) == b"\n" else b"\n"
+        f.write(start + json.dumps(row.to_dict()).encode() + b"\n")
         f.flush()
         os.fsync(f.fileno())
 
 
-def read_jsonl(path: str | os.PathLike) -> list[Row]:
-    rows = []
-    p = Path(path)
-    if not p.exists():
-        return rows
-    for line in p.read_text().splitlines():
-        line = line.strip()
-        if not line:
+@dataclass(frozen=True)
+class JsonlRead:
+    """The rows of a JSON Lines file, and the lines that are not rows: (line number, why)."""
+
+    rows: tuple[Row, ...] = ()
+    bad: tuple[tuple[int, str], ...] = ()
+
+    def describe_bad(self, name: str) -> str:
+        lines = ", ".join(str(n) for n, _ in self.bad[:20]) + (", ..." if len(self.bad) > 20 else "")
+        whys = "; ".join(dict.fromkeys(why for _, why in self.bad))
+        return f"{name}: line{'s' * (len(self.bad) > 1)} {lines} could not be read ({whys})"
+
+
+def _row_of_line(raw: bytes) -> Row:
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError("not UTF-8 text") from None
+    except json.JSONDecodeError:
+        raise ValueError("not complete JSON: cut off mid-write?") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"a JSON {type(data).__name__}, not a row")
+    try:
+        return Row.from_dict(data)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"not a row: {str(e)[:80]}") from None
+
+
+def parse_jsonl(data: bytes) -> JsonlRead:
+    """Every line that is a row; every other line is reported (never fatal: one bad line costs one row)."""
+    rows, bad = [], []
+    for number, raw in enumerate(data.split(b"\n"), 1):
+        if not raw.strip():
             continue
         try:
-            rows.append(Row.from_dict(json.loads(line)))
-        except (json.JSONDecodeError, TypeError, ValueError):
-            continue  # a line cut short by a crash: that cell simply runs again
-    return rows
+            rows.append(_row_of_line(raw))
+        except ValueError as e:
+            bad.append((number, str(e)))
+    return JsonlRead(tuple(rows), tuple(bad))
+
+
+def read_rows(path: str | os.PathLike) -> JsonlRead:
+    p = Path(path)
+    return parse_jsonl(p.read_bytes()) if p.exists() else JsonlRead()
+
+
+def read_jsonl(path: str | os.PathLike) -> list[Row]:
+    """The rows of a rows.jsonl file; lines that are not rows are left out (read_rows says which)."""
+    return list(read_rows(path).rows)
 
 
 @dataclass(frozen=True)
@@ -223,26 +275,90 @@ class ResultSet:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "ResultSet":
-        """A results folder, or a results .json / .csv / .jsonl file."""
+        """A results folder, or a results .json / .csv / .jsonl file. In a folder, a file that can't be read gives
+        way to the next one (results.json, rows.jsonl, results.csv), with a Notice naming it."""
         p = Path(path)
-        if p.is_dir():
-            for name in ("results.json", "rows.jsonl", "results.csv"):
-                if (p / name).exists():
-                    return cls.load(p / name)
-            raise FileNotFoundError(f"no results.json, rows.jsonl or results.csv in {p}")
-        env_file = p.parent / "environment.json"
-        env = json.loads(env_file.read_text()) if env_file.exists() else {}
-        if p.suffix == ".json":
-            data = json.loads(p.read_text())
-            return cls(tuple(Row.from_dict(d) for d in data["rows"]), data.get("environment", {}))
-        if p.suffix == ".jsonl":
-            return cls(tuple(read_jsonl(p)), env)
-        if p.suffix == ".csv":
-            with open(p, newline="") as f:
-                reader = csv.DictReader(f)
-                rows = []
-                for rec in reader:
-                    data = {DYNAMO_COLUMNS.get(c, c): v for c, v in rec.items()}
-                    rows.append(Row(**{k: _parse(k, v) for k, v in data.items() if k in _HINTS}))
-            return cls(tuple(rows), env)
-        raise ValueError(f"don't know how to read {p}: expected a folder, .json, .jsonl or .csv")
+        if not p.is_dir():
+            return cls._load_file(p)
+        files = [p / name for name in FOLDER_FILES if (p / name).exists()]
+        if not files:
+            raise FileNotFoundError(f"no {', '.join(FOLDER_FILES)} in {p}")
+        failures = []
+        for f in files:
+            try:
+                rs = cls._load_file(f)
+            except ValueError as e:
+                failures.append(str(e))
+                continue
+            if failures:
+                warnings.warn(f"{'; '.join(failures)}; read {f} instead", Notice, stacklevel=2)
+            return rs
+        raise ValueError(f"could not read the results in {p}: {'; '.join(failures)}")
+
+    @classmethod
+    def _load_file(cls, p: Path) -> "ResultSet":
+        """One file; anything unreadable in it is a ValueError that names the file."""
+        if p.suffix not in _READERS:
+            raise ValueError(f"don't know how to read {p}: expected a folder, .json, .jsonl or .csv")
+        try:
+            rows, env = _READERS[p.suffix](p)
+        except FileNotFoundError:
+            raise
+        except (OSError, TypeError, ValueError, KeyError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            raise ValueError(f"could not read {p}: {type(e).__name__}: {str(e)[:200]}") from None
+        return cls(tuple(rows), _environment_beside(p) if env is None else env)
+
+
+FOLDER_FILES = ("results.json", "rows.jsonl", "results.csv")  # what ResultSet.load reads in a folder, in this order
+
+
+def _environment_beside(p: Path) -> dict:
+    f = p.parent / "environment.json"
+    if not f.exists():
+        return {}
+    try:
+        env = json.loads(f.read_text(encoding="utf-8"))
+        if isinstance(env, dict):
+            return env
+    except ValueError:
+        pass
+    warnings.warn(f"could not read {f}; the results are shown without their environment", Notice, stacklevel=3)
+    return {}
+
+
+def _read_json(p: Path) -> tuple[list[Row], dict | None]:
+    text = p.read_text(encoding="utf-8")
+    if not text.strip():
+        raise ValueError("the file is empty")
+    data = json.loads(text)
+    if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
+        raise ValueError(f"expected an object with a list of 'rows', found a JSON {type(data).__name__}")
+    env = data.get("environment")
+    return [_row_of_dict(d) for d in data["rows"]], env if isinstance(env, dict) else {}
+
+
+def _row_of_dict(d: Any) -> Row:
+    if not isinstance(d, dict):
+        raise ValueError(f"a row is a JSON object, found {type(d).__name__}")
+    return Row.from_dict(d)
+
+
+def _read_jsonl(p: Path) -> tuple[list[Row], None]:
+    read = read_rows(p)
+    if read.bad and not read.rows:
+        raise ValueError(read.describe_bad(p.name))
+    if read.bad:
+        warnings.warn(f"{read.describe_bad(str(p))}; those lines are left out", Notice, stacklevel=4)
+    return list(read.rows), None
+
+
+def _read_csv(p: Path) -> tuple[list[Row], None]:
+    with open(p, newline="", encoding="utf-8") as f:
+        rows = []
+        for rec in csv.DictReader(f):
+            data = {DYNAMO_COLUMNS.get(c, c): v for c, v in rec.items() if c is not None}
+            rows.append(Row(**{k: _parse(k, v) for k, v in data.items() if k in _HINTS and v is not None}))
+    return rows, None
+
+
+_READERS = {".json": _read_json, ".jsonl": _read_jsonl, ".csv": _read_csv}

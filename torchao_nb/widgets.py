@@ -25,6 +25,7 @@ from .config import check_batch_sizes
 from .engine import sweep
 from .errors import UserError
 from .results import ResultSet, Row
+from .toggles import ToggleGroup
 
 NOTEBOOK_MODULE = "__notebook__"  # the model picker's entry for "a module from this notebook"
 DTYPE_OPTIONS = ("auto", *envmod.DTYPES)
@@ -121,69 +122,11 @@ def library_noise_to(sink: Callable[[str], None]):
 
 # ---- the panel ------------------------------------------------------------------------------
 
-class ToggleGroup:
-    """Toggle buttons, one per option; options that can't be chosen are disabled with their reason as tooltip."""
-
-    def __init__(self, options: dict[str, str], multiple: bool, value: Any):
-        self.multiple = multiple
-        self.buttons = {name: w.ToggleButton(description=name, layout=w.Layout(width="auto")) for name in options}
-        self.box = w.HBox(list(self.buttons.values()), layout=w.Layout(flex_flow="row wrap"))
-        self._syncing = False
-        for name, b in self.buttons.items():
-            b.observe(lambda change, name=name: self._toggled(name, change["new"]), "value")
-        self.set_available({}, options)
-        self.value = value
-
-    def set_available(self, unavailable: dict[str, str | None], descriptions: dict[str, str]) -> None:
-        for name, b in self.buttons.items():
-            reason = unavailable.get(name)
-            b.disabled = reason is not None
-            b.tooltip = f"can't run here: {reason}" if reason else descriptions.get(name, "")
-            b.icon = "ban" if reason else ""
-            if reason and b.value:
-                b.value = False
-
-    def _toggled(self, name: str, on: bool) -> None:
-        if self._syncing or self.multiple:
-            return
-        self._syncing = True
-        try:
-            if on:
-                for other, b in self.buttons.items():
-                    if other != name:
-                        b.value = False
-            else:  # a radio choice can't be emptied: clicking the chosen button keeps it chosen
-                self.buttons[name].value = True
-        finally:
-            self._syncing = False
-
-    @property
-    def value(self):
-        chosen = tuple(n for n, b in self.buttons.items() if b.value)
-        return chosen if self.multiple else (chosen[0] if chosen else None)
-
-    @value.setter
-    def value(self, value) -> None:
-        wanted = set(value) if self.multiple else {value}
-        unknown = wanted - set(self.buttons)
-        if unknown:
-            raise UserError(f"unknown choice {sorted(unknown)}; choose from {', '.join(self.buttons)}.")
-        blocked = {n: self.buttons[n].tooltip for n in wanted if self.buttons[n].disabled}
-        if blocked:
-            raise UserError("; ".join(f"{n}: {why}" for n, why in blocked.items()))
-        self._syncing = True
-        try:
-            for name, b in self.buttons.items():
-                b.value = name in wanted
-        finally:
-            self._syncing = False
-
-
 class BenchmarkPanel:
     """Pick a model and modes, press Run, watch the table and figures fill in cell by cell.
 
-    `.results` holds the latest ResultSet (None before the first run) and `.error` the latest
-    exception (or None). `run()` does what the Run button does, but blocks and returns the results;
+    `.results` holds the latest ResultSet (None before the first run) and `.error` the exception of the
+    latest action (Run, Export), or None. `run()` does what the Run button does, but blocks and returns the results;
     the button runs the sweep on a background thread so the notebook stays responsive. The cells run
     in a worker process (`isolate=False`: in the notebook's own), so a crashing kernel costs one row,
     not the notebook, and Stop ends the cell in progress.
@@ -205,6 +148,7 @@ class BenchmarkPanel:
         self._rows: list[Row] = []
         self._log_lines: list[str] = []
         self._lock = threading.Lock()
+        self._run_error: BaseException | None = None  # a failure while showing this run's rows (drawing)
 
         if model is not None and model not in models.MODELS:
             raise UserError(f"unknown model {model!r}; the panel offers: {', '.join(models.MODELS)} "
@@ -350,9 +294,8 @@ class BenchmarkPanel:
     def start(self) -> threading.Thread:
         """What the Run button does: validate, then sweep on a background thread."""
         if self.running:
-            raise RuntimeError("a run is already in progress; press Stop or wait for it to finish.")
-        self.error = None
-        self.errors.value = ""
+            raise _Busy("a run is already in progress; press Stop or wait for it to finish.")
+        self._clear_error()
         kwargs = self.sweep_kwargs()
         self._stop.clear()
         self._rows = []
@@ -395,6 +338,7 @@ class BenchmarkPanel:
             self.status.value = "stopping…" if self.isolate else "stopping after this cell…"
 
     def _work(self, kwargs: dict[str, Any]) -> None:
+        self._run_error = None
         try:
             with library_noise_to(self._log):
                 rs = sweep(**kwargs, progress=False, stop=self._stop, on_row=self._on_row)
@@ -424,7 +368,10 @@ class BenchmarkPanel:
                 self.figure_view.value = drawing.to_png(self.figure(rs), dpi=90)
                 self.figure_view.layout.display = ""
             except Exception as e:  # a drawing failure must not end the sweep, only be shown and kept
-                self._fail(_CallbackError(f"drawing the results failed: {type(e).__name__}: {e}"), cause=e)
+                self._run_error = _CallbackError(f"drawing the results failed: {type(e).__name__}: {e}")
+                self._fail(self._run_error, cause=e)
+        if final:  # the run is now the latest action: a Run clicked while it went on was refused, and that is over
+            self.error = self._run_error
         self.errors.value = error_html(self.error, failed)
         n = len(rs)
         if final:
@@ -439,8 +386,16 @@ class BenchmarkPanel:
         self.error = error
         self._log("".join(traceback.format_exception(cause or error)))
         self.errors.value = error_html(error, [r for r in self._rows if r.status in ("error", "wrong")])
-        self.progress.bar_style = "danger"
-        self.status.value = "failed"
+        if not isinstance(error, _Busy):  # a refused click leaves the run in progress, and its progress, alone
+            self.progress.bar_style = "danger"
+            self.status.value = "failed"
+
+    def _clear_error(self) -> None:
+        """A new action starts: the error shown is no longer the latest; the results' failed cells stay listed."""
+        self.error = None
+        self.errors.value = error_html(None, [r for r in self.results or () if r.status in ("error", "wrong")])
+        if self.progress.bar_style == "danger":
+            self.progress.bar_style = ""
 
     def _guarded(self, action: Callable[[], Any]) -> None:
         # ipywidgets' click dispatcher only logs exceptions: catch, show and keep them instead.
@@ -463,24 +418,33 @@ class BenchmarkPanel:
 
     # ---- export ----
     def export(self, out: str | None = None) -> Path:
-        """Write the latest results (results.csv/.json, environment.json) and report.html into `out`."""
+        """Write the latest results (rows.jsonl, results.csv/.json, environment.json) and report.html into `out`;
+        earlier results of another sweep there are moved to `out/previous/<time>/` first."""
+        self._clear_error()
         if not self.results:
             raise UserError("nothing to export yet: press Run first.")
         from . import report
+        from .folder import ResultsFolder
 
         folder = Path(out or self.export_dir.value.strip() or "results/panel")
         try:
-            self.results.save(folder)
+            with ResultsFolder(folder, "type another folder") as target:  # locked: a run writing there is safe
+                aside = target.replace_all(self.results)
+                page = report.build([folder], folder / "report.html").html
         except OSError as e:
             raise UserError(f"cannot write to {folder}: {e.strerror or e}; type another folder.") from None
-        page = report.build([folder], folder / "report.html").html
-        self.status.value = f"exported to {html.escape(str(folder))}"
-        self._log(f"exported: {folder}/results.csv, results.json, environment.json, {page.name}")
+        moved = f" (its earlier results are in {aside})" if aside else ""
+        self.status.value = f"exported to {html.escape(str(folder))}{html.escape(moved)}"
+        self._log(f"exported: {folder}/rows.jsonl, results.csv, results.json, environment.json, {page.name}{moved}")
         return folder
 
     def table_frame(self):
         """The latest results as a DataFrame (empty before the first run)."""
         return (self.results or ResultSet()).to_dataframe()
+
+
+class _Busy(RuntimeError):
+    """Run was clicked while a run is in progress: refused, shown until that run ends."""
 
 
 class _CallbackError(RuntimeError):

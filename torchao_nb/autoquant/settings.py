@@ -36,8 +36,9 @@ class SearchSettings:
         flag="--autoquant-margin", metavar="FRACTION",
         help=f"a candidate must beat noquant's time by this fraction (default {DEFAULT_MARGIN})"))
     candidates: tuple[str, ...] | None = None  # modes to try; None: every other mode this device runs
-    cache_dir: str | None = None  # None: $TORCHAO_NB_CACHE_DIR, else ~/.cache/torchao_nb
-    use_cache: bool = True  # False: time everything again and store nothing
+    # Where timings are kept, and whether to re-use them, don't change what is measured: not part of a row's key.
+    cache_dir: str | None = field(default=None, metadata=dict(in_key=False))  # None: $TORCHAO_NB_CACHE_DIR, else ~/.cache/torchao_nb
+    use_cache: bool = field(default=True, metadata=dict(in_key=False))  # False: time everything again and store nothing
 
     def __post_init__(self):
         try:
