@@ -158,6 +158,11 @@ def main() -> int:
     p.add_argument("--diagnose", action="store_true", help="a profiler table of top kernels for every cell")
     p.add_argument("--dry-run", action="store_true", help="print the GPU plan, then run the pipeline on the CPU")
     p.add_argument("--pack", type=Path, default=None, help="also write summary.txt and gpu_check.tar.gz here")
+    p.add_argument("--layers", type=int, default=None, help="llama-8b-shapes with this many layers (default 4)")
+    p.add_argument("--decode-modes", default=None, help=f"comma-separated (default {','.join(DECODE_MODES)})")
+    p.add_argument("--prefill-modes", default=None,
+                   help=f"comma-separated, or 'none' (default {','.join(PREFILL_MODES)})")
+    p.add_argument("--deadline-s", type=float, default=None, help="one deadline for the whole check, since its start")
     args = p.parse_args()
     start = time.monotonic()
     if args.dry_run:
@@ -165,19 +170,26 @@ def main() -> int:
         where = CPU
         common = dict(device="cpu", dtype="bfloat16", compile=False, policy=measure.FAST_POLICY, diagnose=args.diagnose)
     else:
-        where = GPU
+        where = dict(GPU)
+        if args.layers:
+            where.update(decode=f"llama-8b-shapes-{args.layers}l", prefill=f"llama-8b-shapes-{args.layers}l:prefill")
         common = dict(device="cuda", dtype="bfloat16", policy=GPU_POLICY, diagnose=args.diagnose)
     common.update(batch_sizes=[where["batch"]], seq_len=where["seq_len"])
+    decode_modes = args.decode_modes.split(",") if args.decode_modes else DECODE_MODES
+    prefill_modes = [] if args.prefill_modes == "none" else (
+        args.prefill_modes.split(",") if args.prefill_modes else PREFILL_MODES)
     steps = {
-        "decode": dict(model=where["decode"], modes=DECODE_MODES, compile_mode="reduce-overhead",
+        "decode": dict(model=where["decode"], modes=decode_modes, compile_mode="reduce-overhead",
                        autoquant=SearchSettings(cache_dir=str(args.results / "cache" / "autoquant"))),
-        "prefill": dict(model=where["prefill"], modes=PREFILL_MODES),
+        "prefill": dict(model=where["prefill"], modes=prefill_modes),
     }
+    steps = {step: kw for step, kw in steps.items() if kw["modes"]}
+    deadlines = {step: args.deadline_s for step in steps} if args.deadline_s else DEADLINES_S
     results, failures = {}, []
     try:
         for step, kw in steps.items():
             try:
-                results[step] = sweep_until(start + DEADLINES_S[step], out=args.results / step, **common, **kw)
+                results[step] = sweep_until(start + deadlines[step], out=args.results / step, **common, **kw)
             except Exception:  # one machine, one try: keep going, say what broke
                 failures.append(f"## {step} failed\n{traceback.format_exc()}")
         try:

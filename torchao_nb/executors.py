@@ -317,8 +317,8 @@ class WorkerExecutor:
                     continue
                 kind = message[0]
                 if kind == "phase":
-                    if message[1] != mode:
-                        mode, started, log_from = message[1], time.monotonic(), worker.log_size()
+                    if message[1] != mode:  # the worker says where its log stood: we may read this message late
+                        mode, started, log_from = message[1], time.monotonic(), message[3]
                     phase = message[2] + (f" {mode}" if mode else "")
                     on_phase(message[1], message[2])
                 elif kind == "row":
@@ -385,6 +385,14 @@ def _watch_parent(parent: int) -> None:
             os._exit(3)
 
 
+def _log_offset() -> int:
+    """How much the worker has written to its log (stderr is the log file), so a crash report is found from there."""
+    try:
+        return os.fstat(2).st_size
+    except OSError:
+        return 0
+
+
 def serve(fd: int) -> None:
     """The worker process's main loop: run what the supervisor sends, report rows and phases, until told to exit."""
     import faulthandler
@@ -412,7 +420,7 @@ def serve(fd: int) -> None:
                 send(("environment", executor.environment(message[1])))
             elif message[0] == "run":
                 executor.run(message[1], lambda row: send(("row", row.to_dict())),
-                             lambda mode, phase: send(("phase", mode, phase)))
+                             lambda mode, phase: send(("phase", mode, phase, _log_offset())))
                 send(("done",))
             elif message[0] == "exit":
                 return

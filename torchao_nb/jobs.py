@@ -24,6 +24,7 @@ from . import env as envmod
 from . import modes as modes_mod
 from . import plan as plan_mod
 from .errors import UserError, error_text
+from .folder import check_writable
 from .results import ResultSet, Row, atomic_write, read_jsonl
 
 CLUSTERS = ("local", "slurm")
@@ -86,7 +87,7 @@ def run_unit(plan_path: str | os.PathLike, root: str | os.PathLike, index: int |
     unit = units[i]
     device = envmod.resolve_device(unit.device)
     folder = plan_mod.unit_dir(root, envmod.device_info(device).name, unit)
-    engine.check_out_dir(folder)
+    check_writable(folder)
     about = {"plan": str(Path(plan_path).resolve()), "index": i, "unit": unit.to_dict(),
              "job_id": os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID")
              or os.environ.get("SUBMITIT_LOCAL_JOB_ID") or "",
