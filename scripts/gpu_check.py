@@ -42,11 +42,12 @@ DEADLINES_S = {"decode": 360, "prefill": 460}  # since the start; rows finished 
 # torchao's published H100 ratios over bf16, Llama-3.1-8B batch-1 decode (torchao/_models/llama README).
 PUBLISHED = {"int8weightonly": 1.57, "int4weightonly": 1.90, "float8weightonly": 1.41, "float8dynamic": 1.22}
 TARGETS = {"int8weightonly": 1.35, "int4weightonly": 1.6, "float8weightonly": 1.2}
-# Guesses for the plan's estimate, to be replaced by the first run's compile_s. A cold compile of a
-# 4-layer graph: the first check's 16-layer graphs took 20-30 s (no coordinate-descent tuning), and
-# lowering grows with layers (on a CPU 4 layers took 45 % of 16 layers' time). An autoquant candidate
-# (one layer shape) after the mode cells have tuned the same kernels. Timing one cell (3 functions).
-EST_S = {"start": 20, "build": 5, "graph": 12, "candidate": 2, "timing": 6}
+# The plan's estimate, from the first runs on an H200 (2026-11-28, torch 2.11, torchao 0.18, cold caches;
+# docs/gpu/NVIDIA-H200): with torchao's coordinate-descent tuning every one-row matmul becomes a Triton
+# reduction that is tuned config by config, serially, so a bf16 or weight-only graph of 4 layers took
+# 146 s to compile (1 layer: 79 s); int4's graph (tinygemm, extern) 38 s. An autoquant candidate (one
+# layer shape) and timing one cell (3 functions) are guesses.
+EST_S = {"start": 20, "build": 5, "graph": 146, "graph_int4": 38, "candidate": 10, "timing": 6}
 H100 = env.DeviceInfo("cuda", "NVIDIA H100 80GB HBM3", (9, 0))
 GPU_POLICY = measure.TimingPolicy(max_time_s=1.5)  # GPU timings settle fast; the budget is compile time
 
@@ -84,7 +85,7 @@ def plan(step: str, modes: list[str]) -> tuple[list[str], int, float]:
                          f"({', '.join(cands)}) + the chosen model = {n} compiles")
         else:
             n = 1
-            seconds += EST_S["graph"] + EST_S["timing"]
+            seconds += EST_S["graph_int4" if mode == "int4weightonly" else "graph"] + EST_S["timing"]
             lines.append(f"  {mode:17s} runs: 1 compile")
         compiles += n
     lines.append(f"  {compiles} compiles (baseline included), ~{seconds:.0f} s")
