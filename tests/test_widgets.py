@@ -328,3 +328,12 @@ def test_export_into_a_command_line_results_folder_keeps_its_files(notebook, tmp
     assert ResultSet.load(aside).rows == cli_rows and "earlier results are in" in p.status.value
     p.export_button.click()  # the same results again: nothing more to keep aside
     assert len(list((tmp_path / "previous").iterdir())) == 1
+
+
+def test_the_int4_group_size_is_a_panel_setting(notebook):
+    p = panel_on(notebook, modes=("int4weightonly",), isolate=False)
+    assert "int4weightonly" not in p.sweep_kwargs()  # auto: the device's default
+    p.int4_group.value = 32
+    assert p.sweep_kwargs()["int4weightonly"] == {"group_size": 32}
+    rs = p.run()
+    assert rs.rows[0].status == "ok" and rs.rows[0].extra_dict["layer_configs"] == {"group 32": ["fc1", "fc2"]}

@@ -170,6 +170,10 @@ class BenchmarkPanel:
         self.threads = w.BoundedIntText(value=torch.get_num_threads(), min=1, max=max(os.cpu_count() or 1, torch.get_num_threads()),
                                         description="CPU threads", style=style, layout=w.Layout(width="160px"))
         self.compile = w.Checkbox(value=True, description="torch.compile each cell", indent=False)
+        self.int4_group = w.Dropdown(options=[("auto", None)] + [(str(g), g) for g in modes_mod.INT4_GROUP_SIZES],
+                                     value=None, description="int4 group", style=style, layout=w.Layout(width="170px"))
+        self.int4_group.tooltip = ("int4 weight-only's group size (auto: 64 on CUDA, 128 on CPU); a layer it doesn't "
+                                   "fit takes the largest that divides its in_features")
         self.baseline = w.Checkbox(value=True, description="baseline settings", indent=False)
         self.baseline.tooltip = "the compiler flags PyTorch's torchao benchmark sets (expand below to see them)"
         self.baseline_view = w.Accordion([w.HTML(baseline_html())], titles=("what the baseline settings set",))
@@ -211,7 +215,7 @@ class BenchmarkPanel:
             w.HBox([self.model, self.model_help]), self.module_box,
             w.HBox([label("modes"), self.modes.box]),
             w.HBox([label("device"), self.device.box, self.dtype, self.resolved]),
-            w.HBox([self.batch_sizes, self.threads, self.compile, self.baseline]), self.baseline_view,
+            w.HBox([self.batch_sizes, self.threads, self.int4_group, self.compile, self.baseline]), self.baseline_view,
             w.HBox([self.run_button, self.stop_button, self.progress, self.status]),
             self.errors, self.table, self.figure_view,
             w.HBox([self.export_dir, self.export_button]), self.log_view,
@@ -282,9 +286,10 @@ class BenchmarkPanel:
         model = self._model_args()
         # A module of the notebook runs on its example inputs as given; batch sizes are for registry models.
         batch_sizes = None if "example_inputs" in model else check_batch_sizes(self.batch_sizes.value.split(","))
+        mode_settings = {"int4weightonly": {"group_size": self.int4_group.value}} if self.int4_group.value else {}
         return dict(model, modes=list(modes), device=self.device.value or "auto", dtype=self.dtype.value,
                     batch_sizes=batch_sizes, compile=self.compile.value, baseline=self.baseline.value,
-                    threads=self.threads.value, policy=self.policy, isolate=self.isolate)
+                    threads=self.threads.value, policy=self.policy, isolate=self.isolate, **mode_settings)
 
     # ---- running ----
     @property
