@@ -197,8 +197,12 @@ def test_minilm_embeddings_match_sentence_similarity():
 
 def test_task_score():
     ref = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    score = models.Task.score(ref, torch.tensor([[1.0, 0.0], [1.0, 1.0]]))
-    assert score["mean"] == pytest.approx((1 + 2 ** -0.5) / 2) and score["min"] == pytest.approx(2 ** -0.5)
+    task = models.Task("task: a test", inputs=lambda device, dtype: (ref,))
+    assert task.reference(lambda x: x, "cpu", torch.float32) == ((ref,), ref)
+    quantized = lambda x: torch.tensor([[1.0, 0.0], [1.0, 1.0]])  # noqa: E731
+    score = task.score(((ref,), ref), quantized, models.Probe(step=quantized, output_cosine=0.9))
+    assert score.fields == {"cosine": pytest.approx((1 + 2 ** -0.5) / 2)}
+    assert score.extra == {"cosine": "task: a test", "task_min_cosine": pytest.approx(2 ** -0.5), "output_cosine": 0.9}
 
 
 def test_hf_local_folder_loads_pretrained_weights():

