@@ -204,7 +204,7 @@ register_form(Form("llama-8b-shapes-", "<N>l[:prefill]", "decoder",
 
 DEFAULT_MODEL = "mlp"
 
-from . import hf  # noqa: E402,F401  (registers minilm and the hf forms; imports transformers only when used)
+from . import hf, gguf  # noqa: E402,F401  (register minilm, smollm2-135m and the hf forms; transformers imported when used)
 
 
 def get(name: str) -> ModelSpec:
