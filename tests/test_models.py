@@ -42,8 +42,10 @@ def cpu_modes(dtype, own_search: bool = False):
 def test_every_builtin_model_has_a_smallest_size_under_test():
     families = {models.MODELS[n].family for n in SMALLEST if n in models.MODELS}
     assert families == {"mlp", "decoder", "vision", "encoder"}
-    # larger llama sizes share llama-tiny's code; the 8B-shaped proxy is built on the meta device in test_gpu_check
-    untested = {n for n in models.MODELS if n not in SMALLEST and not n.startswith(("llama-small", "llama-1b", "llama-8b"))}
+    # larger llama sizes share llama-tiny's code; the 8B-shaped proxy is built on the meta device in test_gpu_check;
+    # smollm2-135m (134.5M parameters) is tested in test_llm.py, its code with a tiny causal LM
+    untested = {n for n in models.MODELS if n not in SMALLEST
+                and not n.startswith(("llama-small", "llama-1b", "llama-8b", "smollm2-135m"))}
     assert not untested
 
 
@@ -200,8 +202,12 @@ def test_minilm_embeddings_match_sentence_similarity():
 
 def test_task_score():
     ref = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    score = models.Task.score(ref, torch.tensor([[1.0, 0.0], [1.0, 1.0]]))
-    assert score["mean"] == pytest.approx((1 + 2 ** -0.5) / 2) and score["min"] == pytest.approx(2 ** -0.5)
+    task = models.Task("task: a test", inputs=lambda device, dtype: (ref,))
+    assert task.reference(lambda x: x, "cpu", torch.float32) == ((ref,), ref)
+    quantized = lambda x: torch.tensor([[1.0, 0.0], [1.0, 1.0]])  # noqa: E731
+    score = task.score(((ref,), ref), quantized, models.Probe(step=quantized, output_cosine=0.9))
+    assert score.fields == {"cosine": pytest.approx((1 + 2 ** -0.5) / 2)}
+    assert score.extra == {"cosine": "task: a test", "task_min_cosine": pytest.approx(2 ** -0.5), "output_cosine": 0.9}
 
 
 def test_hf_local_folder_loads_pretrained_weights():

@@ -128,3 +128,24 @@ def test_report_to_a_place_it_cannot_write(runs, capsys):
     assert main(["report", str(runs[0]), "--out", "/proc/x/r.html"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: cannot write the report to /proc/x/r.html") and err.count("\n") == 1
+
+
+def test_generated_texts_stand_side_by_side_escaped(tmp_path):
+    import json
+
+    from tests.plot_fixtures import ok_row
+
+    texts = {"prompts": ["The capital of France is", "1 < 2"], "unquantized": [" Paris.", " <b>true</b>"],
+             "unquantized_how": "compiled", "new_tokens": 8}
+    rows = [ok_row(mode, 1, 10.0, 0.1, 1.0, 1.0, None, 1.0, 10.0, model="smollm2-135m", perplexity=20.0 + i,
+                   agreement=1.0 - i / 4, extra=json.dumps({"generations": {**texts, "quantized": [f" {mode}!", "x"]}}))
+            for i, mode in enumerate(("noquant", "int4weightonly"))]
+    ResultSet(tuple(rows), {"device": "cpu"}).save(tmp_path / "r")
+    text = report.build([tmp_path / "r"], tmp_path / "r.html").html.read_text()
+    table = text.split('<table class="generations">')[1].split("</table>")[0]
+    heads = re.findall(r"<th>([^<]*)</th>", table)
+    assert heads == ["prompt", "unquantized (compiled)", "noquant, 100% of tokens as unquantized",
+                     "int4weightonly, 75% of tokens as unquantized"]
+    assert table.count("<tr>") == 3  # the header and one line per prompt
+    assert "<td> int4weightonly!</td>" in table and "&lt;b&gt;true&lt;/b&gt;" in table and "1 &lt; 2" in table
+    assert "<b>true</b>" not in text and "<script" not in text.lower()

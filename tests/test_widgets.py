@@ -1,5 +1,6 @@
 """The widget panel, driven headless as a user would: set values, click, wait on the run, look at what it shows."""
 
+import html
 import logging
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from torchao_nb import env, measure, models, modes as modes_mod  # noqa: E402
 from torchao_nb.env import UserError  # noqa: E402
-from torchao_nb.widgets import NOTEBOOK_MODULE, BenchmarkPanel, library_noise_to  # noqa: E402
+from torchao_nb.widgets import NOTEBOOK_MODULE, OTHER_MODEL, BenchmarkPanel, library_noise_to  # noqa: E402
 
 from .conftest import TwoLinear  # noqa: E402
 
@@ -188,6 +189,12 @@ def test_stop_ends_the_cell_in_progress(notebook, tmp_path):
     assert p.status.value.startswith("stopped") and p.error is None
 
 
+def typed(p, name):
+    """A model name typed into the free-text entry, as a user picks hf:..., hf-config:... or a .gguf file."""
+    p.model.value = OTHER_MODEL
+    p.model_name.value = name
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda p: setattr(p.modes, "value", ()), "no mode selected"),
     (lambda p: (setattr(p.model, "value", "mlp"), setattr(p.batch_sizes, "value", "1,x")), "not a whole number"),
@@ -197,6 +204,11 @@ def test_stop_ends_the_cell_in_progress(notebook, tmp_path):
     (lambda p: setattr(p.inputs_name, "value", ""), "example inputs"),
     (lambda p: setattr(p.inputs_name, "value", "nope"), "could not read the example inputs"),
     (lambda p: setattr(p.module_name, "value", "x"), "nn.Module"),
+    (lambda p: typed(p, ""), "type a model name"),
+    (lambda p: typed(p, "gpt-9"), "unknown model 'gpt-9'"),
+    (lambda p: typed(p, "hf:/no/such/folder"), "no local copy"),
+    (lambda p: typed(p, "/no/such/model.gguf"), "no such .gguf file"),
+    (lambda p: typed(p, "hf-config:NoSuchModel"), "has no model class"),
 ])
 def test_bad_input_is_shown_clearly(notebook, change, message):
     p = panel_on(notebook)
@@ -207,6 +219,22 @@ def test_bad_input_is_shown_clearly(notebook, change, message):
     assert not p.running and p.results is None
     with pytest.raises(UserError, match=message.split("'")[0]):
         p.run()
+
+
+def test_a_typed_causal_lm_runs_and_its_generated_texts_are_shown(notebook, monkeypatch):
+    from .test_llm import TINY
+
+    monkeypatch.setitem(models.MODELS, "tiny-lm", TINY)
+    p = panel_on(notebook, modes=("noquant", "int8weightonly"), isolate=False)
+    assert p.model_name.layout.display == "none"
+    typed(p, "tiny-lm")
+    assert p.model_name.layout.display == "" and p.module_box.layout.display == "none"
+    rs = p.run()
+    assert p.error is None and [r.status for r in rs] == ["ok", "ok"], p.log.value
+    texts = rs.rows[1].extra_dict["generations"]
+    assert "unquantized (eager)" in p.texts.value and "int8weightonly" in p.texts.value
+    assert all(html.escape(t) in p.texts.value for t in texts["quantized"] + texts["prompts"])
+    assert "perplexity" in p.table.value and BenchmarkPanel(model="hf-config:LlamaForCausalLM").model.value == OTHER_MODEL
 
 
 def test_a_second_run_while_running_is_refused(notebook):

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import compiling, measure, models, profiling
+from . import compiling, measure, models, profiling, saving
 from . import env as envmod
 from . import modes as modes_mod
 from .checks import wrongness
@@ -57,11 +57,30 @@ def _wrong_row(cfg, ref, mode, batch, model, why, acc, extra, common) -> Row:
                    extra=json.dumps(extra), **numbers, **common)
 
 
-def _task_accuracy(ref: Reference, model: nn.Module, acc: measure.Accuracy, extra: dict) -> measure.Accuracy:
-    """The model's task-level score takes the `cosine` column; the raw-output cosine moves to extra."""
-    score = ref.task.score(ref.task_output, ref.task.run(model, ref.task_inputs))  # eager: the task's shapes differ
-    extra.update(cosine=ref.task.metric, task_min_cosine=score["min"], output_cosine=acc.cosine)
-    return dataclasses.replace(acc, cosine=score["mean"])
+def _saved(cfg: SweepConfig, ref: Reference, model: nn.Module, extra: dict, on_phase: Phase) -> dict[str, Any]:
+    """Save the quantized weights, load them into a fresh unquantized copy, compare: the row's disk fields."""
+    if not cfg.save_reload:
+        return {}
+    on_phase("saving and reloading")
+    done = saving.save_and_reload(model, lambda: copy.deepcopy(ref.module), ref.inputs)
+    extra["save_reload"] = done.note
+    return dict(disk_bytes=done.disk_bytes, reload_equal=done.equal)
+
+
+def _quality(cfg: SweepConfig, ref: Reference, model: nn.Module, fn, acc: measure.Accuracy, extra: dict,
+             clock, sync, on_phase: Phase) -> dict[str, Any]:
+    """The model's own quality measure (task score, perplexity, generations) of this copy: row fields, and extra.
+    It may run the callable the cell timed again (an LM generates with it): a recompile there is named in extra."""
+    if ref.quality is None:
+        return {}
+    probe = models.Probe(step=fn, output_cosine=acc.cosine, clock=clock, sync=sync, on_phase=on_phase,
+                         unquantized=ref.module, unquantized_step=_baseline_fn(ref) if ref.compile.enabled else ref.module)
+    with compiling.watch() as watched:
+        score = ref.quality.score(ref.quality_reference, model, probe)
+    if watched.recompiles:
+        extra["recompiles_while_scoring"] = watched.recompiles
+    extra.update(score.extra)
+    return score.fields
 
 
 # ---- timing ------------------------------------------------------------------------------------
@@ -179,8 +198,6 @@ def run_cell(cfg: SweepConfig, ref: Reference, mode: str, batch: int, clock=time
             why, acc = wrongness(ref.output, out)  # before another call: a CUDA-graph replay reuses `out`
             if why is not None:
                 return _wrong_row(cfg, ref, mode, batch, model, why, acc, extra, common)
-            if ref.task is not None:
-                acc = _task_accuracy(ref, model, acc, extra)
             wbytes = measure.weight_bytes(model)
             step_bytes = measure.streamed_weight_bytes(model) + measure.activation_bytes(ref.inputs, out)
             with compiling.watch() as later:
@@ -197,13 +214,15 @@ def run_cell(cfg: SweepConfig, ref: Reference, mode: str, batch: int, clock=time
             if cfg.diagnose:
                 on_phase("profiling")
                 extra["profile"] = _diagnose(cfg, ref, model, fn)
+            found = _saved(cfg, ref, model, extra, on_phase)  # first: an LM's quality rewrites the KV cache the output used
+            found.update(_quality(cfg, ref, model, fn, acc, extra, clock, sync, on_phase))
         median = numbers["median_ms"]
         fits = ref.cache_bytes is not None and step_bytes <= ref.cache_bytes
         achieved = step_bytes / (median / 1e3) / 1e9
+        fields = dict(sqnr_db=acc.sqnr_db, cosine=acc.cosine, max_abs_err=acc.max_abs_err) | found
         return new_row(
             cfg, ref, mode, batch, "ok", **numbers, **_compile_fields(first, later, extra, cfg.device),
-            compile_s=compile_s if ref.compile.enabled else None,
-            sqnr_db=acc.sqnr_db, cosine=acc.cosine, max_abs_err=acc.max_abs_err,
+            compile_s=compile_s if ref.compile.enabled else None, **fields,
             bytes_per_step=step_bytes, achieved_gbs=achieved, fits_in_cache=fits if ref.cache_bytes else None,
             roofline_pct=None if fits or not ref.copy_gbs else 100 * achieved / ref.copy_gbs,
             weight_bytes=wbytes, peak_mem_bytes=mem.peak_bytes, peak_reserved_bytes=mem.reserved_bytes,

@@ -20,11 +20,22 @@ def no_clear_difference(row: Row) -> bool:
     return row.speedup_lo is not None and row.speedup_hi is not None and row.speedup_lo <= 1.0 <= row.speedup_hi
 
 
+def _reload_note(row: Row) -> str | None:
+    if row.reload_equal is False:
+        return "reloaded from disk, its output differs from the quantized model's"
+    if row.reload_equal is None and row.extra:
+        why = row.extra_dict.get("save_reload")
+        return why if why and not why.startswith("torch.save") else None
+    return None
+
+
 def note(row: Row) -> str:
     """Why a cell has no numbers, or what to be careful about when it has them."""
     if row.status != "ok":
         return row.reason or "no reason recorded"
     notes = ["no clear difference (the 95 % interval holds 1.0)"] if no_clear_difference(row) else []
+    if (reload := _reload_note(row)) is not None:
+        notes.append(reload)
     for count, what in ((row.graph_breaks, "graph break"), (row.recompiles, "recompile while timing"),
                         (row.cudagraph_skips, "CUDA-graph skip")):
         if count:
@@ -42,12 +53,25 @@ def _roofline(row: Row) -> float | str | None:
     return "in cache" if row.fits_in_cache else row.roofline_pct
 
 
+def _reload(row: Row) -> str | None:
+    return None if row.reload_equal is None else "equal" if row.reload_equal else "differs"
+
+
+def layer_configs(row: Row) -> str | None:
+    """How many layers took each per-layer config, e.g. int4's "group 64 ×121, group 128 ×90"."""
+    groups = row.extra_dict.get("layer_configs") if row.extra else None
+    if not groups:
+        return None
+    return ", ".join(f"{label} ×{len(fqns)}" for label, fqns in sorted(groups.items(), key=lambda g: -len(g[1])))
+
+
 @dataclass(frozen=True)
 class Column:
     label: str  # the header
     value: Callable[[Row], Any]  # a number for numeric columns; None when the cell has none
     fmt: str = "{}"
     numeric: bool = False
+    optional: bool = False  # shown only when some row has a value (columns of some models only)
 
     def text(self, row: Row) -> str:
         v = self.value(row)
@@ -75,15 +99,33 @@ COLUMNS: dict[str, Column] = {
     "weights_mb": Column("weights MB", lambda r: _mb(r.weight_bytes), "{:.1f}", True),
     "peak_mb": Column("peak MB", lambda r: _mb(r.peak_mem_bytes), "{:.1f}", True),
     "roofline": Column("roofline %", _roofline, "{:.0f}", True),
+    "perplexity": Column("perplexity", lambda r: r.perplexity, "{:.2f}", True, True),
+    "ppl_change": Column("ppl Δ", lambda r: r.perplexity_change_pct, "{:+.1f}%", True, True),
+    "agreement": Column("agree", lambda r: r.agreement, "{:.0%}", True, True),
+    "ttft_ms": Column("TTFT ms", lambda r: r.ttft_ms, "{:.0f}", True, True),
+    "decode_ms": Column("decode ms", lambda r: r.decode_ms, "{:.1f}", True, True),
+    "gen_tokens_per_s": Column("gen tok/s", lambda r: r.gen_tokens_per_s, "{:.1f}", True, True),
+    "disk_mb": Column("disk MB", lambda r: _mb(r.disk_bytes), "{:.1f}", True, True),
+    "reload": Column("reload", _reload, optional=True),
+    "layer_configs": Column("per-layer configs", layer_configs, optional=True),
     "layers": Column("layers", lambda r: None if r.layers_quantized is None else f"{r.layers_quantized}/{r.layers_total}"),
     "compile_s": Column("compile s", lambda r: r.compile_s, "{:.1f}", True),
     "note": Column("note", note),
 }
 
-# Which columns each view shows, in order.
+# Which columns each view shows, in order (an optional column only when some row has a value).
 TERMINAL = ("model", "mode", "batch", "status", "median_ms", "iqr_ms", "speedup", "speedup_ci", "vs_eager", "sqnr",
-            "cosine", "tokens_per_s", "weights_mb", "roofline", "layers", "note")
-PANEL = ("model", "mode", "batch", "status", "median_ms", "speedup", "speedup_ci", "vs_eager", "sqnr", "weights_mb",
-         "layers", "note")
+            "cosine", "tokens_per_s", "perplexity", "ppl_change", "agreement", "gen_tokens_per_s", "weights_mb",
+            "disk_mb", "roofline", "layers", "layer_configs", "note")
+PANEL = ("model", "mode", "batch", "status", "median_ms", "speedup", "speedup_ci", "vs_eager", "sqnr", "perplexity",
+         "ppl_change", "agreement", "gen_tokens_per_s", "weights_mb", "layers", "note")
 REPORT = ("model", "mode", "batch", "status", "median_ms", "iqr_ms", "synced_ms", "speedup", "speedup_ci", "vs_eager",
-          "sqnr", "cosine", "tokens_per_s", "weights_mb", "peak_mb", "roofline", "layers", "compile_s", "note")
+          "sqnr", "cosine", "tokens_per_s", "perplexity", "ppl_change", "agreement", "ttft_ms", "decode_ms",
+          "gen_tokens_per_s", "weights_mb", "disk_mb", "reload", "peak_mb", "roofline", "layers", "layer_configs",
+          "compile_s", "note")
+
+
+def shown(keys, rows) -> list[Column]:
+    """The columns of a view that these rows fill: an optional column none of them has a value for is left out."""
+    rows = list(rows)
+    return [COLUMNS[k] for k in keys if not COLUMNS[k].optional or any(COLUMNS[k].value(r) is not None for r in rows)]

@@ -53,6 +53,8 @@ OPTIONS: tuple[Option, ...] = (
            "(off: --in-process, for debugging)", None),
     Option("cell_timeout_s", DEFAULT_CELL_TIMEOUT_S, "seconds a cell may take before it is stopped and recorded "
            "as an error (isolated runs only)", "--cell-timeout", float),
+    Option("save_reload", True, "save each quantized model's state_dict, load it into a fresh model and check its "
+           "output is unchanged; the row gets the size on disk", "--save-reload", bool),
     Option("policy", None, "a measure.TimingPolicy (default: measure.TimingPolicy(); --quick: measure.FAST_POLICY)"),
 )
 OPTION_NAMES = tuple(o.name for o in OPTIONS)
@@ -75,6 +77,7 @@ class SweepConfig:
     isolate: bool = True
     cell_timeout_s: float = DEFAULT_CELL_TIMEOUT_S
     diagnose: bool = False
+    save_reload: bool = True
 
     def settings_for(self, mode: str) -> object | None:
         return dict(self.mode_settings).get(mode)
@@ -148,6 +151,7 @@ def build(mode_list: list[str], user_module: bool, progress: bool, **options: An
         policy=o["policy"] or measure.TimingPolicy(), progress=bool(progress),
         mode_settings=tuple((name, modes_mod.MODES[name].parse_settings(value)) for name, value in settings.items()),
         isolate=bool(o["isolate"]), cell_timeout_s=float(timeout), diagnose=bool(o["diagnose"]),
+        save_reload=bool(o["save_reload"]),
     )
     _warn_unusual(cfg, opts)
     return cfg

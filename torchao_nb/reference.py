@@ -108,9 +108,8 @@ class Reference:
     tokens_per_call: int | None
     layers_total: int
     copy_gbs: float | None = None  # the device's copy bandwidth, for the roofline column
-    task: models.Task | None = None  # a task-level accuracy that fills `cosine` instead of the raw output's
-    task_inputs: Any = None
-    task_output: Any = None
+    quality: models.Quality | None = None  # the model's own quality measure (a task's score, an LM's perplexity)
+    quality_reference: Any = None  # what it measured on the unquantized model
     seq_len: int | None = None  # a registry model's sequence length; None for a user's module
     rows: int | None = None  # the fewest rows (batch x tokens) any Linear sees in one call
     compile: compiling.CompileSettings = compiling.EAGER  # how this model's cells compile
@@ -144,17 +143,18 @@ def build_reference(cfg: SweepConfig, source: ModelSource, batch: int, copy_gbs:
     on_phase("building the model")
     module, inputs, tokens = source.build(cfg, batch)
     spec = source.spec
-    task = spec.task if spec is not None else None
+    quality = spec.quality if spec is not None else None
     on_phase("computing the unquantized output")
     with torch.no_grad():
         output, rows = _fewest_rows(module, inputs)
         bad = nonfinite(output)
         if bad:
             raise ValueError(f"its output has {bad} NaN or infinite values, so no mode can be compared with it")
-        task_inputs = task.inputs(cfg.device, cfg.dtype) if task else None
-        task_output = task.run(module, task_inputs) if task else None
+        if quality is not None:
+            on_phase("measuring the unquantized model's quality")
+            quality_reference = quality.reference(module, cfg.device, cfg.dtype)
     return Reference(source.name, module, inputs, output, tokens, len(modes_mod.linear_layers(module)),
-                     copy_gbs, task, task_inputs, task_output, source.seq_len(cfg), rows,
+                     copy_gbs, quality, quality_reference if quality else None, source.seq_len(cfg), rows,
                      source.compile_settings(cfg), envmod.cache_bytes(cfg.device), builtin=spec is not None,
                      signature=source.signature, prequantized=source.prequantized)
 

@@ -39,6 +39,7 @@ tr.skipped td { background: #fff8e1; } tr.error td, tr.wrong td { background: #f
 figure { margin: 1em 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { color: #555; font-size: 0.9em; } code { background: #f4f4f4; padding: 0 0.2em; }
 .scroll { overflow-x: auto; }
+table.generations td { white-space: pre-wrap; min-width: 12em; max-width: 28em; }
 """
 
 
@@ -167,6 +168,12 @@ def _write(runs: dict[str, ResultSet], out: Path, dpi: int) -> Report:
         body.append(f'<section class="run" id="run-{i}"><h2>{html.escape(label)}</h2>')
         body.append(save(plots.dashboard(rs), f"{i}-{_slug(label)}-dashboard", f"Dashboard of {label}"))
         body.append("<h3>Results</h3>" + results_table(rs))
+        texts = tables.generations_html(rs)
+        if texts:
+            body.append('<h3 id="generated-text">Generated text</h3><p>Greedy continuations of fixed prompts by the '
+                        "unquantized model and each mode (the same number of new tokens, shown up to the end-of-text "
+                        "token); the agreement column counts the tokens equal to the unquantized model's at the same "
+                        "position.</p>" + texts)
         body.append("<h3>Cells without a timing (skipped, failed, wrong output)</h3>" + reasons_table(rs))
         body.append("<h3>Environment</h3>" + environment_table(rs.environment) + baseline_table(rs.environment))
         body.append("</section>")

@@ -20,6 +20,8 @@ from .errors import Notice
 # ok: measured; skipped: can't run here (reason says why); error: failed or crashed (reason: what);
 # wrong: ran, but its output is not finite or far from the unquantized one (reason: the numbers), never timed.
 STATUSES = ("ok", "skipped", "error", "wrong")
+# Row.extra of a causal LM: {"prompts", "unquantized" (texts), "quantized" (texts), "new_tokens"}
+GENERATIONS_KEY = "generations"
 
 
 # What a cell is: the model (with its parameters and, for a user's module, its signature), the mode (with its
@@ -81,6 +83,14 @@ class Row:
     achieved_gbs: float | None = None  # bytes_per_step / median latency
     roofline_pct: float | None = None  # achieved_gbs as % of the device's measured copy bandwidth (None: fits in cache)
     fits_in_cache: bool | None = None  # bytes_per_step fit in the last-level cache (CPU) / L2 (GPU): no roofline
+    perplexity: float | None = None  # causal LMs: on the model's fixed text (extra["perplexity_text"] names it)
+    perplexity_change_pct: float | None = None  # vs the unquantized model's perplexity, in %
+    agreement: float | None = None  # causal LMs: share of greedy new tokens equal to the unquantized model's (0-1)
+    ttft_ms: float | None = None  # a generation: the prompt's prefill (eager) and the first new token
+    decode_ms: float | None = None  # a generation: median time of one decode step (the timed, compiled callable)
+    gen_tokens_per_s: float | None = None  # a generation end to end: new tokens / (ttft + every decode step)
+    disk_bytes: int | None = None  # the quantized model's state_dict saved with torch.save (None: not saved)
+    reload_equal: bool | None = None  # loaded back into a fresh model, its output equals the quantized one's
     threads: int | None = None
     compile_mode: str = ""  # torch.compile mode when compile is on ("default", "reduce-overhead", ...)
     seq_len: int | None = None  # a registry model's sequence length (None: a user's module)

@@ -7,7 +7,7 @@ import json
 from typing import Any, Sequence
 
 from . import columns
-from .results import ResultSet, Row, sqnr_or_inf
+from .results import GENERATIONS_KEY, ResultSet, Row, sqnr_or_inf
 
 # Inline colours for where no stylesheet reaches (the panel); the report styles the same classes with CSS.
 STATUS_STYLE = {"error": "color:#b00020", "wrong": "color:#b00020", "skipped": "color:#777"}
@@ -15,7 +15,7 @@ STATUS_STYLE = {"error": "color:#b00020", "wrong": "color:#b00020", "skipped": "
 
 def text(results: ResultSet | Sequence[Row], keys: Sequence[str] = columns.TERMINAL) -> str:
     """A plain-text table for terminals and logs."""
-    cols = [columns.COLUMNS[k] for k in keys]
+    cols = columns.shown(keys, results)
     head = [c.label for c in cols]
     lines = [[c.text(r) for c in cols] for r in results]
     widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(head)]
@@ -28,7 +28,7 @@ def headline(results: ResultSet, keys: Sequence[str] = columns.PANEL):
     """One line per cell with the columns a reader looks at first (numbers as numbers; SQNR ∞ as inf)."""
     import pandas as pd
 
-    cols = [columns.COLUMNS[k] for k in keys]
+    cols = columns.shown(keys, results)
     return pd.DataFrame([[c.value(r) for c in cols] for r in results], columns=[c.label for c in cols])
 
 
@@ -53,9 +53,44 @@ def html_table(headers: Sequence[str], rows: Sequence[Sequence[str]], css: str =
 
 
 def results_html(results: ResultSet, keys: Sequence[str], css: str = "results", inline: bool = False) -> str:
-    cols = [columns.COLUMNS[k] for k in keys]
+    cols = columns.shown(keys, results)
     return html_table([c.label for c in cols], [[c.text(r) for c in cols] for r in results], css,
                       [r.status for r in results], [c.numeric for c in cols], inline)
+
+
+# ---- generated text of causal LMs -------------------------------------------------------------------
+
+def generations(results: ResultSet | Sequence[Row]) -> list[tuple[str, list[str], list[tuple[str, list[str]]]]]:
+    """Per model and batch size: (title, prompts, [(column, texts)]): the unquantized model's texts, then each mode's."""
+    groups: dict[tuple, list[Row]] = {}
+    for r in results:
+        if r.status == "ok" and r.extra and GENERATIONS_KEY in r.extra_dict:
+            groups.setdefault((r.model, r.batch_size), []).append(r)
+    out = []
+    for (model, batch), rows in groups.items():
+        first = rows[0].extra_dict[GENERATIONS_KEY]
+        how = first.get("unquantized_how")
+        cols = [(f"unquantized ({how})" if how else "unquantized", first["unquantized"])]
+        for r in rows:
+            agree = "" if r.agreement is None else f", {r.agreement:.0%} of tokens as unquantized"
+            cols.append((f"{r.mode}{agree}", r.extra_dict[GENERATIONS_KEY]["quantized"]))
+        title = f"{model}, batch {batch}: greedy continuations of {first['new_tokens']} tokens"
+        out.append((title, first["prompts"], cols))
+    return out
+
+
+def generations_html(results: ResultSet | Sequence[Row], inline: bool = False) -> str:
+    """The generated texts side by side, one table per model: a line per prompt, a column per mode (escaped)."""
+    cell = ' style="border:1px solid #ddd;padding:4px;vertical-align:top;white-space:pre-wrap"' if inline else ""
+    parts = []
+    for title, prompts, cols in generations(results):
+        head = "".join(f"<th{cell}>{html.escape(h)}</th>" for h in ["prompt"] + [c for c, _ in cols])
+        body = "".join("<tr>" + "".join(f"<td{cell}>{html.escape(t)}</td>" for t in [p] + [texts[i] for _, texts in cols])
+                       + "</tr>" for i, p in enumerate(prompts))
+        style = ' style="border-collapse:collapse;font-size:12px"' if inline else ""
+        parts.append(f"<p><b>{html.escape(title)}</b></p><div class=\"scroll\"><table class=\"generations\"{style}>"
+                     f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>")
+    return "".join(parts)
 
 
 def baseline_records(states: Sequence[dict]) -> list[dict[str, str]]:

@@ -28,6 +28,7 @@ from .results import ResultSet, Row
 from .toggles import ToggleGroup
 
 NOTEBOOK_MODULE = "__notebook__"  # the model picker's entry for "a module from this notebook"
+OTHER_MODEL = "__other__"  # the model picker's entry for a typed name: hf:..., hf-config:..., a .gguf file
 DTYPE_OPTIONS = ("auto", *envmod.DTYPES)
 DEVICE_OPTIONS = ("auto", "cpu", "cuda")
 
@@ -150,13 +151,18 @@ class BenchmarkPanel:
         self._lock = threading.Lock()
         self._run_error: BaseException | None = None  # a failure while showing this run's rows (drawing)
 
-        if model is not None and model not in models.MODELS:
-            raise UserError(f"unknown model {model!r}; the panel offers: {', '.join(models.MODELS)} "
-                            "(or pick 'a module from this notebook…' for your own nn.Module).")
+        typed = model is not None and model not in models.MODELS
+        if typed:
+            models.get(model)  # a form (hf:...) is typed into the name box; anything else is a clear UserError
         style = {"description_width": "90px"}
-        model_options = [(f"{n}  ({s.params / 1e6:.1f}M params)", n) for n, s in models.MODELS.items()]
-        model_options.append(("a module from this notebook…", NOTEBOOK_MODULE))
-        self.model = w.Dropdown(options=model_options, value=model or models.DEFAULT_MODEL, description="model", style=style)
+        model_options = [(n if s.params is None else f"{n}  ({s.params / 1e6:.1f}M params)", n)
+                         for n, s in models.MODELS.items()]
+        model_options += [("another: hf:…, hf-config:… or a .gguf file…", OTHER_MODEL),
+                          ("a module from this notebook…", NOTEBOOK_MODULE)]
+        self.model = w.Dropdown(options=model_options, value=OTHER_MODEL if typed else model or models.DEFAULT_MODEL,
+                                description="model", style=style)
+        self.model_name = w.Text(value=model if typed else "", description="name", style=style,
+                                 placeholder="hf:<hub id or folder>, hf-config:<architecture> or /path/to/model.gguf")
         self.model_help = w.HTML()
         self.module_name = w.Text(description="variable", placeholder="name of an nn.Module, e.g. net", style=style)
         self.inputs_name = w.Text(description="inputs", placeholder="its example inputs, e.g. x or (x, mask)", style=style)
@@ -186,6 +192,7 @@ class BenchmarkPanel:
         self.status = w.HTML("")
         self.errors = w.HTML("")
         self.table = w.HTML(table_html(None))
+        self.texts = w.HTML("")  # a causal LM's generated texts, side by side
         self.figure_view = w.Image(format="png", layout=w.Layout(max_width="100%", display="none"))
         self.export_dir = w.Text(value=out, description="export to", style=style)
         self.export_button = w.Button(description="Export", icon="download", disabled=True,
@@ -212,12 +219,12 @@ class BenchmarkPanel:
         label = lambda text: w.HTML(f"<b style='display:inline-block;width:90px'>{text}</b>")  # noqa: E731
         self.widget = w.VBox([
             w.HTML("<h3 style='margin:4px 0'>torchao_nb: quantization benchmark</h3>"),
-            w.HBox([self.model, self.model_help]), self.module_box,
+            w.HBox([self.model, self.model_help]), self.model_name, self.module_box,
             w.HBox([label("modes"), self.modes.box]),
             w.HBox([label("device"), self.device.box, self.dtype, self.resolved]),
             w.HBox([self.batch_sizes, self.threads, self.int4_group, self.compile, self.baseline]), self.baseline_view,
             w.HBox([self.run_button, self.stop_button, self.progress, self.status]),
-            self.errors, self.table, self.figure_view,
+            self.errors, self.table, self.texts, self.figure_view,
             w.HBox([self.export_dir, self.export_button]), self.log_view,
         ], layout=w.Layout(border="1px solid #ddd", padding="6px"))
         # Stable hooks for browser tests and user CSS.
@@ -225,7 +232,7 @@ class BenchmarkPanel:
         for widget, name in ((self.modes.box, "modes"), (self.device.box, "device"), (self.figure_view, "figure"),
                              (self.run_button, "run"), (self.stop_button, "stop"), (self.table, "table"),
                              (self.errors, "errors"), (self.status, "status"), (self.compile, "compile"),
-                             (self.threads, "threads")):
+                             (self.threads, "threads"), (self.model_name, "model-name"), (self.texts, "texts")):
             widget.add_class(f"torchao-nb-{name}")
 
     def _repr_mimebundle_(self, **kwargs):
@@ -235,6 +242,7 @@ class BenchmarkPanel:
     def _model_changed(self) -> None:
         custom = self.model.value == NOTEBOOK_MODULE
         self.module_box.layout.display = "" if custom else "none"
+        self.model_name.layout.display = "" if self.model.value == OTHER_MODEL else "none"
         # A notebook's module runs on its example inputs as given: their batch is the row's.
         self.batch_sizes.disabled = custom
         self.batch_sizes.tooltip = "your module's example inputs set the batch" if custom else "e.g. 1,8"
@@ -258,6 +266,14 @@ class BenchmarkPanel:
 
     # ---- what Run sends to the engine ----
     def _model_args(self) -> dict[str, Any]:
+        if self.model.value == OTHER_MODEL:
+            name = self.model_name.value.strip()
+            if not name:
+                raise UserError("type a model name: hf:<hub id or local folder>, hf-config:<architecture> or the path "
+                                "of a .gguf file.")
+            if name.lower().endswith(".gguf") and not name.startswith(tuple(models.FORMS)):
+                name = f"hf:{name}"  # a bare path to a .gguf file
+            return {"model": models.get(name).name}  # the command line's errors, before anything runs
         if self.model.value != NOTEBOOK_MODULE:
             return {"model": self.model.value}
         ns = self.namespace if self.namespace is not None else default_namespace()
@@ -309,6 +325,7 @@ class BenchmarkPanel:
         self.progress.value = 0
         self.progress.bar_style = ""
         self.table.value = table_html(None)
+        self.texts.value = ""
         self.figure_view.value = b""
         self.figure_view.layout.display = "none"
         self._set_running(True)
@@ -367,6 +384,7 @@ class BenchmarkPanel:
 
     def _show(self, rs: ResultSet, final: bool) -> None:
         self.table.value = table_html(rs)
+        self.texts.value = tables.generations_html(rs, inline=True)
         failed = [r for r in rs if r.status in ("error", "wrong")]
         if any(r.status == "ok" for r in rs):
             try:

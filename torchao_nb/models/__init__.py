@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -28,7 +29,37 @@ STEPS: dict[str, Callable[[int, int], int | None]] = {
 
 
 @dataclass(frozen=True)
-class Task:
+class Probe:
+    """What a model's quality hook is given to score one quantized copy, besides the copy itself."""
+
+    step: Callable  # the callable the cell timed (compiled when compile is on): reusing it costs no second compile
+    output_cosine: float | None = None  # the raw output's cosine similarity with the unquantized one
+    unquantized: nn.Module | None = None  # the group's unquantized model (shared: leave it as it was)
+    unquantized_step: Callable | None = None  # its callable as the cell times it (the compiled baseline)
+    clock: Callable[[], float] = time.perf_counter
+    sync: Callable[[], None] = lambda: None
+    on_phase: Callable[[str], None] = lambda phase: None
+
+
+@dataclass(frozen=True)
+class Score:
+    fields: dict[str, Any]  # Row fields it fills (they replace the cell's own, e.g. `cosine`)
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)  # added to the row's extra
+
+
+class Quality:
+    """A model-level quality measure: data from the unquantized model once per group of cells (`reference`),
+    then a score of each quantized copy (`score`). The cell calls both without knowing what they measure."""
+
+    def reference(self, module: nn.Module, device: str, dtype: torch.dtype) -> Any:
+        raise NotImplementedError
+
+    def score(self, reference: Any, model: nn.Module, probe: Probe) -> Score:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Task(Quality):
     """A task-level accuracy that replaces the raw-output `cosine` of a row (e.g. sentence embeddings).
 
     `inputs(device, dtype)` gives the evaluation inputs; the module's output on them is one
@@ -43,10 +74,16 @@ class Task:
         with torch.no_grad():
             return call(module, inputs)
 
-    @staticmethod
-    def score(reference: torch.Tensor, output: torch.Tensor) -> dict[str, float]:
-        cos = F.cosine_similarity(reference.float(), output.float(), dim=-1)
-        return {"mean": float(cos.mean()), "min": float(cos.min())}
+    def reference(self, module: nn.Module, device: str, dtype: torch.dtype) -> tuple[Inputs, torch.Tensor]:
+        inputs = self.inputs(device, dtype)
+        return inputs, self.run(module, inputs)
+
+    def score(self, reference: tuple[Inputs, torch.Tensor], model: nn.Module, probe: Probe) -> Score:
+        inputs, expected = reference
+        got = self.run(model, inputs)  # eager: the task's shapes differ from the timed call's
+        cos = F.cosine_similarity(expected.float(), got.float(), dim=-1)
+        return Score({"cosine": float(cos.mean())},
+                     {"cosine": self.metric, "task_min_cosine": float(cos.min()), "output_cosine": probe.output_cosine})
 
 
 @dataclass(frozen=True)
@@ -58,7 +95,7 @@ class ModelSpec:
     params: int | None  # parameter count, for listings; None: known once built
     seq_len: int = 1  # default sequence length the builder uses
     step: str = "forward"  # what one timed call is: a key of STEPS
-    task: Task | None = None
+    quality: Quality | None = None  # a model-level quality measure (a task's score, an LM's perplexity...)
     fullgraph: bool = False  # compiles as one graph: a graph break is an error row (our bug), not a slow row
 
     def __post_init__(self):
@@ -167,7 +204,7 @@ register_form(Form("llama-8b-shapes-", "<N>l[:prefill]", "decoder",
 
 DEFAULT_MODEL = "mlp"
 
-from . import hf  # noqa: E402,F401  (registers minilm and the hf forms; imports transformers only when used)
+from . import hf, gguf  # noqa: E402,F401  (register minilm, smollm2-135m and the hf forms; transformers imported when used)
 
 
 def get(name: str) -> ModelSpec:

