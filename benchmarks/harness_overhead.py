@@ -1,6 +1,6 @@
 """Does torchao_nb's timer agree with torch.utils.benchmark? Interleaved medians on one compiled model.
 
-    python benchmarks/harness_overhead.py [--model mlp] [--rounds 5]
+    python benchmarks/harness_overhead.py [--model mlp] [--rounds 10]
 
 Prints, per round, torchao_nb's median and Timer.adaptive_autorange()'s median; then the spread
 of torchao_nb's five repeated measurements of the same cell (relative IQR of the medians);
@@ -33,7 +33,7 @@ def _rel_iqr(values: list[float]) -> float:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--model", default=models.DEFAULT_MODEL)
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--device", default="auto")
     args = p.parse_args()
 
@@ -49,9 +49,15 @@ def main() -> None:
         sync = measure.sync_for(device)
         ours, theirs = [], []
         timer = benchmark.Timer(stmt="call()", globals={"call": call}, num_threads=threads)
+        # Short rounds in alternating order: this VM's speed drifts by tens of percent over seconds, so the
+        # two timers are compared round by round, each going first half of the time.
         for i in range(args.rounds):
-            m = measure.time_calls(call, measure.TimingPolicy(), sync=sync)
-            t = timer.adaptive_autorange(min_run_time=1.0)
+            measure_ours = lambda: measure.time_calls(call, measure.TimingPolicy(max_time_s=0.5), sync=sync)  # noqa: E731
+            measure_theirs = lambda: timer.adaptive_autorange(min_run_time=0.5)  # noqa: E731
+            if i % 2:
+                t, m = measure_theirs(), measure_ours()
+            else:
+                m, t = measure_ours(), measure_theirs()
             ours.append(m.median_ms)
             theirs.append(t.median * 1e3)
             print(f"round {i}: torchao_nb {m.median_ms:.4f} ms (IQR {m.iqr_ms:.4f}, {len(m.samples_ms)} samples x "
@@ -59,7 +65,7 @@ def main() -> None:
         twin = torch.compile(copy.deepcopy(module))
         models.call(twin, inputs)
         aa, intervals = [], []
-        for _ in range(args.rounds):
+        for _ in range(5):
             a, b = measure.time_paired(call, lambda: models.call(twin, inputs), measure.TimingPolicy(), sync=sync)
             r = measure.paired_ratio(a, b)  # round-by-round ratios, as the sweep's speedups
             aa.append(r.value)
