@@ -38,7 +38,7 @@ def test_torchao_tuning_is_on_by_default_on_cuda_and_off_on_cpu():
 
 def test_int8dynamic_on_cuda_needs_more_than_16_rows():
     rule = modes_mod.get("int8dynamic").input_reason
-    assert "more than 16 rows" in rule(H100, torch.bfloat16, 1) and "this cell has 16" in rule(H100, torch.bfloat16, 16)
+    assert "more than 16 rows" in rule(H100, torch.bfloat16, 1) and "it would get 16" in rule(H100, torch.bfloat16, 16)
     assert rule(H100, torch.bfloat16, 17) is None and rule(CPU, torch.bfloat16, 1) is None
 
 
@@ -49,8 +49,20 @@ def test_int8dynamic_at_batch_1_decode_is_skipped_before_quantizing_when_the_dev
     quantized = []
     monkeypatch.setattr(modes_mod, "quantize", lambda *a, **k: quantized.append(a) or pytest.fail("quantized"))
     rs = run("llama-tiny", modes="int8dynamic", compile=False, seq_len=8)
-    assert rs.rows[0].status == "skipped" and "this cell has 1 (batch x tokens)" in rs.rows[0].reason
+    assert rs.rows[0].status == "skipped" and "it would get 1 (batch x tokens)" in rs.rows[0].reason
     assert not quantized
+
+
+def test_a_prefill_keeps_int8dynamic_on_cuda_and_leaves_alone_only_the_layer_that_sees_too_few_rows(monkeypatch):
+    from torchao_nb import cell
+
+    monkeypatch.setattr(cell.envmod, "device_info", lambda device: H100)  # the rule, not the GPU, is under test
+    row = run("llama-tiny:prefill", modes="int8dynamic", compile=False, seq_len=32).rows[0]
+    # every layer sees 32 prompt tokens, except the lm_head: it reads the last position only (1 row)
+    assert row.status == "ok", row.reason
+    assert list(row.extra_dict["layers_left_alone"]) == ["lm_head"]
+    assert "it would get 1 (batch x tokens)" in row.extra_dict["layers_left_alone"]["lm_head"]
+    assert row.layers_quantized == row.layers_total - 1
 
 
 def test_bytes_per_step_leave_out_embedding_tables_that_are_only_looked_up():

@@ -155,8 +155,10 @@ def _not_here(cfg: SweepConfig, ref: Reference, mode: str, spec: modes_mod.Mode,
         return "nothing to quantize: the model has no nn.Linear layer"
     if ref.prequantized and mode != "noquant":  # torchao can't quantize its own tensors again (aten.view fails)
         return ref.prequantized
+    # The layer that sees the most rows decides: when even it can't take the mode, no layer can.
+    most = max((rows for _, rows in ref.layer_rows), default=None)
     return spec.unsupported_reason(info, cfg.dtype) or (
-        None if ref.rows is None else spec.input_reason(info, cfg.dtype, ref.rows))
+        None if most is None else spec.input_reason(info, cfg.dtype, most))
 
 
 def run_cell(cfg: SweepConfig, ref: Reference, mode: str, batch: int, clock=time.perf_counter,
@@ -174,7 +176,7 @@ def run_cell(cfg: SweepConfig, ref: Reference, mode: str, batch: int, clock=time
         model = copy.deepcopy(ref.module)
         context = modes_mod.ApplyContext(device=cfg.device, compile=ref.compile, policy=cfg.policy, clock=clock,
                                          progress=cfg.progress, settings=cfg.settings_for(mode),
-                                         mode_settings=cfg.mode_settings)
+                                         mode_settings=cfg.mode_settings, layer_rows=ref.layer_rows)
         report, quantize_s = measure.time_once(
             lambda: modes_mod.quantize(model, spec, info, cfg.dtype, ref.inputs, context), clock, sync)
         extra = dict(report.extra)

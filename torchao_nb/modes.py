@@ -40,6 +40,8 @@ class ApplyContext:
     progress: bool = False
     settings: object | None = None  # the mode's own settings object (Mode.settings), None for its defaults
     mode_settings: tuple[tuple[str, object], ...] = ()  # every mode's settings (autoquant quantizes candidates)
+    # Linear name -> the fewest rows (batch x tokens) it sees in one call, for Mode.input_reason; empty: unknown.
+    layer_rows: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -58,8 +60,9 @@ class Mode:
     # (linear, device, dtype, settings) -> (config, label): a config per layer (int4's group size), layers
     # with one label quantized together; None: `config` for every layer.
     layer_config: Callable[..., tuple[Any, str]] | None = None
-    # (device, dtype, rows) -> why the cell can't run, given the fewest rows (batch x tokens) a Linear
-    # sees in one call; checked before quantizing (torch._int_mm on CUDA needs more than 16).
+    # (device, dtype, rows) -> why a Linear that sees `rows` (batch x tokens) in one call can't take the mode
+    # (torch._int_mm on CUDA needs more than 16). Such layers are left alone; when no layer of the model has
+    # enough rows, the cell is skipped before anything is quantized.
     input_reason: Callable[[DeviceInfo, torch.dtype, int], str | None] = lambda info, dtype, rows: None
     # The mode's own settings type: `settings.of(value)` turns None, a dict or an instance into one.
     settings: Any = None
@@ -251,8 +254,8 @@ register = MODES.add
 register(Mode("noquant", "No quantization: the model as it is (the A/A control).", lambda info, dtype: None))
 def _int8dyn_input_reason(info: DeviceInfo, dtype: torch.dtype, rows: int) -> str | None:
     if info.is_cuda and rows <= 16:
-        return (f"int8 dynamic on CUDA calls torch._int_mm, which needs more than 16 rows per matmul; this cell "
-                f"has {rows} (batch x tokens): use a larger batch or a prefill (torchao measured 0.09x at batch-1 decode)")
+        return (f"int8 dynamic on CUDA calls torch._int_mm, which needs more than 16 rows per matmul; it would get "
+                f"{rows} (batch x tokens): use a larger batch or a prefill (torchao measured 0.09x at batch-1 decode)")
     return None
 
 
@@ -358,7 +361,10 @@ def quantize(model: nn.Module, mode: Mode, info: DeviceInfo, dtype: torch.dtype,
     if (config is not None or mode.layer_config is not None) and any(is_quantized(lin) for lin in layers.values()):
         raise UserError("this model is already quantized (its Linear weights are torchao tensors): pass the "
                         "unquantized model; torchao_nb quantizes a fresh copy for every mode")
-    skipped = {fqn: why for fqn, lin in layers.items() if (why := mode.layer_reason(lin, info, dtype))}
+    rows = dict(context.layer_rows) if context is not None else {}
+    skipped = {fqn: why for fqn, lin in layers.items()
+               if (why := mode.layer_reason(lin, info, dtype) or (
+                   mode.input_reason(info, dtype, rows[fqn]) if fqn in rows else None))}
     fitting = [fqn for fqn in layers if fqn not in skipped]
     if mode.layer_config is not None:  # layers that need another config (int4's group size) go in their own call
         settings = context.settings if context is not None else None

@@ -111,7 +111,7 @@ class Reference:
     quality: models.Quality | None = None  # the model's own quality measure (a task's score, an LM's perplexity)
     quality_reference: Any = None  # what it measured on the unquantized model
     seq_len: int | None = None  # a registry model's sequence length; None for a user's module
-    rows: int | None = None  # the fewest rows (batch x tokens) any Linear sees in one call
+    layer_rows: tuple[tuple[str, int], ...] = ()  # each Linear's fewest rows (batch x tokens) in one call
     compile: compiling.CompileSettings = compiling.EAGER  # how this model's cells compile
     cache_bytes: int | None = None  # the device's last-level cache (CPU) or L2 (GPU)
     compiled_baseline: Any = None  # made by the first compiled cell, re-used by the others
@@ -120,21 +120,24 @@ class Reference:
     prequantized: str = ""  # a user's module that is already quantized: ModelSource.prequantized
 
 
-def _fewest_rows(module: nn.Module, inputs: models.Inputs) -> tuple[Any, int | None]:
-    """The output of one forward pass, and the fewest rows a Linear got in it (its input's numel / in_features)."""
-    seen: list[int] = []
+def _rows_per_layer(module: nn.Module, inputs: models.Inputs) -> tuple[Any, tuple[tuple[str, int], ...]]:
+    """The output of one forward pass, and the fewest rows each Linear got in it (its input's numel / in_features)."""
+    seen: dict[str, int] = {}
 
-    def hook(mod, args):
-        if args and isinstance(args[0], torch.Tensor) and args[0].dim():
-            seen.append(args[0].numel() // max(1, args[0].shape[-1]))
+    def hook(name):
+        def record(mod, args):
+            if args and isinstance(args[0], torch.Tensor) and args[0].dim():
+                rows = args[0].numel() // max(1, args[0].shape[-1])
+                seen[name] = min(rows, seen.get(name, rows))
+        return record
 
-    handles = [lin.register_forward_pre_hook(hook) for lin in modes_mod.linear_layers(module).values()]
+    handles = [lin.register_forward_pre_hook(hook(name)) for name, lin in modes_mod.linear_layers(module).items()]
     try:
         out = models.call(module, inputs)
     finally:
         for h in handles:
             h.remove()
-    return out, min(seen) if seen else None
+    return out, tuple(seen.items())
 
 
 def build_reference(cfg: SweepConfig, source: ModelSource, batch: int, copy_gbs: float | None,
@@ -146,7 +149,7 @@ def build_reference(cfg: SweepConfig, source: ModelSource, batch: int, copy_gbs:
     quality = spec.quality if spec is not None else None
     on_phase("computing the unquantized output")
     with torch.no_grad():
-        output, rows = _fewest_rows(module, inputs)
+        output, rows = _rows_per_layer(module, inputs)
         bad = nonfinite(output)
         if bad:
             raise ValueError(f"its output has {bad} NaN or infinite values, so no mode can be compared with it")

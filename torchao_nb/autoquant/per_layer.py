@@ -252,7 +252,7 @@ def _measure_group(key, fqns, cands, layers, inputs, info, dtype, ctx, cache, ba
 
     for cand in cands:
         bar and bar.set_postfix_str(f"{key[0]}x{key[1]} {cand.name}", refresh=False)
-        reason = cand.layer_reason(rep, info, dtype)
+        reason = cand.layer_reason(rep, info, dtype) or cand.input_reason(info, dtype, x.numel() // max(1, x.shape[-1]))
         if reason:
             record(cand.name, ms=None, sqnr_db={f: None for f in fqns}, status="doesn't fit", note=reason)
             bar and bar.update(1)
