@@ -100,6 +100,23 @@ def test_peak_memory_on_cpu_sees_an_allocation():
     assert mem.peak_bytes is not None and mem.peak_bytes >= 48 * 1024 * 1024
 
 
+def test_peak_memory_on_cpu_is_not_hidden_by_earlier_garbage_collected_inside_the_block():
+    import gc
+
+    class Node:
+        pass
+
+    junk = Node()
+    junk.loop, junk.tensor = junk, torch.ones(128 * 1024 * 1024 // 4) + 1  # freed only by the collector
+    del junk
+    with measure.PeakMemory("cpu") as mem:
+        gc.collect()  # as the collector may run at any allocation inside a cell
+        big = torch.ones(64 * 1024 * 1024 // 4)
+        big += 1
+    del big
+    assert mem.peak_bytes is not None and mem.peak_bytes >= 48 * 1024 * 1024
+
+
 def test_time_paired_interleaves_and_is_exact_with_a_fake_clock():
     clock = FakeClock()
     order = []

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import gc
 import math
 import statistics
 import time
@@ -310,6 +313,18 @@ def _proc_status_kb(field: str) -> int | None:
     return None
 
 
+def _settle_heap() -> None:
+    """Free what is already garbage and hand free heap pages back to the OS, before RSS is read.
+
+    Otherwise garbage of earlier work (tensors in reference cycles) can be collected inside the measured
+    block: RSS falls, the block's own allocation grows it back, and the peak growth reads 0.
+    """
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    with contextlib.suppress(OSError, AttributeError, TypeError):  # malloc_trim is glibc's alone
+        ctypes.CDLL(name).malloc_trim(0)
+
+
 class PeakMemory:
     """Peak memory of the block: CUDA allocated/reserved, or on CPU the growth of peak RSS."""
 
@@ -323,6 +338,7 @@ class PeakMemory:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         else:
+            _settle_heap()
             # Writing 5 to clear_refs resets VmHWM (peak RSS) to the current RSS (Linux >= 4.0).
             with contextlib.suppress(OSError):
                 with open("/proc/self/clear_refs", "w") as f:
