@@ -1,6 +1,7 @@
 """Hand-made result sets with ok, skipped and error rows, shared by the plot and report tests."""
 
 import dataclasses
+import json
 
 from torchao_nb import ResultSet, Row
 
@@ -60,3 +61,13 @@ def other_run() -> ResultSet:
                        r.sqnr_db, r.cosine, 10.0)
         rows.append(dataclasses.replace(r, device="cuda"))
     return ResultSet(tuple(rows), {"device": "cuda", "device_name": "Other GPU", "torch": "2.13.0", "torchao": "0.18.0"})
+
+
+def llm_run() -> ResultSet:
+    """A causal LM's rows with generated texts (one of them HTML-like, which must stay text)."""
+    texts = {"prompts": ["The capital of France is", "1 < 2"], "unquantized": [" Paris.", " <b>true</b>"],
+             "unquantized_how": "compiled", "new_tokens": 8}
+    rows = [ok_row(mode, 1, 10.0, 0.1, 1.0, 1.0, None, 1.0, 10.0, model="smollm2-135m", perplexity=20.0 + i,
+                   agreement=1.0 - i / 4, extra=json.dumps({"generations": {**texts, "quantized": [f" {mode}!", "x"]}}))
+            for i, mode in enumerate(("noquant", "int4weightonly"))]
+    return ResultSet(tuple(rows), {"device": "cpu"})

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.plot_fixtures import SKIP_REASON, other_run, result_set
+from tests.plot_fixtures import SKIP_REASON, llm_run, other_run, result_set
 from torchao_nb import report
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the `test` extra) for browser tests")
@@ -69,4 +69,21 @@ def test_report_renders_offline_in_chromium(browser, tmp_path):
     shot = ARTIFACTS / "report.png"
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
+    page.close()
+
+
+def test_a_language_models_generated_texts_render_side_by_side_offline(browser, tmp_path):
+    llm_run().save(tmp_path / "lm")
+    rep = report.build([tmp_path / "lm"], tmp_path / "report.html")
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    fetched = []
+    page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(("file:", "data:"))
+               else (fetched.append(route.request.url), route.abort()))
+    page.goto(rep.html.as_uri(), wait_until="load")
+    table = page.locator("table.generations").first
+    assert table.is_visible()
+    cells = table.locator("tr").nth(2).locator("td").all_inner_texts()  # the second prompt's row
+    assert [c.strip() for c in cells] == ["1 < 2", "<b>true</b>", "x", "x"]  # markup shown as text, not rendered
+    assert table.get_by_text("int4weightonly!").is_visible()
+    assert fetched == []
     page.close()
