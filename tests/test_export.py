@@ -25,6 +25,7 @@ def rows():
         Row(mode="int8dynamic", status="ok", median_ms=1.0, iqr_ms=0.2, samples=40, noisy=True, baseline_ms=2.0, eager_ms=2.5,
             speedup=2.0, speedup_vs_eager=2.5, sqnr_db=31.25, cosine=0.9993, max_abs_err=0.01, weight_bytes=17_400_000,
             peak_mem_bytes=5_000_000, tokens_per_s=123.0, layers_quantized=6, layers_total=6, threads=2,
+            disk_bytes=17_500_000, perplexity=21.0, perplexity_change_pct=5.0, agreement=0.75, gen_tokens_per_s=30.0,
             recipe=json.dumps({"_type": "Int8DynamicActivationInt8WeightConfig"}), **COMMON),
         Row(mode="float8dynamic", status="skipped", reason="needs a CUDA GPU with compute capability >= 8.9", **COMMON),
         Row(mode="int4weightonly", status="error", reason="RuntimeError: boom", **COMMON),
@@ -48,6 +49,11 @@ def test_one_record_per_ok_row_and_metric_present():
     assert got[("int8dynamic", "SQNR (dB)")]["metric"]["benchmark_values"] == [31.25]
     assert got[("int8dynamic", "tokens per second (tok/s)")]["metric"]["benchmark_values"] == [123.0]
     assert got[("int8dynamic", "weights (MB)")]["metric"]["benchmark_values"] == [pytest.approx(17.4)]
+    # a language model's quality and generation speed travel too
+    assert got[("int8dynamic", "perplexity")]["metric"]["benchmark_values"] == [21.0]
+    assert got[("int8dynamic", "greedy agreement (%)")]["metric"]["benchmark_values"] == [75.0]
+    assert got[("int8dynamic", "generation tokens per second (tok/s)")]["metric"]["benchmark_values"] == [30.0]
+    assert got[("int8dynamic", "size on disk (MB)")]["metric"]["benchmark_values"] == [pytest.approx(17.5)]
     validate_v3(records)
 
 

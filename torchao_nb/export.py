@@ -64,6 +64,12 @@ METRICS: tuple[Metric, ...] = (
     Metric("SQNR (dB)", "sqnr_db", "dB", extra=_accuracy_extra),
     Metric("peak memory (MB)", "peak_mem_bytes", "MB", scale=1e-6),
     Metric("weights (MB)", "weight_bytes", "MB", scale=1e-6),
+    Metric("size on disk (MB)", "disk_bytes", "MB", scale=1e-6),
+    # causal LMs (issue: a real LLM's quality and speed)
+    Metric("perplexity", "perplexity", "perplexity"),
+    Metric("perplexity change (%)", "perplexity_change_pct", "%"),
+    Metric("greedy agreement (%)", "agreement", "%", scale=100),
+    Metric("generation tokens per second (tok/s)", "gen_tokens_per_s", "tok/s"),
 )
 
 # ---- the v3 record: what is required, and the type of every field we may write ----
