@@ -8,6 +8,7 @@ import os
 import secrets
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -83,6 +84,27 @@ def chromium():
             yield browser
         finally:
             browser.close()
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from a PNG's header."""
+    return struct.unpack(">II", data[16:24])
+
+
+def offline(page) -> list[str]:
+    """Let the page load only file: and data: URLs; returns the list of every other URL it tried (and was refused)."""
+    fetched: list[str] = []
+
+    def only_local(route):
+        url = route.request.url
+        if url.startswith(("file:", "data:")):
+            route.continue_()
+        else:
+            fetched.append(url)
+            route.abort()
+
+    page.route("**/*", only_local)
+    return fetched
 
 
 def open_and_run_all(page, url: str, token: str, notebook: str, timeout_ms: int = 180_000):

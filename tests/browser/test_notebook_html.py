@@ -1,11 +1,9 @@
 """The executed 03_report notebook's HTML export in headless chromium with the network cut off: figures and tables show."""
 
-import struct
-
 import nbformat
 import pytest
 
-from tests.browser.lab import ARTIFACTS, CHROMIUM, chromium
+from tests.browser.lab import ARTIFACTS, CHROMIUM, chromium, offline, png_size
 from torchao_nb import notebooks
 
 pytest.importorskip("playwright.sync_api", reason="pip install playwright (the `test` extra) for browser tests")
@@ -13,10 +11,6 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),
                                 reason="Debian chromium is missing: apt-get install -y chromium (scripts/test.sh does it)")
 
 PARAMS = {"model": "llama-tiny", "modes": "noquant,int8dynamic", "batch_sizes": [1], "compile": False, "fast": True}
-
-
-def png_size(data: bytes) -> tuple[int, int]:
-    return struct.unpack(">II", data[16:24])
 
 
 def test_report_notebook_html_renders_offline(tmp_path):
@@ -30,17 +24,7 @@ def test_report_notebook_html_renders_offline(tmp_path):
 
     with chromium() as browser:
         page = browser.new_page(viewport={"width": 1400, "height": 900})
-        fetched, page_errors = [], []
-
-        def only_local(route):
-            url = route.request.url
-            if url.startswith(("file:", "data:")):
-                route.continue_()
-            else:  # the export must need nothing from a network
-                fetched.append(url)
-                route.abort()
-
-        page.route("**/*", only_local)
+        fetched, page_errors = offline(page), []  # the export must need nothing from a network
         page.on("pageerror", lambda e: page_errors.append(str(e)))
         page.goto(html_file.as_uri(), wait_until="load")
 

@@ -1,19 +1,12 @@
 """Opens the HTML report in headless Debian chromium, with the network cut off, and checks what it rendered."""
 
-import struct
-from pathlib import Path
-
 import pytest
 
+from tests.browser.lab import ARTIFACTS, CHROMIUM, chromium, offline, png_size
 from tests.plot_fixtures import SKIP_REASON, llm_run, other_run, result_set
 from torchao_nb import report
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the `test` extra) for browser tests")
-
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
-ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+pytest.importorskip("playwright.sync_api", reason="pip install playwright (the `test` extra) for browser tests")
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),
                                 reason="Debian chromium is missing: apt-get install -y chromium (scripts/test.sh does it)")
@@ -21,14 +14,8 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),
 
 @pytest.fixture(scope="module")
 def browser():
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+    with chromium() as b:
         yield b
-        b.close()
-
-
-def png_size(path: Path) -> tuple[int, int]:
-    return struct.unpack(">II", path.read_bytes()[16:24])
 
 
 def test_report_renders_offline_in_chromium(browser, tmp_path):
@@ -37,23 +24,13 @@ def test_report_renders_offline_in_chromium(browser, tmp_path):
     rep = report.build([tmp_path / "cpu-run", tmp_path / "gpu-run"], tmp_path / "report.html")
 
     page = browser.new_page(viewport={"width": 1400, "height": 900})
-    fetched = []
-
-    def only_local(route):
-        url = route.request.url
-        if url.startswith(("file:", "data:")):
-            route.continue_()
-        else:  # the report must need nothing from a network
-            fetched.append(url)
-            route.abort()
-
-    page.route("**/*", only_local)
+    fetched = offline(page)  # the report must need nothing from a network
     page.goto(rep.html.as_uri(), wait_until="load")
 
     images = page.eval_on_selector_all(
         "figure img", "imgs => imgs.map(i => [i.complete, i.naturalWidth, i.naturalHeight, i.getBoundingClientRect().width])")
     assert len(images) == 4
-    sizes = sorted(png_size(p) for p in rep.figures)
+    sizes = sorted(png_size(p.read_bytes()) for p in rep.figures)
     assert sorted((w, h) for _, w, h, _ in images) == sizes  # decoded, at the size of the PNGs beside the report
     assert all(done and shown > 300 for done, _, _, shown in images)
     for css, rows in (("results", len(result_set())), ("differences", 10)):
@@ -76,9 +53,7 @@ def test_a_language_models_generated_texts_render_side_by_side_offline(browser, 
     llm_run().save(tmp_path / "lm")
     rep = report.build([tmp_path / "lm"], tmp_path / "report.html")
     page = browser.new_page(viewport={"width": 1400, "height": 900})
-    fetched = []
-    page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(("file:", "data:"))
-               else (fetched.append(route.request.url), route.abort()))
+    fetched = offline(page)
     page.goto(rep.html.as_uri(), wait_until="load")
     table = page.locator("table.generations").first
     assert table.is_visible()
