@@ -294,13 +294,19 @@ def test_export_writes_results_files_and_the_html_report(notebook, tmp_path):
     assert "exported" in p.status.value
 
 
-def test_export_to_an_unwritable_folder_is_shown(notebook, tmp_path):
+def export_into_a_file(notebook, tmp_path):
+    """A panel after one run whose export was pointed below a file (a folder that can't be made)."""
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     p = panel_on(notebook, modes=("noquant",))
     p.run()
     p.export_dir.value = str(blocker / "sub")
     p.export_button.click()
+    return p
+
+
+def test_export_to_an_unwritable_folder_is_shown(notebook, tmp_path):
+    p = export_into_a_file(notebook, tmp_path)
     assert isinstance(p.error, UserError) and "cannot write results to" in str(p.error)
     assert "type another folder" in str(p.error) and "cannot write results to" in p.errors.value
 
@@ -323,12 +329,7 @@ def test_a_refused_second_run_is_not_left_standing_once_the_run_ends(notebook):
 
 
 def test_a_successful_export_after_a_failed_one_clears_the_error(notebook, tmp_path):
-    blocker = tmp_path / "file"
-    blocker.write_text("not a folder")
-    p = panel_on(notebook, modes=("noquant",))
-    p.run()
-    p.export_dir.value = str(blocker / "sub")
-    p.export_button.click()
+    p = export_into_a_file(notebook, tmp_path)
     assert isinstance(p.error, UserError) and "cannot write results to" in p.errors.value
     assert p.progress.bar_style == "danger"
     p.export_dir.value = str(tmp_path / "good")
