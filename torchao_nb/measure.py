@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import gc
 import math
 import statistics
@@ -320,9 +319,8 @@ def _settle_heap() -> None:
     block: RSS falls, the block's own allocation grows it back, and the peak growth reads 0.
     """
     gc.collect()
-    name = ctypes.util.find_library("c")
-    with contextlib.suppress(OSError, AttributeError, TypeError):  # malloc_trim is glibc's alone
-        ctypes.CDLL(name).malloc_trim(0)
+    with contextlib.suppress(OSError, AttributeError):  # malloc_trim is glibc's alone
+        ctypes.CDLL(None).malloc_trim(0)  # the process's own symbols: no library search (find_library forks)
 
 
 class PeakMemory:
