@@ -169,6 +169,15 @@ def test_a_module_that_cannot_be_sent_runs_in_process_with_a_warning():
     assert rs.rows[0].status == "ok" and rs.environment["isolation"] == "in-process"
 
 
+def test_a_module_that_cannot_be_copied_is_one_line_naming_the_attribute(tmp_path):
+    model = Misbehaves("none", "nan")
+    model.fc.guard = threading.Lock()
+    with pytest.raises(torchao_nb.UserError, match=r"move fc.guard \(lock\) out of the module") as e:
+        run(model, "noquant", out=tmp_path / "out")
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "out").exists()  # refused before anything ran
+
+
 def test_the_worker_is_reused_by_the_next_sweep():
     run(Misbehaves("none", "nan"), "noquant")
     idle = [w for w in executors._IDLE if w.alive]
@@ -219,3 +228,11 @@ def test_a_users_main_script_survives_a_crashing_kernel(tmp_path):
     assert rows["noquant"][0] == "ok" and rows["int8dynamic"][0] == "ok"
     assert {batch for _, _, batch in rows.values()} == {2}  # the inputs' own batch
     assert out["untouched"]
+
+
+def test_an_error_from_sending_the_model_says_how_to_get_around_it():
+    row = by_mode(run(Misbehaves("none", "nan"), "noquant")).get("noquant")
+    broken = executors._with_sending_help(
+        __import__("dataclasses").replace(row, status="error", reason="AttributeError: module '__main__' has no attribute 'F'"))
+    assert "isolate=False (--in-process)" in broken.reason and "importable file" in broken.reason
+    assert executors._with_sending_help(row) is row  # an ok row is left as it is

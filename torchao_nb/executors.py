@@ -10,7 +10,9 @@ import atexit
 import contextlib
 import dataclasses
 import functools
+import io
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -322,7 +324,7 @@ class WorkerExecutor:
                     phase = message[2] + (f" {mode}" if mode else "")
                     on_phase(message[1], message[2])
                 elif kind == "row":
-                    row = Row.from_dict(message[1])
+                    row = _with_sending_help(Row.from_dict(message[1]))
                     remaining.remove(row.mode)
                     mode, phase, started = None, "between cells", time.monotonic()
                     on_row(row)
@@ -331,7 +333,8 @@ class WorkerExecutor:
                 elif kind == "failed":  # the worker's own machinery failed (e.g. the module could not be loaded)
                     for m in remaining:
                         on_row(cell.error_row(group.cfg, group.source, m, group.batch,
-                                              f"the worker could not run this cell: {message[1]}"))
+                                              f"the worker process could not load this cell ({message[1]}): "
+                                              f"{SENDING_HELP}"))
                     return
             # The worker is gone or stuck: this cell (or the reference, and with it the group) is an error row.
             log = worker.log_tail(log_from)
@@ -361,8 +364,40 @@ def for_config(cfg, clock: Callable[[], float] | None = None) -> Executor:
     return WorkerExecutor(cfg.cell_timeout_s)
 
 
+SENDING_HELP = ("this is how the model was sent to the worker process, not torch or torchao: define its class in an "
+                "importable file, or run its cells in this process with isolate=False (--in-process)")
+
+
+def _with_sending_help(row: Row) -> Row:
+    """An error that names the worker's `__main__` comes from sending the model there: the row says how around it."""
+    if row.status == "error" and "'__main__'" in row.reason and SENDING_HELP not in row.reason:
+        return dataclasses.replace(row, reason=f"{row.reason} ({SENDING_HELP})")
+    return row
+
+
+def _unsendable_part(module) -> str:
+    """The first attribute of `module` (or of a submodule) that can't be pickled, as `path (type)`; "" if none found."""
+    import cloudpickle
+
+    for prefix, sub in module.named_modules():
+        for name, value in vars(sub).items():
+            if name in ("_parameters", "_buffers", "_modules"):
+                continue
+            try:
+                cloudpickle.dumps(value)
+            except Exception:
+                return f"{prefix + '.' if prefix else ''}{name} ({type(value).__name__})"
+    return ""
+
+
 def check_sendable(sources) -> str | None:
-    """Why the sources can't be sent to a worker process, or None when they can."""
+    """Why the sources can't be sent to a worker process, or None when they can.
+
+    A module that can't be copied either can't be measured at all (each cell quantizes a copy): that is a UserError
+    naming the attribute, never a promised fallback that then fails in every cell.
+    """
+    import copy
+
     import cloudpickle
 
     for source in sources:
@@ -371,7 +406,15 @@ def check_sendable(sources) -> str | None:
         try:
             cloudpickle.dumps(source)
         except Exception as e:
-            return f"{source.name} can't be sent to a worker process ({error_text(e, 200)})"
+            part = _unsendable_part(source.module)
+            try:
+                copy.deepcopy(source.module)
+            except Exception:
+                raise UserError(
+                    f"{source.name} can't be copied ({error_text(e, 120)}), and each cell quantizes a copy: "
+                    f"move {part or 'that attribute'} out of the module (keep it outside, or make it in forward)."
+                ) from None
+            return f"{source.name} can't be sent to a worker process ({error_text(e, 200)}; {part or 'an attribute'})"
     return None
 
 
@@ -393,12 +436,46 @@ def _log_offset() -> int:
         return 0
 
 
+class _CallersMain(pickle.Unpickler):
+    """Loads what the supervisor sent, with the caller's `__main__` functions living in a real `__main__` here.
+
+    cloudpickle sends a class defined in a notebook cell or a script by value, and gives each of its functions a
+    fresh globals dict that holds `__name__ = "__main__"` and only the names the function uses. torch.compile
+    resolves a traced function's globals through `sys.modules[__name__]`, which in this process is a module that
+    lacks them ("module '__main__' has no attribute 'torch'"). So every function built from the caller's `__main__`
+    gets the globals of one stand-in `__main__` module instead, which cloudpickle then fills with the names they use:
+    dynamo finds in `sys.modules["__main__"]` exactly what the function sees, as it does in the caller's process.
+    """
+
+    def find_class(self, module: str, name: str):
+        found = super().find_class(module, name)
+        if module.startswith("cloudpickle") and name == "_make_function":
+            return _make_function_in_main(found)
+        return found
+
+
+def _make_function_in_main(make_function):
+    def make(code, globals_, *rest):
+        if globals_.get("__name__") == "__main__":
+            globals_ = sys.modules["__main__"].__dict__
+        return make_function(code, globals_, *rest)
+    return make
+
+
+def _loads(data: bytes):
+    return _CallersMain(io.BytesIO(data)).load()
+
+
 def serve(fd: int) -> None:
     """The worker process's main loop: run what the supervisor sends, report rows and phases, until told to exit."""
     import faulthandler
+    import types
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle: it stops us
     threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
+    # This process was started as `python -m torchao_nb._worker`; from here on `__main__` is the caller's (see
+    # _CallersMain). The running loop keeps its own globals, and nothing of torchao_nb looks `__main__` up.
+    sys.modules["__main__"] = types.ModuleType("__main__", "the caller's __main__, as its functions sent here use it")
 
     import cloudpickle
 
@@ -415,7 +492,7 @@ def serve(fd: int) -> None:
         except (EOFError, OSError):
             return
         try:
-            message = cloudpickle.loads(data)
+            message = _loads(data)
             if message[0] == "environment":
                 send(("environment", executor.environment(message[1])))
             elif message[0] == "run":
