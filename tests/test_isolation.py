@@ -236,3 +236,34 @@ def test_an_error_from_sending_the_model_says_how_to_get_around_it():
         __import__("dataclasses").replace(row, status="error", reason="AttributeError: module '__main__' has no attribute 'F'"))
     assert "isolate=False (--in-process)" in broken.reason and "importable file" in broken.reason
     assert executors._with_sending_help(row) is row  # an ok row is left as it is
+
+
+class Bomb(nn.Linear):
+    """A Linear whose kernel crashes once int8 weight-only has quantized it: what a broken kernel does."""
+
+    def forward(self, x):
+        if quantized_as(self.weight) == "int8weightonly":
+            ctypes.string_at(0)
+        return super().forward(x)
+
+
+class OneBadLayer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.safe, self.bomb = nn.Linear(128, 256), Bomb(256, 128)
+
+    def forward(self, x):
+        return self.bomb(torch.relu(self.safe(x)))
+
+
+def test_a_candidate_that_crashes_on_one_layer_costs_that_candidate_there_only(tmp_path):
+    rs = run(OneBadLayer(), "noquant,autoquant",
+             autoquant={"candidates": ["int8weightonly", "int8dynamic"], "cache_dir": str(tmp_path)})
+    row = by_mode(rs)["autoquant"]
+    assert row.status == "ok", row.reason
+    layers = {t["layer"]: t for t in row.extra_dict["autoquant"]["layers"]}
+    crashed = layers["bomb"]["candidates"]["int8weightonly"]
+    assert crashed["status"] == "crashed" and "SIGSEGV" in crashed["note"] and crashed["ms"] is None
+    assert layers["bomb"]["choice"] != "int8weightonly"
+    assert layers["bomb"]["candidates"]["int8dynamic"]["ms"] is not None  # the search went on there
+    assert layers["safe"]["candidates"]["int8weightonly"]["ms"] is not None  # and on the other layer

@@ -162,7 +162,7 @@ def _not_here(cfg: SweepConfig, ref: Reference, mode: str, spec: modes_mod.Mode,
 
 
 def run_cell(cfg: SweepConfig, ref: Reference, mode: str, batch: int, clock=time.perf_counter,
-             on_phase: Phase = no_phase) -> Row:
+             on_phase: Phase = no_phase, sandbox=None) -> Row:
     """Quantize a fresh copy, compile, check the output, time: one Row, never an exception."""
     spec = modes_mod.get(mode)
     info = envmod.device_info(cfg.device)
@@ -176,7 +176,8 @@ def run_cell(cfg: SweepConfig, ref: Reference, mode: str, batch: int, clock=time
         model = copy.deepcopy(ref.module)
         context = modes_mod.ApplyContext(device=cfg.device, compile=ref.compile, policy=cfg.policy, clock=clock,
                                          progress=cfg.progress, settings=cfg.settings_for(mode),
-                                         mode_settings=cfg.mode_settings, layer_rows=ref.layer_rows)
+                                         mode_settings=cfg.mode_settings, layer_rows=ref.layer_rows,
+                                         sandbox=sandbox)
         report, quantize_s = measure.time_once(
             lambda: modes_mod.quantize(model, spec, info, cfg.dtype, ref.inputs, context), clock, sync)
         extra = dict(report.extra)

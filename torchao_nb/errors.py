@@ -7,6 +7,15 @@ class UserError(ValueError):
     """Bad input from the user: shown as one clear line, never as a traceback."""
 
 
+class Crashed(Exception):
+    """Work run in a child process died (a signal, an exit) or outlived its time: `how`, and `phase`, the last step
+    it reported, which names what killed it."""
+
+    def __init__(self, how: str, phase: str):
+        super().__init__(f"{how} while {phase}")
+        self.how, self.phase = how, phase
+
+
 def error_text(e: BaseException, limit: int = 500) -> str:
     """'Type: first line of the message', cut to `limit` characters: what a row or a table shows."""
     lines = str(e).strip().splitlines()

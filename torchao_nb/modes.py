@@ -42,6 +42,9 @@ class ApplyContext:
     mode_settings: tuple[tuple[str, object], ...] = ()  # every mode's settings (autoquant quantizes candidates)
     # Linear name -> the fewest rows (batch x tokens) it sees in one call, for Mode.input_reason; empty: unknown.
     layer_rows: tuple[tuple[str, int], ...] = ()
+    # Runs fn(*args, phase=...) where a crash can't reach the run (a child process; executors.Zygote.call),
+    # raising errors.Crashed; None: work runs in this process.
+    sandbox: Callable[..., Any] | None = None
 
 
 @dataclass(frozen=True)

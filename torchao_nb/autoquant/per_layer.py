@@ -13,7 +13,7 @@ from .. import _torchao, compiling, measure, models, modes
 from .._torchao import quiet_logs
 from ..checks import wrongness
 from ..env import DeviceInfo, dtype_name
-from ..errors import UserError, error_text
+from ..errors import Crashed, UserError, error_text
 from ..modes import ApplyContext, Mode
 from .cache import TimingCache
 from .settings import NOQUANT, SearchSettings, searchable_modes
@@ -97,7 +97,7 @@ def _search_policy(policy: measure.TimingPolicy) -> measure.TimingPolicy:
 
 
 def time_modules(modules: dict[str, nn.Module], x: torch.Tensor, reference: torch.Tensor,
-                 ctx: ApplyContext) -> dict[str, float | tuple[str, str]]:
+                 ctx: ApplyContext, phase=lambda text: None) -> dict[str, float | tuple[str, str]]:
     """name → ms of one call, or (status, note) when it failed or its compiled output is wrong.
 
     All candidates of one shape are compiled in one fresh dynamo state, the way the run compiles, then
@@ -110,6 +110,7 @@ def time_modules(modules: dict[str, nn.Module], x: torch.Tensor, reference: torc
         fns = {}
         for name, module in modules.items():
             try:
+                phase(f"{name}: compiling and calling")
                 fns[name] = compiling.compiled(module, ctx.compile, name)
                 why, _ = wrongness(reference, fns[name](x)[0])  # compile and first call, not timed
             except Exception as e:  # recorded; the other candidates still run
@@ -122,6 +123,7 @@ def time_modules(modules: dict[str, nn.Module], x: torch.Tensor, reference: torc
         names = list(fns)
         for r in range(SEARCH_ROUNDS):
             for name in names[r % max(1, len(names)):] + names[:r % max(1, len(names))]:
+                phase(f"{name}: timing")
                 # Ranked by the fastest sample (timeit's rule): other processes only ever add time,
                 # and on a shared CPU a stalled thread can multiply a median many times over.
                 ms = min(measure.time_calls(lambda: fns[name](x), policy, ctx.clock, sync).samples_ms)
@@ -239,19 +241,21 @@ def _search(model, info, dtype, example_inputs, ctx) -> dict[str, Any]:
 
 
 def _measure_group(key, fqns, cands, layers, inputs, info, dtype, ctx, cache, bar, n) -> dict[str, dict[str, dict]]:
-    """Every candidate on one shape: each layer's SQNR (weights differ), one shared time (cached, of n copies)."""
-    rep, x = layers[fqns[0]], inputs[fqns[0]]
-    refs = {f: layers[f](inputs[f]) for f in fqns}
+    """Every candidate on one shape: each layer's SQNR (weights differ), one shared time (cached, of n copies).
+
+    The candidates are quantized, checked and timed in ctx.sandbox (a child process) when there is one: a
+    candidate whose kernel crashes or hangs there is recorded as `crashed`, never chosen, and the shape's other
+    candidates run again without it.
+    """
     result: dict[str, dict[str, dict]] = {f: {} for f in fqns}
-    to_time: dict[str, nn.Module] = {}
-    keys: dict[str, dict] = {}
 
     def record(mode, **fields):
         for f in fqns:
             result[f][mode] = {**fields, **({"sqnr_db": fields["sqnr_db"][f]} if "sqnr_db" in fields else {})}
 
+    rep, x = layers[fqns[0]], inputs[fqns[0]]
+    keys, cached = {}, {}
     for cand in cands:
-        bar and bar.set_postfix_str(f"{key[0]}x{key[1]} {cand.name}", refresh=False)
         reason = cand.layer_reason(rep, info, dtype) or cand.input_reason(info, dtype, x.numel() // max(1, x.shape[-1]))
         if reason:
             record(cand.name, ms=None, sqnr_db={f: None for f in fqns}, status="doesn't fit", note=reason)
@@ -266,36 +270,80 @@ def _measure_group(key, fqns, cands, layers, inputs, info, dtype, ctx, cache, ba
                 "threads": torch.get_num_threads(), "copies": n,
                 **_versions(),
             }
-            ms = cache.get(keys[cand.name])
-            with quiet_logs():
-                # the n copies are only needed for timing; a cache hit needs one, for the SQNR
-                module = _quantized_copy(rep, cand, info, dtype, n if ms is None else 1)
-                sqnr = {fqns[0]: layer_sqnr(refs[fqns[0]], module, x)}
-                for f in fqns[1:]:
-                    sqnr[f] = layer_sqnr(refs[f], _quantized_copy(layers[f], cand, info, dtype), inputs[f])
-        except Exception as e:  # one failing candidate must not end the search: it is recorded, never chosen
+        except Exception as e:
             record(cand.name, ms=None, sqnr_db={f: None for f in fqns}, status="error", note=error_text(e, 300))
             bar and bar.update(1)
             continue
-        record(cand.name, ms=ms, sqnr_db=sqnr, cached=ms is not None)
-        if ms is None:
-            to_time[cand.name] = module
-        else:
+        cached[cand.name] = cache.get(keys[cand.name])
+    group = {f: layers[f] for f in fqns}
+    group_inputs = {f: inputs[f] for f in fqns}
+    refs = {f: layers[f](inputs[f]) for f in fqns}
+    plain = dataclasses.replace(ctx, sandbox=None, progress=False)
+    names = list(cached)
+    while names:
+        args = (group, group_inputs, refs, {m: cached[m] for m in names}, n, info, dtype, plain)
+        label = f"{key[0]}x{key[1]}"
+        show = lambda phase: bar and bar.set_postfix_str(f"{label} {phase}", refresh=True)  # noqa: E731
+        try:
+            measured = (ctx.sandbox(_evaluate_shape, args, show) if ctx.sandbox is not None
+                        else _evaluate_shape(*args, phase=show))
+        except Crashed as e:
+            culprit = e.phase.partition(":")[0]
+            lost = [culprit] if culprit in names else names
+            for m in lost:
+                record(m, ms=None, sqnr_db={f: None for f in fqns}, status="crashed",
+                       note=f"{e.how} while {e.phase} on this layer's shape in a child process; never chosen")
+                bar and bar.update(1)
+            names = [m for m in names if m not in lost]
+            continue
+        for m, fields in measured.items():
+            record(m, **fields)
+            if fields.get("ms") is not None and not fields.get("cached"):
+                cache.put(keys[m], fields["ms"])
             bar and bar.update(1)
-    if to_time:
-        bar and bar.set_postfix_str(f"{key[0]}x{key[1]} timing {len(to_time)} candidates", refresh=True)
-        with quiet_logs():
-            times = time_modules(to_time, x, refs[fqns[0]], ctx)
-        for mode, timed in times.items():
-            for f in fqns:
-                if isinstance(timed, tuple):
-                    result[f][mode].update(ms=None, status=timed[0], note=timed[1])
-                else:
-                    result[f][mode]["ms"] = timed / n  # per layer call
-            if not isinstance(timed, tuple):
-                cache.put(keys[mode], timed / n)
-        bar and bar.update(len(to_time))
+        break
     return result
+
+
+def _evaluate_shape(layers: dict[str, nn.Linear], inputs: dict[str, torch.Tensor], refs: dict[str, torch.Tensor],
+                    cached: dict[str, float | None], n: int, info: DeviceInfo, dtype: torch.dtype, ctx: ApplyContext,
+                    phase=lambda text: None) -> dict[str, dict]:
+    """Quantize, score and time each candidate (`cached` holds the times already known) on one shape's layers;
+    mode -> the fields of its table entry. `phase` reports "<mode>: <step>" before each step that may crash."""
+    import torch._inductor.config as inductor_config
+
+    fqns = list(layers)
+    rep, x = layers[fqns[0]], inputs[fqns[0]]
+    out: dict[str, dict] = {}
+    to_time: dict[str, nn.Module] = {}
+    # A child process starts its own compile workers (each a fresh python importing torch, seconds) unless
+    # inductor compiles in-process; the generated code is the same.
+    with torch.no_grad(), inductor_config.patch(compile_threads=1):
+        for name, ms in cached.items():
+            cand = modes.MODES[name]
+            try:
+                phase(f"{name}: quantizing")
+                with quiet_logs():
+                    # the n copies are only needed for timing; a cache hit needs one, for the SQNR
+                    module = _quantized_copy(rep, cand, info, dtype, n if ms is None else 1)
+                    sqnr = {fqns[0]: layer_sqnr(refs[fqns[0]], module, x)}
+                    for f in fqns[1:]:
+                        sqnr[f] = layer_sqnr(refs[f], _quantized_copy(layers[f], cand, info, dtype), inputs[f])
+            except Exception as e:  # one failing candidate must not end the search: it is recorded, never chosen
+                out[name] = dict(ms=None, sqnr_db={f: None for f in fqns}, status="error", note=error_text(e, 300))
+                continue
+            out[name] = dict(ms=ms, sqnr_db=sqnr, cached=ms is not None)
+            if ms is None:
+                to_time[name] = module
+        if to_time:
+            with quiet_logs():
+                times = time_modules(to_time, x, refs[fqns[0]], ctx, phase)
+            for name, timed in times.items():
+                if isinstance(timed, tuple):
+                    out[name].update(ms=None, status=timed[0], note=timed[1])
+                else:
+                    out[name]["ms"] = timed / n  # per layer call
+    return out
 
 
 def _decide(fqn: str, key: tuple, cands: dict[str, dict], settings: SearchSettings, n: int = 1) -> dict:
