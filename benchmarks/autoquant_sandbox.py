@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from torchao_nb import autoquant, compiling, executors, models  # noqa: E402
+from torchao_nb import autoquant, compiling, models, sandbox  # noqa: E402
 
 TARGET = 0.10
 
@@ -27,7 +27,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--model", default="mlp")
     args = parser.parse_args()
-    zygote = executors.Zygote()  # before any torch work, as the worker makes it
+    zygote = sandbox.Zygote()  # before any torch work, as the worker makes it
 
     import torch
 

@@ -10,11 +10,8 @@ import atexit
 import contextlib
 import dataclasses
 import functools
-import io
 import os
-import pickle
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,12 +22,13 @@ from multiprocessing.connection import Connection, Pipe
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from .errors import Crashed, UserError, error_text
+from .errors import UserError, error_text
+from .sandbox import Zygote, _loads, _signal_name
 from .results import Row
 
 OnRow = Callable[[Row], None]
-OnPhase = Callable[["str | None", str], None]
-Sandbox = Callable[..., Any]  # Zygote.call: (fn, args, on_phase) -> fn's result, or Crashed  # (mode, or None for the reference; what it is doing)
+OnPhase = Callable[["str | None", str], None]  # (mode, or None for the reference; what it is doing)
+Sandbox = Callable[..., Any]  # Zygote.call: (fn, args, on_phase) -> fn's result, or Crashed
 START_TIMEOUT_S = 300.0  # importing torch and torchao in a fresh process takes seconds; a stuck one gets this long
 LOG_TAIL_LINES = 40
 LOG_TAIL_CHARS = 6000
@@ -131,15 +129,6 @@ class InProcess:
 
 
 # ---- in a worker process ---------------------------------------------------------------------------------
-
-def _signal_name(returncode: int) -> str:
-    if returncode < 0:
-        with contextlib.suppress(ValueError):
-            name = signal.Signals(-returncode).name
-            return name + (" (often the out-of-memory killer)" if name == "SIGKILL" else "")
-        return f"signal {-returncode}"
-    return f"exit status {returncode}"
-
 
 class _Dead(Exception):
     """The worker process is gone (crashed, killed, or closed its end)."""
@@ -423,141 +412,6 @@ def check_sendable(sources) -> str | None:
 
 # ---- the worker's side -------------------------------------------------------------------------------
 
-CALL_TIMEOUT_S = 900.0  # one step of sandboxed work (a cold compile on a GPU with tuning took 146 s) gets this long
-
-
-class Zygote:
-    """A fork of the worker made before it does any torch work, which forks the child that runs `call`s.
-
-    autoquant times candidates whose kernels may crash; each shape's candidates run in such a child, so a crash
-    costs that candidate only. A forked child starts in milliseconds with torch and torchao imported (a fresh
-    process needs ~6 s). It is forked from this pristine copy, never from the worker itself: a process that has
-    run an OpenMP parallel region hangs in its forked children's first parallel region (GNU libgomp; checked on
-    torch 2.13), and CUDA can't be used in a fork of a process that initialized it.
-    """
-
-    def __init__(self):
-        _warm_compiler()
-        self.sock, theirs = socket.socketpair()
-        pid = os.fork()
-        if pid == 0:  # the zygote: it only ever forks and reaps
-            self.sock.close()
-            _zygote_loop(theirs)
-            os._exit(0)
-        theirs.close()
-        self.lock = threading.Lock()
-        self.child: tuple[int, Connection] | None = None
-
-    def _ask(self, text: str, fds: tuple[int, ...] = ()) -> int:
-        with self.lock:
-            socket.send_fds(self.sock, [text.encode()], list(fds))
-            return int(self.sock.recv(64).decode())
-
-    def _child(self) -> tuple[int, Connection]:
-        """The child that serves calls: kept from call to call (its compiler warms up once), new after a crash."""
-        if self.child is None:
-            ours, theirs = Pipe(duplex=True)
-            self.child = (self._ask("start", (theirs.fileno(),)), ours)
-            theirs.close()
-        return self.child
-
-    def _end_child(self, kill: bool) -> int:
-        pid, conn = self.child
-        self.child = None
-        if kill:
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
-        conn.close()  # a healthy child exits when its connection closes
-        return self._ask(f"wait {pid}")
-
-    def call(self, fn: Callable, args: tuple, on_phase: Callable[[str], None],
-             timeout_s: float = CALL_TIMEOUT_S) -> Any:
-        """fn(*args, phase=report) in a child; its result, or Crashed naming the phase it died in."""
-        import cloudpickle
-
-        pid, conn = self._child()
-        phase, deadline = "starting", time.monotonic() + timeout_s
-        try:
-            conn.send_bytes(cloudpickle.dumps((fn, args)))
-            while True:
-                if not conn.poll(0.2):
-                    if time.monotonic() < deadline:
-                        continue
-                    self._end_child(kill=True)
-                    raise Crashed(f"timed out after {timeout_s:.0f} s", phase)
-                kind, value = pickle.loads(conn.recv_bytes())
-                if kind == "phase":
-                    phase, deadline = value, time.monotonic() + timeout_s
-                    on_phase(value)
-                elif kind == "failed":
-                    raise RuntimeError(value)
-                else:
-                    return value
-        except (EOFError, OSError):
-            raise Crashed(f"crashed ({_signal_name(self._end_child(kill=False))})", phase) from None
-
-    def close(self) -> None:
-        if self.child is not None:
-            self._end_child(kill=False)
-        self.sock.close()
-
-
-def _warm_compiler() -> None:
-    """One tiny compile before the zygote forks: dynamo's and inductor's one-time set-up (seconds: lazy imports,
-    tracing tables) is then paid once, not again in every child. One-element tensors never start an OpenMP
-    team, and one compile thread starts no compile-worker pool, so the process stays safe to fork."""
-    import torch
-    import torch._inductor.config as inductor_config
-
-    with inductor_config.patch(compile_threads=1), torch.no_grad():
-        fn = torch.compile(lambda x: torch.relu(x) * 2 + 1)
-        for dtype in (torch.float32, torch.bfloat16):
-            fn(torch.ones(1, dtype=dtype))
-    torch._dynamo.reset()
-
-
-def _zygote_loop(sock: socket.socket) -> None:
-    while True:
-        try:
-            message, fds, _, _ = socket.recv_fds(sock, 64, 1)
-        except OSError:
-            return
-        if not message:  # the worker is gone
-            return
-        kind, _, arg = message.decode().partition(" ")
-        if kind == "start":
-            child = os.fork()
-            if child == 0:
-                sock.close()
-                _serve_call(Connection(fds[0]))
-                os._exit(0)
-            os.close(fds[0])
-            sock.sendall(str(child).encode())
-        elif kind == "wait":
-            _, status = os.waitpid(int(arg), 0)
-            sock.sendall(str(os.waitstatus_to_exitcode(status)).encode())
-
-
-def _serve_call(conn: Connection) -> None:
-    """A zygote's child: run each function it is sent, reporting its phases, until its connection closes."""
-    import faulthandler
-
-    import cloudpickle
-
-    faulthandler.enable()  # a crash leaves its Python stack in the worker's log
-    send = lambda kind, value: conn.send_bytes(cloudpickle.dumps((kind, value)))  # noqa: E731
-    while True:
-        try:
-            data = conn.recv_bytes()
-        except (EOFError, OSError):
-            return
-        try:
-            fn, args = _loads(data)
-            send("result", fn(*args, phase=lambda text: send("phase", text)))
-        except Exception as e:
-            send("failed", error_text(e))
-
-
 def _watch_parent(parent: int) -> None:
     """The worker ends when the process that started it is gone, even in the middle of a cell."""
     while True:
@@ -572,36 +426,6 @@ def _log_offset() -> int:
         return os.fstat(2).st_size
     except OSError:
         return 0
-
-
-class _CallersMain(pickle.Unpickler):
-    """Loads what the supervisor sent, with the caller's `__main__` functions living in a real `__main__` here.
-
-    cloudpickle sends a class defined in a notebook cell or a script by value, and gives each of its functions a
-    fresh globals dict that holds `__name__ = "__main__"` and only the names the function uses. torch.compile
-    resolves a traced function's globals through `sys.modules[__name__]`, which in this process is a module that
-    lacks them ("module '__main__' has no attribute 'torch'"). So every function built from the caller's `__main__`
-    gets the globals of one stand-in `__main__` module instead, which cloudpickle then fills with the names they use:
-    dynamo finds in `sys.modules["__main__"]` exactly what the function sees, as it does in the caller's process.
-    """
-
-    def find_class(self, module: str, name: str):
-        found = super().find_class(module, name)
-        if module.startswith("cloudpickle") and name == "_make_function":
-            return _make_function_in_main(found)
-        return found
-
-
-def _make_function_in_main(make_function):
-    def make(code, globals_, *rest):
-        if globals_.get("__name__") == "__main__":
-            globals_ = sys.modules["__main__"].__dict__
-        return make_function(code, globals_, *rest)
-    return make
-
-
-def _loads(data: bytes):
-    return _CallersMain(io.BytesIO(data)).load()
 
 
 def serve(fd: int) -> None:
