@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from .errors import UserError, error_text
-from .sandbox import Zygote, _loads, _signal_name
+from .sandbox import Zygote, _loads, _signal_name, received
 from .results import Row
 
 OnRow = Callable[[Row], None]
@@ -450,11 +450,7 @@ def serve(fd: int) -> None:
     send = lambda message: conn.send_bytes(cloudpickle.dumps(message))  # noqa: E731
     executor = InProcess(sandbox=zygote.call)
     send(("ready", os.getpid()))
-    while True:
-        try:
-            data = conn.recv_bytes()
-        except (EOFError, OSError):
-            return
+    for data in received(conn):
         try:
             message = _loads(data)
             if message[0] == "environment":

@@ -53,6 +53,15 @@ def _make_function_in_main(make_function):
     return make
 
 
+def received(conn: Connection):
+    """Each message the other end sends, as bytes, until it closes the connection."""
+    while True:
+        try:
+            yield conn.recv_bytes()
+        except (EOFError, OSError):
+            return
+
+
 def _loads(data: bytes):
     return _CallersMain(io.BytesIO(data)).load()
 
@@ -180,11 +189,7 @@ def _serve_call(conn: Connection) -> None:
 
     faulthandler.enable()  # a crash leaves its Python stack in the worker's log
     send = lambda kind, value: conn.send_bytes(cloudpickle.dumps((kind, value)))  # noqa: E731
-    while True:
-        try:
-            data = conn.recv_bytes()
-        except (EOFError, OSError):
-            return
+    for data in received(conn):
         try:
             fn, args = _loads(data)
             send("result", fn(*args, phase=lambda text: send("phase", text)))
