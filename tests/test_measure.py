@@ -25,7 +25,7 @@ def test_time_calls_with_a_fake_clock_is_exact():
         clock.now += 0.003  # every call takes 3 ms
 
     m = measure.time_calls(step, measure.TimingPolicy(), clock=clock)
-    assert m.calls_per_sample == 1
+    assert m.calls_per_sample == 4  # a 10 ms burst
     assert m.median_ms == pytest.approx(3.0)
     assert m.iqr_ms == pytest.approx(0.0)
     # the median is stable after the first block, so it stops at the second check
@@ -37,10 +37,10 @@ def test_fast_calls_are_batched_into_samples():
     clock = FakeClock()
 
     def step():
-        clock.now += 0.0001  # 0.1 ms: 20 calls make one 2 ms sample
+        clock.now += 0.0001  # 0.1 ms: 100 calls make one 10 ms burst
 
     m = measure.time_calls(step, measure.TimingPolicy(), clock=clock)
-    assert m.calls_per_sample == 20
+    assert m.calls_per_sample == 100
     assert m.median_ms == pytest.approx(0.1)
 
 
@@ -129,7 +129,7 @@ def test_time_paired_interleaves_and_is_exact_with_a_fake_clock():
         order.append("b")
         clock.now += 0.002
 
-    ma, mb = measure.time_paired(a, b, measure.TimingPolicy(warmup_s=0.0), clock=clock)
+    ma, mb = measure.time_paired(a, b, measure.TimingPolicy(warmup_s=0.0, lead_s=0.0, burst_s=0.0), clock=clock)
     assert ma.median_ms == pytest.approx(4.0) and mb.median_ms == pytest.approx(2.0)
     assert len(ma.samples_ms) == len(mb.samples_ms) == 30  # both settle at the second check
     timed = order[-120:]  # each window: one untimed call, then the timed one
@@ -163,7 +163,8 @@ def test_every_function_takes_every_position_equally_often():
         return fn
 
     fns = [work("a", 3.0), work("b", 3.0), work("c", 3.0)]
-    ms = measure.time_interleaved(fns, measure.TimingPolicy(warmup_s=0.0, min_warmup=1), clock=clock)
+    ms = measure.time_interleaved(fns, measure.TimingPolicy(warmup_s=0.0, min_warmup=1, lead_s=0.0, burst_s=0.0),
+                                  clock=clock)
     rounds = len(ms[0].samples_ms)
     assert rounds % 3 == 0
     timed = order[-6 * rounds:][::2]  # one window per function and round, each an untimed call and a timed one
@@ -182,7 +183,7 @@ def test_a_position_bias_cancels_in_the_paired_ratio():
         last = state["i"] % 2 == 0  # two functions: every second call is the last of its round
         clock.now += (0.9 if last else 1.0) * 2e-3
 
-    a, b = measure.time_interleaved([fn, fn], measure.TimingPolicy(warmup_s=0.0, min_warmup=1, min_sample_s=0.0),
+    a, b = measure.time_interleaved([fn, fn], measure.TimingPolicy(warmup_s=0.0, min_warmup=1, lead_s=0.0, burst_s=0.0),
                                     clock=clock)
     r = measure.paired_ratio(a, b)
     assert r.lo <= 1.0 <= r.hi and not r.clear
@@ -199,3 +200,54 @@ def test_paired_ratio_and_its_interval():
     same = measure.Measurement(tuple(1.0 for _ in range(60)), 1)
     wide = measure.paired_ratio(noisy, same)
     assert wide.lo < 1.0 < wide.hi and not wide.clear
+
+
+def test_the_calls_after_a_switch_run_untimed():
+    """A function's first calls after another's are slow (caches hold the other's data): the lead absorbs them."""
+    clock = FakeClock()
+    state = {"last": None, "streak": 0}
+
+    def work(name, ms):
+        def fn():
+            state["streak"] = state["streak"] + 1 if state["last"] == name else 0
+            state["last"] = name
+            clock.now += ms * (3.0 if state["streak"] < 3 else 1.0) / 1e3  # 3 slow calls after each switch
+        return fn
+
+    policy = measure.TimingPolicy(warmup_s=0.05, replicates=1)
+    a, b = measure.time_interleaved([work("a", 2.0), work("b", 1.0)], policy, clock=clock)
+    assert a.median_ms == pytest.approx(2.0) and b.median_ms == pytest.approx(1.0)
+    short = measure.TimingPolicy(warmup_s=0.05, lead_s=0.0, burst_s=0.004)  # one untimed call only
+    a, b = measure.time_interleaved([work("a", 2.0), work("b", 1.0)], short, clock=clock)
+    assert a.median_ms > 2.5 and b.median_ms > 1.4  # what the 2 ms samples of earlier versions measured
+
+
+def _replicate(median: float, n: int = 40) -> measure.Measurement:
+    return measure.Measurement(tuple(median * (1 + 0.002 * ((i * 7) % 5 - 2)) for i in range(n)), 1)
+
+
+def test_replicates_that_differ_widen_the_interval_and_identical_ones_do_not():
+    base = [_replicate(2.0), _replicate(2.0), _replicate(2.0)]
+    same = measure.paired_ratio(base, [_replicate(1.0), _replicate(1.0), _replicate(1.0)])
+    alone = measure.paired_ratio(base[0], _replicate(1.0))
+    assert same.value == pytest.approx(2.0, rel=1e-3)
+    assert same.hi - same.lo == pytest.approx(alone.hi - alone.lo, rel=0.5)  # no wider than one copy's rounds
+    differ = measure.paired_ratio(base, [_replicate(0.96), _replicate(1.0), _replicate(1.04)])
+    assert differ.hi - differ.lo > 3 * (same.hi - same.lo)
+    assert differ.lo < 2.0 / 1.02 and differ.hi > 2.0 / 0.98  # spans most of what the copies read
+    assert measure.paired_ratio(base, [_replicate(0.96), _replicate(1.0), _replicate(1.04)]) == differ  # seeded
+
+
+def test_a_cold_window_flushes_before_each_single_call():
+    clock = FakeClock()
+    calls = []
+
+    def fn():
+        calls.append(clock.now)
+        clock.now += 0.001
+
+    window = measure.host_cold_window(1 << 20, clock)
+    assert window.one_call and window.cache == "cold"
+    m = measure.time_interleaved([fn], measure.TimingPolicy(warmup_s=0.0), clock=clock, window=window)
+    assert m[0].calls_per_sample == 1 and m[0].median_ms == pytest.approx(1.0)
+    assert measure.host_window(clock).cache == "warm"

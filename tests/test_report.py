@@ -55,6 +55,27 @@ def test_report_is_self_contained_and_its_figures_sit_beside_it(runs, tmp_path):
     assert stat.S_IMODE(out.stat().st_mode) & 0o044 == 0o044
 
 
+def test_the_tables_show_the_baseline_each_speedup_divides(runs, tmp_path):
+    """A reader checks speedup = base ms / median ms from what is printed: terminal, panel, report."""
+    from torchao_nb import columns, tables, widgets
+
+    rs = result_set()
+    text = tables.text(rs).splitlines()
+    head = text[0]
+    assert "base ms" in head
+    for line, row in zip(text[2:], rs.rows):
+        if row.status == "ok":
+            cells = line.split()
+            median, base, speedup = float(cells[4]), float(cells[6]), float(cells[7].rstrip("×"))
+            assert speedup == pytest.approx(base / median, rel=0.01)
+    assert "base ms" in widgets.table_html(rs) and "speedup = base ms / median ms" in widgets.table_html(rs)
+    out = tmp_path / "report.html"
+    report.build([runs[0]], out)
+    page = out.read_text()
+    assert "<th>base ms</th>" in page.replace(' class="num"', "")
+    assert page.count(html.escape(columns.timing_note(rs))) == 1  # said once, under the table
+
+
 def test_report_escapes_what_it_quotes(tmp_path):
     import dataclasses
 

@@ -1,4 +1,5 @@
 import csv
+import dataclasses
 import json
 
 import pytest
@@ -11,7 +12,7 @@ def sample_rows():
     return (
         Row(mode="noquant", status="ok", median_ms=2.0, iqr_ms=0.1, samples=30, noisy=False, baseline_ms=2.0,
             eager_ms=2.5, speedup=1.0, speedup_vs_eager=1.25, compile_s=3.2, sqnr_db=None, cosine=1.0,
-            weight_bytes=1000, layers_quantized=0, layers_total=2, recipe="", **common),
+            weight_bytes=1000, layers_quantized=0, layers_total=2, recipe="", replicates=3, cache="cold", **common),
         Row(mode="int8dynamic", status="ok", median_ms=1.0 / 3, iqr_ms=0.01, speedup=6.0, sqnr_db=31.25,
             cosine=0.9993, recipe=json.dumps({"_type": "Int8DynamicActivationInt8WeightConfig"}), **common),
         Row(mode="float8dynamic", status="skipped", reason="needs CUDA, with, commas \"and quotes\"", **common),
@@ -25,6 +26,11 @@ def test_csv_json_round_trip_equal(tmp_path):
     assert ResultSet.load(tmp_path / "results.json") == rs
     assert ResultSet.load(tmp_path / "results.csv") == rs
     assert ResultSet.load(tmp_path) == rs
+
+
+def test_the_cache_state_is_part_of_the_key():
+    warm, cold = sample_rows()[0], dataclasses.replace(sample_rows()[0], cache="warm")
+    assert warm.key != cold.key  # --resume never mixes warm and cold timings
 
 
 def test_csv_has_dynamo_columns_first(tmp_path):

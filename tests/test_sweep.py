@@ -42,7 +42,7 @@ def test_every_mode_gets_a_row_with_a_status(two_linear):
     assert r.sqnr_db >= 20 and r.cosine > 0.99
     # speedups are medians of round-by-round ratios, inside their bootstrap intervals
     assert 0 < r.speedup_lo <= r.speedup <= r.speedup_hi and 0 < r.speedup_vs_eager_lo <= r.speedup_vs_eager <= r.speedup_vs_eager_hi
-    assert r.sampling == "host clock around back-to-back calls" and r.timing == "quick"
+    assert r.sampling == "host clock around bursts of back-to-back calls" and r.timing == "quick"
     assert r.layers_quantized == 2 and r.layers_total == 2
     assert r.weight_bytes < rows["noquant"].weight_bytes
     assert rows["noquant"].layers_quantized == 0
@@ -169,8 +169,24 @@ def test_a_fresh_sweep_sets_old_results_aside(two_linear, tmp_path):
     assert len(previous) == 1 and [r.mode for r in ResultSet.load(previous[0])] == ["noquant"]
 
 
+@pytest.mark.parametrize("compile, cache", [(True, "warm"), (False, "cold")])
+def test_each_side_is_timed_on_copies_of_its_own_and_the_row_says_how(two_linear, compile, cache):
+    from torchao_nb import measure
+
+    policy = measure.TimingPolicy(min_warmup=1, warmup_s=0.0, lead_s=0.0, burst_s=0.0, replicates=2, min_samples=4,
+                                  max_samples=6, block=2)
+    rows = by_mode(run(two_linear, modes="noquant,int8weightonly", compile=compile, cache=cache, policy=policy))
+    for row in rows.values():
+        assert row.status == "ok", row.reason
+        assert row.replicates == 2 and row.cache == cache and row.timing.startswith("custom-")
+        assert row.baseline_ms > 0 and row.speedup_lo <= row.speedup <= row.speedup_hi
+        assert ("flushed" in row.sampling) == (cache == "cold")
+    assert two_linear.fc1.weight.dtype == torch.float32  # copies were made from copies: the user's model is untouched
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(modes="int3"), "unknown mode"),
+    (dict(cache="hot"), "cache must be one of warm, cold, got 'hot'"),
     (dict(batch_sizes=[0]), "positive"),
     (dict(batch_sizes=[-2]), "positive"),
     (dict(batch_sizes=["x"]), "whole number"),

@@ -22,7 +22,7 @@ from .reference import (ModelSource, Phase, Reference, build_reference, cell_key
                         failed_reference_row, new_row, no_phase)
 from .results import Row
 
-SYNCED_POLICY = measure.TimingPolicy(min_warmup=1, warmup_s=0.0, min_sample_s=0.0, min_samples=15, max_samples=30,
+SYNCED_POLICY = measure.TimingPolicy(min_warmup=1, warmup_s=0.0, lead_s=0.0, burst_s=0.0, min_samples=15, max_samples=30,
                                      max_time_s=1.0, block=15)  # the per-call figure beside CUDA's back-to-back one
 LOG_LINES = 40  # torch's warnings kept with a failing or suspicious row
 
@@ -85,37 +85,56 @@ def _quality(cfg: SweepConfig, ref: Reference, model: nn.Module, fn, acc: measur
 
 # ---- timing ------------------------------------------------------------------------------------
 
-def _window(cfg: SweepConfig, ref: Reference, step_bytes: int, clock, sync) -> measure.Window:
-    """CUDA: events around back-to-back calls, as a generation loop runs them; a model whose step fits in
-    L2 gets the L2 flushed before each single call instead, so its weights come from memory."""
-    if cfg.device != "cuda":
-        return measure.host_window(clock, sync)
-    fits = ref.cache_bytes is not None and step_bytes <= ref.cache_bytes
-    return measure.cuda_window(2 * ref.cache_bytes if fits else 0)
+def _window(cfg: SweepConfig, ref: Reference, clock, sync) -> measure.Window:
+    """Warm: bursts of back-to-back calls, as a generation loop runs a model. Cold: the last-level cache (CPU)
+    or L2 (CUDA) flushed before each single call, so a model that fits there reads its weights from memory."""
+    flush = 2 * ref.cache_bytes if cfg.cache == "cold" and ref.cache_bytes else 0
+    if cfg.device == "cuda":
+        return measure.cuda_window(flush)
+    return measure.host_cold_window(flush, clock, sync) if flush else measure.host_window(clock, sync)
+
+
+def _baselines(ref: Reference, n: int) -> list:
+    """`n` compiled unquantized models, each from a copy of its own, made once per group (later cells and the
+    quality measure get them back from the group)."""
+    # A copy of its own, as every mode gets: sharing the eager reference's memory made the A/A read
+    # 0.95-0.99 on a 2-core CPU (the mode's copy was the one paying for fresh memory).
+    while len(ref.compiled_baselines) < n:
+        base = compiling.compiled(copy.deepcopy(ref.module), ref.compile, "baseline")
+        models.call(base, ref.inputs)
+        ref.compiled_baselines.append(base)
+    return ref.compiled_baselines[:n]
 
 
 def _baseline_fn(ref: Reference):
-    """The compiled unquantized model, compiled once per group (later cells get it back from the group)."""
-    if ref.compiled_baseline is None:
-        # A copy of its own, as every mode gets: sharing the eager reference's memory made the A/A read
-        # 0.95-0.99 on a 2-core CPU (the mode's copy was the one paying for fresh memory).
-        ref.compiled_baseline = compiling.compiled(copy.deepcopy(ref.module), ref.compile, "baseline")
-        models.call(ref.compiled_baseline, ref.inputs)
-    return ref.compiled_baseline
+    return _baselines(ref, 1)[0]
 
 
-def _timed(cfg: SweepConfig, ref: Reference, fn, window: measure.Window, clock, sync) -> dict[str, Any]:
-    """The mode timed in rounds with the unquantized model (compiled baseline, eager), so both speedups
-    come from samples taken under the same machine state, round by round."""
-    calls = [lambda: models.call(ref.module, ref.inputs), lambda: models.call(fn, ref.inputs)]
-    if ref.compile.enabled:
-        base = _baseline_fn(ref)
-        calls.insert(0, lambda: models.call(base, ref.inputs))
+def _replicas(ref: Reference, model: nn.Module, fn, n: int, label: str) -> list:
+    """`fn` and n-1 more compiled copies of the quantized model, each in memory of its own (a deep copy
+    copies torchao's packed tensors too), compiled and called once before timing starts."""
+    out = [fn]
+    for _ in range(n - 1):
+        again = compiling.compiled(copy.deepcopy(model), ref.compile, label)
+        models.call(again, ref.inputs)
+        out.append(again)
+    return out
+
+
+def _timed(cfg: SweepConfig, ref: Reference, fns: list, window: measure.Window, clock, sync) -> dict[str, Any]:
+    """The mode's copies timed in rounds with the unquantized model (as many compiled baseline copies, the eager
+    model), so both speedups come from samples taken under the same machine state, round by round."""
+    n = len(fns)
+    bases = _baselines(ref, n) if ref.compile.enabled else []
+    calls = [lambda f=f: models.call(f, ref.inputs) for f in [*bases, ref.module, *fns]]
     timed = measure.time_interleaved(calls, cfg.policy, clock, sync, window)
-    base_m, eager_m, m = timed[0], timed[-2], timed[-1]
-    speedup, vs_eager = measure.paired_ratio(base_m, m), measure.paired_ratio(eager_m, m)
-    return dict(median_ms=m.median_ms, iqr_ms=m.iqr_ms, samples=len(m.samples_ms), noisy=m.noisy(cfg.policy),
-                baseline_ms=base_m.median_ms, eager_ms=eager_m.median_ms,
+    eager_m, ms = timed[len(bases)], timed[len(bases) + 1:]
+    base_ms = timed[:len(bases)] or [eager_m]
+    speedup, vs_eager = measure.paired_ratio(base_ms, ms), measure.paired_ratio(eager_m, ms)
+    pooled = lambda parts: measure.Measurement(tuple(x for m in parts for x in m.samples_ms), parts[0].calls_per_sample)  # noqa: E731
+    m, base = pooled(ms), pooled(base_ms)
+    return dict(median_ms=m.median_ms, iqr_ms=m.iqr_ms, samples=len(ms[0].samples_ms), replicates=n,
+                noisy=m.noisy(cfg.policy), baseline_ms=base.median_ms, eager_ms=eager_m.median_ms,
                 speedup=speedup.value, speedup_lo=speedup.lo, speedup_hi=speedup.hi,
                 speedup_vs_eager=vs_eager.value, speedup_vs_eager_lo=vs_eager.lo, speedup_vs_eager_hi=vs_eager.hi,
                 sampling=window.what)
@@ -211,8 +230,9 @@ def run_cell(cfg: SweepConfig, ref: Reference, mode: str, batch: int, clock=time
                     for _ in range(3):
                         models.call(fn, ref.inputs)
                 on_phase("timing")
-                window = _window(cfg, ref, step_bytes, clock, sync)
-                numbers = _timed(cfg, ref, fn, window, clock, sync)
+                replicas = _replicas(ref, model, fn, cfg.policy.replicates, mode)
+                numbers = _timed(cfg, ref, replicas, _window(cfg, ref, clock, sync), clock, sync)
+                del replicas[1:]
                 if cfg.device == "cuda":
                     numbers["synced_ms"] = measure.time_calls(lambda: models.call(fn, ref.inputs), SYNCED_POLICY,
                                                               clock, sync).median_ms

@@ -43,7 +43,7 @@ def _sweep_options(args) -> dict:
 
 
 def _print_results(result, out) -> int:
-    from . import tables
+    from . import columns, tables
 
     env = result.environment
     threads = f"{env['threads']} thread{'s' * (env['threads'] != 1)}"
@@ -51,8 +51,7 @@ def _print_results(result, out) -> int:
           f"{env['dtype']}, {threads}, compile={'on' if env['compile'] else 'off'}, "
           f"baseline settings={'on' if env['baseline'] else 'off'}, cells in {env['isolation']}")
     print(tables.text(result))
-    print(f"\nspeedup = compiled unquantized baseline / mode (eager baseline when --no-compile); "
-          f"results in {out}/results.csv and results.json")
+    print(f"\n{columns.timing_note(result)}\nresults in {out}/results.csv and results.json")
     return _run_status(result)
 
 

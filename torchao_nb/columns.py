@@ -45,6 +45,24 @@ def note(row: Row) -> str:
     return "; ".join(notes)
 
 
+_CACHE_TEXT = {"warm": "cache warm (bursts of back-to-back calls, as a generation loop calls a model)",
+               "cold": "cache cold (the last-level cache or L2 flushed before each call)"}
+
+
+def timing_note(rows) -> str:
+    """How the speedups were measured, said once under a table: what `speedup` divides, and the cache state."""
+    ok = [r for r in rows if r.status == "ok"]
+    compiled = any(r.compile for r in ok) or not ok
+    base = "the compiled unquantized model" if compiled else "the eager unquantized model (compile off)"
+    copies = sorted({r.replicates for r in ok if r.replicates})
+    caches = [_CACHE_TEXT.get(c, c) for c in dict.fromkeys(r.cache for r in ok if r.cache)]
+    parts = [f"speedup = base ms / median ms, round by round: base ms is {base}, timed in the same rounds as the mode"]
+    if copies:
+        parts.append(f"each side on {'/'.join(map(str, copies))} copies of its own (the 95% CI resamples copies, "
+                     "then rounds)")
+    return "; ".join(parts + caches)
+
+
 def _interval(lo: float | None, hi: float | None) -> str | None:
     return None if lo is None or hi is None else f"{lo:.2f}–{hi:.2f}"
 
@@ -89,6 +107,7 @@ COLUMNS: dict[str, Column] = {
     "status": Column("status", lambda r: r.status),
     "median_ms": Column("median ms", lambda r: r.median_ms, "{:.3f}", True),
     "iqr_ms": Column("IQR ms", lambda r: r.iqr_ms, "{:.3f}", True),
+    "base_ms": Column("base ms", lambda r: r.baseline_ms, "{:.3f}", True),  # what the speedup divides
     "speedup": Column("speedup", lambda r: r.speedup, "{:.2f}×", True),
     "speedup_ci": Column("95% CI", lambda r: _interval(r.speedup_lo, r.speedup_hi)),
     "vs_eager": Column("vs eager", lambda r: r.speedup_vs_eager, "{:.2f}×", True),
@@ -114,12 +133,12 @@ COLUMNS: dict[str, Column] = {
 }
 
 # Which columns each view shows, in order (an optional column only when some row has a value).
-TERMINAL = ("model", "mode", "batch", "status", "median_ms", "iqr_ms", "speedup", "speedup_ci", "vs_eager", "sqnr",
-            "cosine", "tokens_per_s", "perplexity", "ppl_change", "agreement", "gen_tokens_per_s", "weights_mb",
+TERMINAL = ("model", "mode", "batch", "status", "median_ms", "iqr_ms", "base_ms", "speedup", "speedup_ci", "vs_eager",
+            "sqnr", "cosine", "tokens_per_s", "perplexity", "ppl_change", "agreement", "gen_tokens_per_s", "weights_mb",
             "disk_mb", "roofline", "layers", "layer_configs", "note")
-PANEL = ("model", "mode", "batch", "status", "median_ms", "speedup", "speedup_ci", "vs_eager", "sqnr", "perplexity",
+PANEL = ("model", "mode", "batch", "status", "median_ms", "base_ms", "speedup", "speedup_ci", "vs_eager", "sqnr", "perplexity",
          "ppl_change", "agreement", "gen_tokens_per_s", "weights_mb", "layers", "note")
-REPORT = ("model", "mode", "batch", "status", "median_ms", "iqr_ms", "synced_ms", "speedup", "speedup_ci", "vs_eager",
+REPORT = ("model", "mode", "batch", "status", "median_ms", "iqr_ms", "synced_ms", "base_ms", "speedup", "speedup_ci", "vs_eager",
           "sqnr", "cosine", "tokens_per_s", "perplexity", "ppl_change", "agreement", "ttft_ms", "decode_ms",
           "gen_tokens_per_s", "weights_mb", "disk_mb", "reload", "peak_mb", "roofline", "layers", "layer_configs",
           "compile_s", "note")

@@ -55,6 +55,10 @@ OPTIONS: tuple[Option, ...] = (
            "as an error (isolated runs only)", "--cell-timeout", float),
     Option("save_reload", True, "save each quantized model's state_dict, load it into a fresh model and check its "
            "output is unchanged; the row gets the size on disk", "--save-reload", bool),
+    Option("cache", "warm", "warm | cold: warm times bursts of back-to-back calls, as a generation loop runs a model "
+           "(a model that fits in the CPU's last-level cache or the GPU's L2 stays there); cold flushes that cache "
+           "before each single call, so a small model reads its weights from memory as a large one does",
+           "--cache", str),
     Option("policy", None, "a measure.TimingPolicy (default: measure.TimingPolicy(); --quick: measure.FAST_POLICY)"),
 )
 OPTION_NAMES = tuple(o.name for o in OPTIONS)
@@ -78,6 +82,7 @@ class SweepConfig:
     cell_timeout_s: float = DEFAULT_CELL_TIMEOUT_S
     diagnose: bool = False
     save_reload: bool = True
+    cache: str = "warm"  # one of measure.CACHES
 
     def settings_for(self, mode: str) -> object | None:
         return dict(self.mode_settings).get(mode)
@@ -140,6 +145,8 @@ def build(mode_list: list[str], user_module: bool, progress: bool, **options: An
         raise UserError(f"cell_timeout_s must be a positive number of seconds, got {timeout!r}.")
     if o["policy"] is not None and not isinstance(o["policy"], measure.TimingPolicy):
         raise UserError(f"policy must be a torchao_nb.measure.TimingPolicy, not {type(o['policy']).__name__}.")
+    if o["cache"] not in measure.CACHES:
+        raise UserError(f"cache must be one of {', '.join(measure.CACHES)}, got {o['cache']!r}.")
     cfg = SweepConfig(
         modes=tuple(mode_list), device=device, dtype=envmod.resolve_dtype(o["dtype"], info),
         batch_sizes=None if user_module else check_batch_sizes(o["batch_sizes"] or (1,)),
@@ -151,7 +158,7 @@ def build(mode_list: list[str], user_module: bool, progress: bool, **options: An
         policy=o["policy"] or measure.TimingPolicy(), progress=bool(progress),
         mode_settings=tuple((name, modes_mod.MODES[name].parse_settings(value)) for name, value in settings.items()),
         isolate=bool(o["isolate"]), cell_timeout_s=float(timeout), diagnose=bool(o["diagnose"]),
-        save_reload=bool(o["save_reload"]),
+        save_reload=bool(o["save_reload"]), cache=o["cache"],
     )
     _warn_unusual(cfg, opts)
     return cfg

@@ -19,26 +19,37 @@ Clock = Callable[[], float]
 
 @dataclass(frozen=True)
 class TimingPolicy:
-    """How long to warm up and how many samples to take; bounded so a sweep's time is predictable."""
+    """How samples are taken and how many; bounded so a sweep's time is predictable."""
 
     min_warmup: int = 3  # calls, at least
     warmup_s: float = 0.2  # and at least this long: caches, allocator, CPU frequency settle
-    min_sample_s: float = 2e-3  # calls are batched into samples this long, so clock overhead stays <0.1%
+    # A sample is a burst: untimed calls, then timed back-to-back calls, as a generation loop calls a model.
+    # Switching from another function slows the next 3-5 calls (the demo on a 2-core Xeon: int4 -> noquant
+    # read 3.2, 2.7, 2.4, 1.9 ms before its steady 1.8; on an H200, CUDA-graph trees switching graphs added
+    # ~0.15 ms to a 0.89 ms decode step). With 10 ms untimed, a 10 ms burst after a switch reads 0.4-1.3 %
+    # over a steady one (benchmarks/switching.py; target < 2 %).
+    lead_s: float = 0.01  # untimed calls at the start of each sample (at least one)
+    burst_s: float = 0.01  # timed calls per sample (at least one)
+    # Each side is timed on this many independently allocated copies, so memory-placement luck widens the
+    # interval instead of hiding in it: 4 copies of int8 weight-only in one process read 2.315-2.387x, as far
+    # apart as 5 fresh processes (2.310-2.386x), while each process's rounds alone claimed +-0.5 %.
+    replicates: int = 3
     min_samples: int = 15
     max_samples: int = 300
-    max_time_s: float = 3.0  # per measurement, after warm-up
+    max_time_s: float = 3.0  # per function and measurement, after warm-up
     settle_rel: float = 0.01  # stop once the median moved < 1% over the last block
     block: int = 15  # samples between stability checks
     noisy_rel_iqr: float = 0.10  # IQR/median above this flags the row as noisy
 
 
-FAST_POLICY = TimingPolicy(min_warmup=1, warmup_s=0.0, min_sample_s=0.0, min_samples=3, max_samples=5, max_time_s=0.5, block=3)
+FAST_POLICY = TimingPolicy(min_warmup=1, warmup_s=0.0, lead_s=0.0, burst_s=0.0, replicates=1, min_samples=3, max_samples=5,
+                           max_time_s=0.5, block=3)
 
 
 def policy_name(policy: TimingPolicy) -> str:
-    """The row's `timing`: "default", "quick" (FAST_POLICY), or "custom-" and a hash of the fields, so a resumed
-    sweep never mixes rows timed under different policies."""
-    named = {TimingPolicy(): "default", FAST_POLICY: "quick"}
+    """The row's `timing`: "bursts" (the default), "quick" (FAST_POLICY), or "custom-" and a hash of the fields, so
+    a resumed sweep never mixes rows timed under different policies (rows of the old 2 ms samples read "default")."""
+    named = {TimingPolicy(): "bursts", FAST_POLICY: "quick"}
     if policy in named:
         return named[policy]
     import dataclasses
@@ -91,20 +102,22 @@ def time_calls(fn: Callable[[], Any], policy: TimingPolicy = TimingPolicy(), clo
 
 @dataclass(frozen=True)
 class Window:
-    """How one sample is taken: `run(fn, n)` → ms per call of n back-to-back calls."""
+    """How one sample is taken: `run(fn, lead, n)` → ms per call of n timed back-to-back calls, after `lead`
+    untimed ones."""
 
-    run: Callable[[Callable[[], Any], int], float]
+    run: Callable[[Callable[[], Any], int, int], float]
     one_call: bool = False  # a sample is one call (the cache is flushed before each: repeats would hit it)
-    what: str = "host clock around back-to-back calls"
+    what: str = "host clock around bursts of back-to-back calls"
+    cache: str = "warm"  # "cold": the caches are flushed before each call
 
 
-# Each window starts with one untimed call. Switching from another function costs the first call extra
-# (measured on an H200: CUDA-graph trees switching graphs added ~0.15 ms to a 0.89 ms decode step; on
-# a CPU the caches hold the other function's data), and who pays it depends on the order: without the
-# untimed call two identical compiled models read 0.976 against each other, with it 0.998.
+CACHES = ("warm", "cold")  # what a row's `cache` says: the model's data stay in the caches between calls, or not
+
+
 def host_window(clock: Clock = time.perf_counter, sync: Callable[[], None] = no_sync) -> Window:
-    def run(fn, n):
-        fn()
+    def run(fn, lead, n):
+        for _ in range(max(1, lead)):  # untimed: see TimingPolicy.lead_s
+            fn()
         sync()
         t0 = clock()
         for _ in range(n):
@@ -114,17 +127,32 @@ def host_window(clock: Clock = time.perf_counter, sync: Callable[[], None] = no_
     return Window(run)
 
 
-def cuda_window(flush_bytes: int = 0) -> Window:
-    """Back-to-back calls between two CUDA events, as a generation loop runs them (no host round trip
-    per call). With `flush_bytes` (2x the L2), a buffer is zeroed before each single call, so a model
-    that fits in L2 reads its weights from memory as a larger one would."""
-    import torch
+def host_cold_window(flush_bytes: int, clock: Clock = time.perf_counter, sync: Callable[[], None] = no_sync) -> Window:
+    """One call per sample, each after a buffer of `flush_bytes` (2x the last-level cache) is read and
+    written, so a model that fits in the cache reads its weights from memory as a larger one would."""
+    scratch = torch.zeros(max(1, flush_bytes // 4), dtype=torch.int32)
 
+    def run(fn, lead, n):
+        scratch.add_(1)  # reads and writes every line: the cache holds the scratch, not the model
+        sync()
+        t0 = clock()
+        fn()
+        sync()
+        return (clock() - t0) * 1e3
+    return Window(run, one_call=True, what="host clock around one call, last-level cache flushed before each",
+                  cache="cold")
+
+
+def cuda_window(flush_bytes: int = 0) -> Window:
+    """Bursts of back-to-back calls between two CUDA events, as a generation loop runs them (no host round
+    trip per call). With `flush_bytes` (2x the L2), a buffer is zeroed before each single call instead, so a
+    model that fits in L2 reads its weights from memory as a larger one would."""
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     scratch = torch.empty(max(1, flush_bytes // 4), dtype=torch.int32, device="cuda") if flush_bytes else None
 
-    def run(fn, n):
-        fn()  # untimed: see host_window
+    def run(fn, lead, n):
+        for _ in range(1 if scratch is not None else max(1, lead)):  # untimed: see TimingPolicy.lead_s
+            fn()
         if scratch is not None:
             scratch.zero_()  # on the stream before the start event: not timed
         start.record()
@@ -134,14 +162,15 @@ def cuda_window(flush_bytes: int = 0) -> Window:
         end.synchronize()
         return start.elapsed_time(end) / n
 
-    what = "CUDA events around one call, L2 flushed before each" if flush_bytes else "CUDA events around back-to-back calls"
-    return Window(run, one_call=bool(flush_bytes), what=what)
+    if flush_bytes:
+        return Window(run, one_call=True, what="CUDA events around one call, L2 flushed before each", cache="cold")
+    return Window(run, what="CUDA events around bursts of back-to-back calls")
 
 
 def time_interleaved(fns: Sequence[Callable[[], Any]], policy: TimingPolicy = TimingPolicy(),
                      clock: Clock = time.perf_counter, sync: Callable[[], None] = no_sync,
                      window: Window | None = None) -> list[Measurement]:
-    """Time several functions in rounds: each round takes one sample of every function.
+    """Time several functions in rounds: each round takes one sample (a burst) of every function.
 
     A speedup is a ratio of two timings; on a shared machine (a VM's neighbours, clock changes)
     the speed drifts by tens of percent over seconds, so timings taken one after the other
@@ -154,7 +183,7 @@ def time_interleaved(fns: Sequence[Callable[[], Any]], policy: TimingPolicy = Ti
     """
     window = window or host_window(clock, sync)
 
-    def calibrate(fn):
+    def calibrate(fn) -> tuple[int, int]:
         start, calls, last = clock(), 0, 0.0
         while calls < policy.min_warmup or clock() - start < policy.warmup_s:
             t0 = clock()
@@ -163,17 +192,17 @@ def time_interleaved(fns: Sequence[Callable[[], Any]], policy: TimingPolicy = Ti
             last = clock() - t0
             calls += 1
         if window.one_call:
-            return 1
-        return max(1, math.ceil(policy.min_sample_s / last - 1e-6)) if last > 0 else 1
+            return 1, 1
+        return tuple(max(1, math.ceil(s / last - 1e-6)) if last > 0 else 1 for s in (policy.lead_s, policy.burst_s))
 
     k = len(fns)
-    inner = [calibrate(fn) for fn in fns]
+    shape = [calibrate(fn) for fn in fns]
     samples: list[list[float]] = [[] for _ in fns]
     begin, settled, rounds = clock(), [None] * k, 0
     while rounds < policy.max_samples:
         for j in range(k):
             i = (rounds + j) % k
-            samples[i].append(window.run(fns[i], inner[i]))
+            samples[i].append(window.run(fns[i], *shape[i]))
         rounds += 1
         if rounds % k or rounds < policy.min_samples:
             continue
@@ -184,7 +213,7 @@ def time_interleaved(fns: Sequence[Callable[[], Any]], policy: TimingPolicy = Ti
             settled = meds
         if clock() - begin >= k * policy.max_time_s:
             break
-    return [Measurement(tuple(s), n) for s, n in zip(samples, inner)]
+    return [Measurement(tuple(s), n) for s, (_, n) in zip(samples, shape)]
 
 
 def time_paired(fn_a: Callable[[], Any], fn_b: Callable[[], Any], policy: TimingPolicy = TimingPolicy(),
@@ -198,7 +227,7 @@ def time_paired(fn_a: Callable[[], Any], fn_b: Callable[[], Any], policy: Timing
 class Ratio:
     """A ratio of two timings from paired samples, with a bootstrap confidence interval."""
 
-    value: float  # the median, over rounds, of (numerator sample / denominator sample)
+    value: float  # the median, over rounds (and replicates), of (numerator sample / denominator sample)
     lo: float
     hi: float
 
@@ -208,16 +237,32 @@ class Ratio:
         return not self.lo <= 1.0 <= self.hi
 
 
-def paired_ratio(num: Measurement, den: Measurement, confidence: float = 0.95, resamples: int = 2000,
-                 seed: int = 0) -> Ratio:
+def _replicates(m: "Measurement | Sequence[Measurement]") -> list[Measurement]:
+    return [m] if isinstance(m, Measurement) else list(m)
+
+
+def paired_ratio(num: "Measurement | Sequence[Measurement]", den: "Measurement | Sequence[Measurement]",
+                 confidence: float = 0.95, resamples: int = 2000, seed: int = 0) -> Ratio:
     """Round by round, num/den (both saw the same machine); the median of those, and a bootstrap
-    interval of that median (rounds resampled with replacement, a fixed seed: the same samples give
-    the same interval)."""
+    interval of that median.
+
+    With replicates (independently allocated copies of each side, timed in the same rounds), copy i of
+    the numerator pairs with copy i of the denominator, and the bootstrap resamples at both levels:
+    copies with replacement, then rounds within each copy. Copies that read differently so widen the
+    interval; identical copies leave it as narrow as the rounds make it. A fixed seed: the same samples
+    give the same interval.
+    """
     import numpy as np
 
-    ratios = np.asarray(num.samples_ms, dtype=float) / np.asarray(den.samples_ms, dtype=float)
+    nums, dens = _replicates(num), _replicates(den)
+    copies = max(len(nums), len(dens))
+    ratios = np.stack([np.asarray(nums[i % len(nums)].samples_ms, dtype=float) /
+                       np.asarray(dens[i % len(dens)].samples_ms, dtype=float) for i in range(copies)])
     rng = np.random.default_rng(seed)
-    medians = np.median(rng.choice(ratios, size=(resamples, ratios.size), replace=True), axis=1)
+    rounds = ratios.shape[1]
+    picked = rng.integers(copies, size=(resamples, copies, 1))
+    drawn = ratios[picked, rng.integers(rounds, size=(resamples, copies, rounds))]
+    medians = np.median(drawn.reshape(resamples, -1), axis=1)
     tail = (1 - confidence) / 2
     lo, hi = np.quantile(medians, [tail, 1 - tail])
     return Ratio(float(np.median(ratios)), float(lo), float(hi))

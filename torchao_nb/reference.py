@@ -114,7 +114,7 @@ class Reference:
     layer_rows: tuple[tuple[str, int], ...] = ()  # each Linear's fewest rows (batch x tokens) in one call
     compile: compiling.CompileSettings = compiling.EAGER  # how this model's cells compile
     cache_bytes: int | None = None  # the device's last-level cache (CPU) or L2 (GPU)
-    compiled_baseline: Any = None  # made by the first compiled cell, re-used by the others
+    compiled_baselines: list = dataclasses.field(default_factory=list)  # made by the first compiled cell, re-used
     builtin: bool = False  # a registry model: its code is torchao_nb's
     signature: str = ""  # a user's module: ModelSource.signature
     prequantized: str = ""  # a user's module that is already quantized: ModelSource.prequantized
@@ -175,7 +175,7 @@ def new_row(cfg: SweepConfig, ref: Reference, mode: str, batch: int, status: str
                compile=cfg.compile.enabled, baseline=cfg.compile.baseline, status=status, reason=reason,
                layers_total=ref.layers_total, threads=cfg.threads, compile_mode=cfg.compile.label,
                seq_len=ref.seq_len, torchao_tuning=cfg.compile.enabled and cfg.compile.torchao_tuning,
-               timing=measure.policy_name(cfg.policy), mode_settings=mode_settings_text(cfg, mode),
+               timing=measure.policy_name(cfg.policy), cache=cfg.cache, mode_settings=mode_settings_text(cfg, mode),
                model_signature=ref.signature, **_where(cfg.device), **kw)
 
 

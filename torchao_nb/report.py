@@ -167,7 +167,8 @@ def _write(runs: dict[str, ResultSet], out: Path, dpi: int) -> Report:
     for i, (label, rs) in enumerate(runs.items(), 1):
         body.append(f'<section class="run" id="run-{i}"><h2>{html.escape(label)}</h2>')
         body.append(save(plots.dashboard(rs), f"{i}-{_slug(label)}-dashboard", f"Dashboard of {label}"))
-        body.append("<h3>Results</h3>" + results_table(rs))
+        body.append("<h3>Results</h3>" + results_table(rs)
+                    + f'<p class="timing">{html.escape(columns.timing_note(rs))}</p>')
         texts = tables.generations_html(rs)
         if texts:
             body.append('<h3 id="generated-text">Generated text</h3><p>Greedy continuations of fixed prompts by the '

@@ -29,7 +29,7 @@ GENERATIONS_KEY = "generations"
 CELL_FIELDS = ("model", "mode", "batch_size", "seq_len", "model_signature", "mode_settings")
 # What a sweep measured every cell under: the machine, the versions, how it compiled and timed.
 SETTING_FIELDS = ("device", "device_name", "dtype", "compile", "baseline", "compile_mode", "torchao_tuning", "threads",
-                  "timing", "torch_version", "torchao_version")
+                  "timing", "cache", "torch_version", "torchao_version")
 # Everything that changes a measurement: a row is re-used by --resume only when all of these match.
 KEY_FIELDS = CELL_FIELDS + SETTING_FIELDS
 
@@ -49,7 +49,8 @@ class Row:
     reason: str = ""
     median_ms: float | None = None  # per call
     iqr_ms: float | None = None
-    samples: int | None = None
+    samples: int | None = None  # rounds: each took one burst of every function timed with the mode
+    replicates: int | None = None  # independently allocated copies of the mode and of the baseline, each timed
     noisy: bool | None = None  # IQR > 10% of the median
     baseline_ms: float | None = None  # the unquantized reference, compiled when compile is on
     eager_ms: float | None = None  # the unquantized reference, eager
@@ -98,7 +99,8 @@ class Row:
     torchao_tuning: bool = False  # torchao's recommended inductor settings were applied
     torch_version: str = ""
     torchao_version: str = ""
-    timing: str = ""  # the timing policy: "default", "quick" (--quick) or "custom-<hash of its fields>"
+    timing: str = ""  # the timing policy: "bursts", "quick" (--quick) or "custom-<hash of its fields>"
+    cache: str = ""  # "warm": bursts of back-to-back calls; "cold": caches flushed before each call
     mode_settings: str = ""  # JSON of the mode's own settings that change what it measures (autoquant's floor, ...)
     model_signature: str = ""  # a user's module: a hash of its structure, weights' shapes and inputs' shapes
     recipe: str = ""  # the exact torchao config, JSON

@@ -58,7 +58,8 @@ def default_namespace() -> dict[str, Any]:
 def table_html(results: ResultSet | None) -> str:
     if not results:
         return "<i>No results yet: pick modes and press Run.</i>"
-    return tables.results_html(results, columns.PANEL, inline=True)
+    note = html.escape(columns.timing_note(results))
+    return tables.results_html(results, columns.PANEL, inline=True) + f"<p style='font-size:12px'>{note}</p>"
 
 
 def baseline_html() -> str:

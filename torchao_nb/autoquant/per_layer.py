@@ -24,6 +24,7 @@ from .settings import NOQUANT, SearchSettings, searchable_modes
 # of load from another process can't single out one candidate.
 SEARCH_MAX_TIME_S = 0.6
 SEARCH_WARMUP_S = 0.05
+SEARCH_BURST_S = 2e-3  # a layer's call is short: its samples stay this long, as before the run's bursts
 SEARCH_ROUNDS = 3
 # Timed alone, a layer's weights stay in the CPU caches (or a GPU's L2) from call to call, which a
 # model whose weights outgrow the cache never enjoys: memory-bound weight-only modes would look no
@@ -92,8 +93,10 @@ def _quantized_copy(layer: nn.Linear, mode: Mode, info: DeviceInfo, dtype: torch
 
 
 def _search_policy(policy: measure.TimingPolicy) -> measure.TimingPolicy:
+    """The run's policy, shortened: a ranking by the fastest sample needs neither long bursts nor copies."""
     return dataclasses.replace(policy, max_time_s=min(policy.max_time_s, SEARCH_MAX_TIME_S) / SEARCH_ROUNDS,
-                               warmup_s=min(policy.warmup_s, SEARCH_WARMUP_S))
+                               warmup_s=min(policy.warmup_s, SEARCH_WARMUP_S), lead_s=0.0,
+                               burst_s=min(policy.burst_s, SEARCH_BURST_S), replicates=1)
 
 
 def time_modules(modules: dict[str, nn.Module], x: torch.Tensor, reference: torch.Tensor,
