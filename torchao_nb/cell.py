@@ -131,9 +131,8 @@ def _timed(cfg: SweepConfig, ref: Reference, fns: list, window: measure.Window, 
     eager_m, ms = timed[len(bases)], timed[len(bases) + 1:]
     base_ms = timed[:len(bases)] or [eager_m]
     speedup, vs_eager = measure.paired_ratio(base_ms, ms), measure.paired_ratio(eager_m, ms)
-    pooled = lambda parts: measure.Measurement(tuple(x for m in parts for x in m.samples_ms), parts[0].calls_per_sample)  # noqa: E731
-    m, base = pooled(ms), pooled(base_ms)
-    return dict(median_ms=m.median_ms, iqr_ms=m.iqr_ms, samples=len(ms[0].samples_ms), replicates=n,
+    m, base = measure.per_round(ms), measure.per_round(base_ms)
+    return dict(median_ms=m.median_ms, iqr_ms=m.iqr_ms, samples=len(m.samples_ms), replicates=n,
                 noisy=m.noisy(cfg.policy), baseline_ms=base.median_ms, eager_ms=eager_m.median_ms,
                 speedup=speedup.value, speedup_lo=speedup.lo, speedup_hi=speedup.hi,
                 speedup_vs_eager=vs_eager.value, speedup_vs_eager_lo=vs_eager.lo, speedup_vs_eager_hi=vs_eager.hi,

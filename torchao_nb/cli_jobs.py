@@ -148,7 +148,8 @@ def _merge(args) -> int:
     from . import plan as plan_mod
 
     merged = plan_mod.merge(args.root, args.out)
-    print(f"{merged.summary()}\nresults in {args.out} (report, compare and export read it; "
+    aside = f"; its earlier results files moved to {merged.set_aside}" if merged.set_aside else ""
+    print(f"{merged.summary()}\nresults in {args.out}{aside} (report, compare and export read it; "
           "cells of different devices stay apart)")
     return 0
 

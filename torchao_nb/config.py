@@ -105,6 +105,20 @@ def check_batch_sizes(batch_sizes: Any) -> tuple[int, ...]:
     return tuple(dict.fromkeys(out))
 
 
+_TEXT_BOOLS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+
+
+def check_bool(name: str, value: Any, from_text: bool = False) -> bool:
+    """True or False; from text (a notebook parameter, a plan file), also true/false/yes/no/1/0 in any case.
+    Anything else is a UserError naming the option: bool("no") is True, so a string is never taken as is."""
+    if isinstance(value, bool):
+        return value
+    if from_text and isinstance(value, (str, int)) and str(value).strip().lower() in _TEXT_BOOLS:
+        return _TEXT_BOOLS[str(value).strip().lower()]
+    forms = "True or False (or the text true/false/yes/no/1/0)" if from_text else "True or False"
+    raise UserError(f"{name} must be {forms}, got {value!r}.")
+
+
 def _positive(name: str, value: Any) -> int | None:
     if value is None:
         return None
@@ -140,6 +154,10 @@ def build(mode_list: list[str], user_module: bool, progress: bool, **options: An
         raise UserError("batch_sizes apply to registry models; your module runs on its example_inputs exactly as "
                         "given (their first dimension is the row's batch size). For another batch size, give "
                         "inputs of that size.")
+    for option in OPTIONS:
+        if isinstance(option.default, bool) or option.type is bool:
+            if o[option.name] is not None:
+                o[option.name] = check_bool(option.name, o[option.name])
     timeout = o["cell_timeout_s"]
     if not isinstance(timeout, (int, float)) or not timeout > 0:
         raise UserError(f"cell_timeout_s must be a positive number of seconds, got {timeout!r}.")

@@ -40,6 +40,10 @@ def resolve_models(model: Any, example_inputs: Any) -> list[ModelSource]:
                 out.append(ModelSource(models.get(part.strip()).name))
     if not out:
         raise UserError(f"no model given; valid models: {', '.join(models.MODELS)}.")
+    twice = sorted({s.name for s in out if [t.name for t in out].count(s.name) > 1})
+    if twice:
+        raise UserError(f"model {', '.join(twice)} is given twice: a run measures each cell once (its rows share one "
+                        "key); give each model once.")
     return out
 
 

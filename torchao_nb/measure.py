@@ -32,7 +32,8 @@ class TimingPolicy:
     burst_s: float = 0.01  # timed calls per sample (at least one)
     # Each side is timed on this many independently allocated copies, so memory-placement luck widens the
     # interval instead of hiding in it: 4 copies of int8 weight-only in one process read 2.315-2.387x, as far
-    # apart as 5 fresh processes (2.310-2.386x), while each process's rounds alone claimed +-0.5 %.
+    # apart as 5 fresh processes (2.310-2.386x), while each process's rounds alone claimed +-0.5 %; three, so
+    # that the median over copies outvotes one unlucky copy (see paired_ratio).
     replicates: int = 3
     min_samples: int = 15
     max_samples: int = 300
@@ -241,31 +242,43 @@ def _replicates(m: "Measurement | Sequence[Measurement]") -> list[Measurement]:
     return [m] if isinstance(m, Measurement) else list(m)
 
 
+def per_round(copies: "Measurement | Sequence[Measurement]") -> Measurement:
+    """Copies of one function timed in the same rounds, as one: round by round, the median over the copies
+    (one copy that landed on unlucky memory moves it less than a mean would)."""
+    import numpy as np
+
+    copies = _replicates(copies)
+    samples = np.median(np.stack([np.asarray(c.samples_ms, dtype=float) for c in copies]), axis=0)
+    return Measurement(tuple(float(x) for x in samples), copies[0].calls_per_sample)
+
+
 def paired_ratio(num: "Measurement | Sequence[Measurement]", den: "Measurement | Sequence[Measurement]",
                  confidence: float = 0.95, resamples: int = 2000, seed: int = 0) -> Ratio:
     """Round by round, num/den (both saw the same machine); the median of those, and a bootstrap
     interval of that median.
 
-    With replicates (independently allocated copies of each side, timed in the same rounds), copy i of
-    the numerator pairs with copy i of the denominator, and the bootstrap resamples at both levels:
-    copies with replacement, then rounds within each copy. Copies that read differently so widen the
-    interval; identical copies leave it as narrow as the rounds make it. A fixed seed: the same samples
-    give the same interval.
+    With copies (independently allocated replicates of a side, timed in the same rounds), a round's value
+    of a side is the median over its copies, and the bootstrap resamples at both levels: each side's
+    copies with replacement, then rounds. Copies that read differently (memory-placement luck: one of
+    three compiled copies of the demo read 40 % slower than the other two, in 2 of 3 fresh processes)
+    so widen the interval; identical copies leave it as narrow as the rounds make it. A fixed seed: the
+    same samples give the same interval.
     """
     import numpy as np
 
-    nums, dens = _replicates(num), _replicates(den)
-    copies = max(len(nums), len(dens))
-    ratios = np.stack([np.asarray(nums[i % len(nums)].samples_ms, dtype=float) /
-                       np.asarray(dens[i % len(dens)].samples_ms, dtype=float) for i in range(copies)])
+    sides = [np.stack([np.asarray(c.samples_ms, dtype=float) for c in _replicates(m)]) for m in (num, den)]
+    rounds = sides[0].shape[1]
+    value = np.median(np.median(sides[0], axis=0) / np.median(sides[1], axis=0))
     rng = np.random.default_rng(seed)
-    rounds = ratios.shape[1]
-    picked = rng.integers(copies, size=(resamples, copies, 1))
-    drawn = ratios[picked, rng.integers(rounds, size=(resamples, copies, rounds))]
-    medians = np.median(drawn.reshape(resamples, -1), axis=1)
+    picked_rounds = rng.integers(rounds, size=(resamples, 1, rounds))
+    medians = []
+    for side in sides:
+        picked_copies = rng.integers(side.shape[0], size=(resamples, side.shape[0], 1))
+        medians.append(np.median(side[picked_copies, picked_rounds], axis=1))  # (resamples, rounds)
+    estimates = np.median(medians[0] / medians[1], axis=1)
     tail = (1 - confidence) / 2
-    lo, hi = np.quantile(medians, [tail, 1 - tail])
-    return Ratio(float(np.median(ratios)), float(lo), float(hi))
+    lo, hi = np.quantile(estimates, [tail, 1 - tail])
+    return Ratio(float(value), float(lo), float(hi))
 
 
 def time_once(fn: Callable[[], Any], clock: Clock = time.perf_counter, sync: Callable[[], None] = no_sync) -> tuple[Any, float]:

@@ -116,10 +116,16 @@ def _dtype(value: Any) -> Any:
     return value
 
 
+def _boolean(name: str):
+    from .config import check_bool
+
+    return lambda value: check_bool(name, value, from_text=True)
+
+
 # Parameters that name something a registry knows, checked before a kernel starts: a typo costs one line, not a
-# kernel start and a traceback.
+# kernel start and a traceback. Booleans given as text (-p compile=false) arrive as the bool they mean.
 PARAMETER_CHECKS = {"model": _model_names, "modes": _mode_names, "batch_sizes": _batch_sizes, "device": _device,
-                    "dtype": _dtype}
+                    "dtype": _dtype, **{name: _boolean(name) for name in ("compile", "baseline", "fast")}}
 
 
 def check_parameters(params: dict[str, Any]) -> dict[str, Any]:

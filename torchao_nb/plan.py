@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .errors import UserError
+from .folder import ResultsFolder
 from .results import ResultSet, Row, atomic_write, read_jsonl
 
 PLAN_FORMAT = "torchao_nb-plan"
@@ -294,6 +295,7 @@ class Merged:
     units: tuple[Path, ...]  # the unit folders read
     read: int  # rows read in all
     dropped: int  # rows dropped as duplicates of a cell (a rerun's error, an older copy)
+    set_aside: Path | None = None  # where merge --out moved the folder's earlier results files
 
     @property
     def devices(self) -> tuple[str, ...]:
@@ -357,13 +359,18 @@ def merged_environment(envs: Mapping[str, Mapping[str, Any]]) -> dict:
 
 
 def merge(root: str | os.PathLike, out: str | os.PathLike | None = None) -> Merged:
-    """collect(root), and when `out` is given save it there as one results folder (rows.jsonl included)."""
+    """collect(root), and when `out` is given save it there as one results folder (rows.jsonl included).
+
+    `out` is treated as a sweep treats its folder: locked while written (a sweep still writing it makes this a
+    UserError), and its earlier results files moved to `out/previous/<time>/` first, so no row is lost."""
     merged = collect(root)
     if out is not None:
         out = Path(out)
         if out.resolve() == Path(root).resolve() or Path(root).resolve() in out.resolve().parents:
             raise UserError(f"--out {out} is inside {root}: a later merge would read the merged rows as a unit; "
                             "write the merged results elsewhere")
-        merged.result_set().save(out)
-        atomic_write(out / ROWS_FILE, "".join(json.dumps(r.to_dict()) + "\n" for r in merged.rows))
+        if out.exists() and not out.is_dir():
+            raise UserError(f"--out {out} is a file; merge writes a results folder: give a folder's path.")
+        with ResultsFolder(out, "choose another --out folder for the merged results") as folder:
+            return dataclasses.replace(merged, set_aside=folder.replace_all(merged.result_set()))
     return merged

@@ -109,6 +109,17 @@ class Row:
     def __post_init__(self):
         if self.status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}, not {self.status!r}")
+        for name, kinds in _KINDS.items():  # a hand-edited or damaged file must not reach a table as "fast" ms
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, kinds) or (bool not in kinds and isinstance(value, bool))):
+                raise ValueError(f"{name} must be {_KIND_TEXT[kinds]}, not {value!r}"[:120])
+        if self.extra:
+            try:
+                extra = json.loads(self.extra)
+            except ValueError:
+                raise ValueError("extra is not JSON") from None
+            if not isinstance(extra, dict):
+                raise ValueError("extra is not a JSON object")
 
     @property
     def key(self) -> tuple:
@@ -140,6 +151,15 @@ def sqnr_or_inf(sqnr_db: float | None) -> float:
 
 
 _HINTS = typing.get_type_hints(Row)
+
+
+def _kinds(hint) -> tuple[type, ...]:
+    base = tuple(t for t in typing.get_args(hint) if t is not type(None)) or (hint,)
+    return base + ((int,) if float in base else ())  # JSON writes 2.0 as 2.0, but a hand-written 2 is a number too
+
+
+_KINDS = {name: _kinds(hint) for name, hint in _HINTS.items()}
+_KIND_TEXT = {k: {bool: "true or false", int: "a whole number", str: "text"}.get(k[0], "a number") for k in _KINDS.values()}
 FIELDS = [f.name for f in dataclasses.fields(Row)]
 # PyTorch's dynamo benchmark columns first, so its tooling can read our CSV.
 DYNAMO_COLUMNS = {"dev": "device", "name": "model", "batch_size": "batch_size", "speedup": "speedup", "abs_latency": "median_ms"}

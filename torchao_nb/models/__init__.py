@@ -246,6 +246,13 @@ def check_inputs(inputs: Any) -> Inputs:
         raise UserError(f"example_inputs must be a tuple of positional arguments or a dict of keyword arguments, not {type(inputs).__name__}.")
     if not tensors_in(inputs):
         raise UserError("example_inputs holds no tensor; give the inputs one forward pass of your model takes.")
+    names = inputs if isinstance(inputs, dict) else range(len(inputs))
+    for name in names:
+        v = inputs[name]
+        if isinstance(v, torch.Tensor) and v.numel() == 0:  # a model computes nothing: 0 ms, SQNR inf, all meaningless
+            where = f"example_inputs[{name!r}]" if isinstance(inputs, dict) else f"example_inputs[{name}]"
+            raise UserError(f"{where} is empty (shape {tuple(v.shape)}): nothing would be computed or measured; "
+                            "give inputs with at least one element in every dimension.")
     return inputs
 
 
