@@ -56,6 +56,26 @@ def test_run_writes_files_that_load_back(tmp_path, capsys):
 QUICK_RUN = ["run", "--model", "llama-tiny", "--device", "cpu", "--no-compile", "--quick", "--in-process", "--quiet"]
 
 
+def test_a_full_disk_is_one_line_and_the_finished_rows_stay(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from torchao_nb import results
+
+    real = results.atomic_write
+
+    def full(path, text):
+        if str(path).endswith("results.csv"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(path, text)
+
+    monkeypatch.setattr(results, "atomic_write", full)
+    rc = main(QUICK_RUN + ["--modes", "noquant", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.count("\n") == 1
+    assert err.startswith(f"error: cannot write {tmp_path / 'results.csv'}: No space left on device") and "--resume" in err
+    assert [r.mode for r in results.read_jsonl(tmp_path / "rows.jsonl")] == ["noquant"]
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--seq-len", "0"], "seq_len must be a positive whole number, got 0"),
     (["--seq-len", "-5"], "seq_len must be a positive whole number, got -5"),

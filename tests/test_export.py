@@ -65,6 +65,16 @@ def test_skipped_and_error_rows_are_not_exported_but_reported():
     assert row_records(rows()[2], ENV) == [] and row_records(rows()[3], ENV) == []
 
 
+def test_the_same_cell_timed_two_ways_exports_two_distinguishable_records():
+    import dataclasses
+
+    quick = dataclasses.replace(rows()[1], timing="quick", cache="warm", replicates=1)
+    full = dataclasses.replace(rows()[1], timing="bursts", cache="warm", replicates=3, median_ms=0.9)
+    a, b = (row_records(r, ENV)[0]["benchmark"]["extra_info"] for r in (quick, full))
+    assert a != b and (a["timing"], a["replicates"]) == ("quick", "1") and (b["timing"], b["replicates"]) == ("bursts", "3")
+    assert a["cache"] == b["cache"] == "warm"
+
+
 def test_record_layout_matches_torchao_ci():
     rec = by_metric(pytorch_v3_records(ResultSet(rows(), ENV)))[("int8dynamic", "median latency (ms)")]
     assert set(rec) == {"benchmark", "model", "metric", "runners", "dependencies"}

@@ -34,6 +34,24 @@ def demo_unit(tmp_path_factory):
 # ---- plans ----
 
 
+@pytest.mark.parametrize("edit, message", [
+    (lambda o: o["policy"].update(max_samples="lots"), "policy.max_samples must be a positive whole number, got 'lots'"),
+    (lambda o: o["policy"].update(burst="long"), "policy has unknown field(s) burst"),
+    (lambda o: o.update(compile="no"), "compile must be True or False, got 'no'"),
+    (lambda o: o.update(threads=0), "threads must be a positive whole number, got 0"),
+])
+def test_a_hand_edited_unit_is_refused_when_the_plan_is_read(tmp_path, edit, message):
+    units = jobs.make_plan("mlp", MODES, **OPTIONS)
+    data = units[0].to_dict()
+    edit(data["options"])
+    path = plan_mod.write_plan([plan_mod.Unit.from_dict(data)], tmp_path / "plan.jsonl")
+    with pytest.raises(UserError) as e:
+        jobs.run_unit(path, tmp_path / "root", 0, isolate=False)
+    assert str(e.value) == f"{path}: unit 0 (mlp-bs1): {message}" or message in str(e.value)
+    assert str(e.value).startswith(f"{path}: unit 0 (mlp-bs1): ")
+    assert not (tmp_path / "root").exists()  # refused before any folder was made
+
+
 def test_make_plan_checks_options_as_the_sweep_does():
     units = jobs.make_plan(["mlp", "llama-tiny"], "noquant,int8dynamic", batch_sizes="1,8", dtype="float32",
                            autoquant={"sqnr_floor_db": 25}, **OPTIONS)

@@ -129,9 +129,17 @@ def test_a_failing_cell_keeps_the_partial_notebook_and_says_so_in_one_line(tmp_p
     (["--device", "tpu"], "unknown device 'tpu'"),
     (["--dtype", "int7"], "unknown dtype 'int7'"),
     (["-p", "batch_sizes=[0]"], "batch size must be a positive integer"),
+    (["-p", "compile=maybe"], "compile must be True or False (or the text true/false/yes/no/1/0), got 'maybe'"),
 ])
 def test_bad_parameters_are_caught_before_a_kernel_starts(argv, message, tmp_path, capfd):
     assert cli.main(["notebook", "03_report", *argv, "--out", str(tmp_path)]) == 2
     err = capfd.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
     assert list(tmp_path.iterdir()) == []  # no kernel ran, no notebook was written
+
+
+@pytest.mark.parametrize("text, value", [("false", False), ("False", False), ("no", False), ("0", False),
+                                         ("true", True), ("YES", True), ("1", True)])
+def test_boolean_parameters_given_as_text_arrive_as_the_bool_they_mean(text, value):
+    name, given = notebooks.parse_param(f"compile={text}")
+    assert notebooks.check_parameters({name: given}) == {"compile": value}

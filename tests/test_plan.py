@@ -291,6 +291,58 @@ def test_merge_writes_a_results_folder_that_loads(tmp_path):
     assert m.result_set().rows == loaded.rows == ResultSet.load(out / "rows.jsonl").rows
 
 
+def test_merge_into_a_sweeps_folder_moves_its_rows_aside_and_loses_none(tmp_path):
+    root, out = tmp_path / "root", tmp_path / "sweep1"
+    write_unit(root, "cpu0", Unit("mlp", 1, ("noquant",)), [row(ms=1.0)])
+    mine = [row(mode="noquant", ms=5.0), row(mode="int8dynamic", ms=4.0)]
+    out.mkdir()
+    for r in mine:
+        append_jsonl(out / "rows.jsonl", r)
+    ResultSet(tuple(mine), {}).save(out)
+    before = (out / "rows.jsonl").read_bytes()
+    m = merge(root, out)
+    assert [r.median_ms for r in ResultSet.load(out / "rows.jsonl").rows] == [1.0]
+    assert m.set_aside is not None and m.set_aside.parent == out / "previous"
+    assert (m.set_aside / "rows.jsonl").read_bytes() == before  # every earlier row, byte for byte
+    assert ResultSet.load(m.set_aside).rows == tuple(mine)
+
+
+def test_merge_refuses_a_folder_a_sweep_is_writing(tmp_path):
+    from torchao_nb.folder import ResultsFolder
+
+    root, out = tmp_path / "root", tmp_path / "live"
+    write_unit(root, "cpu0", Unit("mlp", 1, ("noquant",)), [row(ms=1.0)])
+    with ResultsFolder(out) as live:
+        live.append(row(ms=7.0))
+        with pytest.raises(UserError, match="in use by another run"):
+            merge(root, out)
+        assert [r.median_ms for r in ResultSet.load(out / "rows.jsonl").rows] == [7.0]
+    assert not (out / "previous").exists()
+
+
+def test_merge_out_that_is_a_file_is_refused(tmp_path):
+    root = tmp_path / "root"
+    write_unit(root, "cpu0", Unit("mlp", 1, ("noquant",)), [row(ms=1.0)])
+    (tmp_path / "x.json").write_text("{}")
+    with pytest.raises(UserError, match="is a file; merge writes a results folder"):
+        merge(root, tmp_path / "x.json")
+    assert (tmp_path / "x.json").read_text() == "{}"
+
+
+def test_a_unit_that_is_not_results_is_one_line_and_unreadable_lines_are_named(tmp_path):
+    good = write_unit(tmp_path, "cpu0", Unit("mlp", 1, ("noquant",)), [row(ms=1.0)])
+    torn = write_unit(tmp_path, "cpu0", Unit("mlp", 2, ("noquant",)), [])
+    (torn / "rows.jsonl").write_text("garbage\n{\"also\": 1}\n")
+    m = collect(tmp_path)
+    assert len(m.rows) == 1 and f"not merged: {torn / 'rows.jsonl'}: lines 1, 2 could not be read" in m.summary()
+    other = tmp_path / "cpu0" / "mlp-bs4"
+    other.mkdir()
+    (other / "results.json").write_text('{"hello": "world"}')
+    with pytest.raises(UserError, match=r"results.json is not a torchao_nb results file \(.*\); move it out of"):
+        collect(tmp_path)
+    assert good.exists()
+
+
 def test_merge_errors(tmp_path):
     with pytest.raises(UserError, match="no results folder"):
         collect(tmp_path / "missing")

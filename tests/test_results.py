@@ -83,3 +83,21 @@ def test_table_mentions_reasons():
 
     text = tables.text(ResultSet(sample_rows(), {}))
     assert "needs CUDA" in text and "int8dynamic" in text and "6.00" in text
+
+
+@pytest.mark.parametrize("field, value, why", [("speedup", [1, 2], "speedup must be a number"),
+                                               ("median_ms", "fast", "median_ms must be a number"),
+                                               ("samples", 2.5, "samples must be a whole number"),
+                                               ("compile", "yes", "compile must be true or false"),
+                                               ("extra", "{broken", "extra is not JSON")])
+def test_a_wrongly_typed_row_is_a_named_bad_line_and_the_good_rows_load(tmp_path, field, value, why):
+    from torchao_nb import tables
+
+    good = sample_rows()[0]
+    bad = dict(good.to_dict(), **{field: value})
+    (tmp_path / "rows.jsonl").write_text(json.dumps(good.to_dict()) + "\n" + json.dumps(bad) + "\n")
+    from torchao_nb.results import read_rows
+
+    read = read_rows(tmp_path / "rows.jsonl")
+    assert read.rows == (good,) and read.bad[0][0] == 2 and why in read.bad[0][1]
+    assert "noquant" in tables.text(ResultSet.load(tmp_path / "rows.jsonl"))

@@ -1,4 +1,5 @@
 import json
+import re
 import threading
 
 import pytest
@@ -187,6 +188,11 @@ def test_each_side_is_timed_on_copies_of_its_own_and_the_row_says_how(two_linear
 @pytest.mark.parametrize("kwargs, message", [
     (dict(modes="int3"), "unknown mode"),
     (dict(cache="hot"), "cache must be one of warm, cold, got 'hot'"),
+    (dict(compile="no"), "compile must be True or False, got 'no'"),
+    (dict(baseline="false"), "baseline must be True or False, got 'false'"),
+    (dict(save_reload="off"), "save_reload must be True or False, got 'off'"),
+    (dict(isolate=1), "isolate must be True or False, got 1"),
+    (dict(model="mlp,mlp"), "model mlp is given twice"),
     (dict(batch_sizes=[0]), "positive"),
     (dict(batch_sizes=[-2]), "positive"),
     (dict(batch_sizes=["x"]), "whole number"),
@@ -195,8 +201,24 @@ def test_each_side_is_timed_on_copies_of_its_own_and_the_row_says_how(two_linear
     (dict(compile_mode="fastest"), "unknown compile mode"),
 ])
 def test_bad_input_is_a_clear_user_error(kwargs, message):
-    with pytest.raises(UserError, match=message):
-        run("mlp", **kwargs)
+    model = kwargs.pop("model", "mlp")
+    with pytest.raises(UserError, match=re.escape(message) if "(" in message else message):
+        run(model, **kwargs)
+
+
+@pytest.mark.parametrize("inputs, where", [((torch.randn(0, 128),), r"example_inputs\[0\] is empty \(shape \(0, 128\)\)"),
+                                           ({"x": torch.randn(1, 0)}, r"example_inputs\['x'\] is empty")])
+def test_an_empty_input_is_refused_before_anything_runs(two_linear, inputs, where):
+    with pytest.raises(UserError, match=where):
+        run(two_linear, example_inputs=inputs)
+
+
+@pytest.mark.parametrize("isolate", [True, False])
+def test_a_module_that_cannot_be_copied_is_one_line_that_names_the_attribute(isolate):
+    model = TwoLinear()
+    model.guard = threading.Lock()
+    with pytest.raises(UserError, match=r"TwoLinear can't be copied .*: move .*guard.* out of the module"):
+        run(model, isolate=isolate)
 
 
 def test_unknown_model_and_missing_inputs():

@@ -264,3 +264,8 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             print("interrupted: finished rows are kept; rerun with --resume to continue", file=sys.stderr)
             return 130
+        except OSError as e:  # a full disk, a folder taken away: one line, not three chained tracebacks
+            where = f" {e.filename}" if e.filename else ""
+            print(f"error: cannot write{where}: {e.strerror or e}. Rows already finished are kept in rows.jsonl; "
+                  "free space or fix the folder, then rerun with --resume.", file=sys.stderr)
+            return 1

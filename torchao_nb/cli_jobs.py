@@ -165,6 +165,10 @@ def _export(args) -> int:
         results = ResultSet.load(path)
     except (FileNotFoundError, ValueError):
         raise UserError(f"no results in {path}: expected a folder written by `run --out` or `merge --out`") from None
+    if not len(results):
+        raise UserError(f"{path} holds no rows: nothing to export.")
+    if Path(args.out).is_dir():
+        raise UserError(f"--out {args.out} is a folder; give the file to write, e.g. {Path(args.out) / 'v3.json'}.")
     out, written, omitted = export.export_pytorch_v3(results, args.out)
     print(f"{written} record(s) of {len(results) - len(omitted)} measured cell(s) written to {out}"
           + (f"; {len(omitted)} cell(s) without a measurement (skipped, error, wrong) left out" if omitted else ""))

@@ -16,6 +16,7 @@ from . import env as envmod
 from . import modes as modes_mod
 from .errors import Notice, UserError
 
+MAX_BATCH = 1 << 20  # beyond this, inputs overflow memory or torch's index types: refused, not an error row
 DEFAULT_CELL_TIMEOUT_S = 1800.0  # generous: a cold compile plus autoquant's search of a large model fits
 
 
@@ -99,6 +100,9 @@ def check_batch_sizes(batch_sizes: Any) -> tuple[int, ...]:
             raise UserError(f"batch size {b!r} is not a whole number; give positive integers like 1,8.") from None
         if n <= 0:
             raise UserError(f"batch size must be a positive integer, got {n}.")
+        if n > MAX_BATCH:
+            raise UserError(f"batch size {n} is more than {MAX_BATCH:,}: no model input that large fits in memory; "
+                            "give a smaller one.")
         out.append(n)
     if not out:
         raise UserError("no batch size given; give positive integers like 1,8.")
@@ -163,6 +167,8 @@ def build(mode_list: list[str], user_module: bool, progress: bool, **options: An
         raise UserError(f"cell_timeout_s must be a positive number of seconds, got {timeout!r}.")
     if o["policy"] is not None and not isinstance(o["policy"], measure.TimingPolicy):
         raise UserError(f"policy must be a torchao_nb.measure.TimingPolicy, not {type(o['policy']).__name__}.")
+    if o["policy"] is not None:
+        _check_policy(o["policy"])
     if o["cache"] not in measure.CACHES:
         raise UserError(f"cache must be one of {', '.join(measure.CACHES)}, got {o['cache']!r}.")
     cfg = SweepConfig(
@@ -180,6 +186,28 @@ def build(mode_list: list[str], user_module: bool, progress: bool, **options: An
     )
     _warn_unusual(cfg, opts)
     return cfg
+
+
+def _check_policy(policy: measure.TimingPolicy) -> None:
+    """Every field a number of its default's kind, none negative, and at least one copy and one sample: a
+    hand-edited plan's "max_samples": "lots" is refused before anything runs, not in every cell."""
+    for f in dataclasses.fields(policy):
+        value, kind = getattr(policy, f.name), type(f.default)
+        ok = not isinstance(value, bool) and (isinstance(value, int) if kind is int else isinstance(value, (int, float)))
+        if not ok or value < 0 or (f.name in ("replicates", "min_samples", "max_samples", "block") and value < 1):
+            what = "a positive whole number" if kind is int else "a number of seconds, 0 or more"
+            raise UserError(f"policy.{f.name} must be {what}, got {value!r}.")
+
+
+def policy_from_dict(data: Any) -> measure.TimingPolicy:
+    """A timing policy stored as JSON (a plan unit), checked as sweep() checks one."""
+    names = {f.name for f in dataclasses.fields(measure.TimingPolicy)}
+    if not isinstance(data, dict) or set(data) - names:
+        unknown = ", ".join(sorted(set(data) - names)) if isinstance(data, dict) else repr(data)
+        raise UserError(f"policy has unknown field(s) {unknown}; valid: {', '.join(sorted(names))}.")
+    policy = measure.TimingPolicy(**data)
+    _check_policy(policy)
+    return policy
 
 
 def cpu_cores() -> int:

@@ -158,6 +158,7 @@ def sweep(model: str | Sequence[str] | nn.Module | None = None, modes: str | Seq
     """
     sources = resolve_models(model, example_inputs)
     cfg = config.build(modes_mod.resolve_modes(modes), sources[0].module is not None, progress, **options)
+    executors.check_copyable(sources)
     cfg = _isolation(cfg, sources)
     _warn_prequantized(sources)
     cells = _cells(cfg, sources)

@@ -248,6 +248,9 @@ def _stop_idle_workers() -> None:
         _IDLE.pop().kill()
 
 
+REFERENCE_TIMEOUT_S = 600.0  # building a model and its unquantized output, before any cell
+
+
 class WorkerExecutor:
     """Cells run in a worker process; a cell that kills it or outlives `timeout_s` becomes an error row,
     a new worker starts, and the group goes on with its other modes."""
@@ -305,8 +308,12 @@ class WorkerExecutor:
                     if stopping:  # rows already sent are kept; the cell in progress leaves none
                         self._discard()
                         return
-                    if time.monotonic() - started > self.timeout_s:
-                        failure = f"timed out after {self.timeout_s:.0f} s while {phase} (the cell time limit)"
+                    # The time limit is a cell's: building the model (a new worker rebuilds it after a crash)
+                    # is not a cell, and gets at least REFERENCE_TIMEOUT_S.
+                    limit = self.timeout_s if mode is not None else max(self.timeout_s, REFERENCE_TIMEOUT_S)
+                    if time.monotonic() - started > limit:
+                        what = "the cell time limit" if mode is not None else "the model's time limit"
+                        failure = f"timed out after {limit:.0f} s while {phase} ({what})"
                         break
                     continue
                 kind = message[0]
@@ -382,14 +389,26 @@ def _unsendable_part(module) -> str:
     return ""
 
 
-def check_sendable(sources) -> str | None:
-    """Why the sources can't be sent to a worker process, or None when they can.
-
-    A module that can't be copied either can't be measured at all (each cell quantizes a copy): that is a UserError
-    naming the attribute, never a promised fallback that then fails in every cell.
-    """
+def check_copyable(sources) -> None:
+    """Each cell quantizes a copy of a user's module: one that can't be deep-copied can't be measured at all,
+    in a worker or not. A UserError naming the attribute, never a promised fallback that fails in every cell."""
     import copy
 
+    for source in sources:
+        if source.module is None:
+            continue
+        try:
+            copy.deepcopy(source.module)
+        except Exception as e:
+            part = _unsendable_part(source.module)
+            raise UserError(
+                f"{source.name} can't be copied ({error_text(e, 120)}), and each cell quantizes a copy: "
+                f"move {part or 'that attribute'} out of the module (keep it outside, or make it in forward)."
+            ) from None
+
+
+def check_sendable(sources) -> str | None:
+    """Why the sources can't be sent to a worker process, or None when they can."""
     import cloudpickle
 
     for source in sources:
@@ -399,13 +418,6 @@ def check_sendable(sources) -> str | None:
             cloudpickle.dumps(source)
         except Exception as e:
             part = _unsendable_part(source.module)
-            try:
-                copy.deepcopy(source.module)
-            except Exception:
-                raise UserError(
-                    f"{source.name} can't be copied ({error_text(e, 120)}), and each cell quantizes a copy: "
-                    f"move {part or 'that attribute'} out of the module (keep it outside, or make it in forward)."
-                ) from None
             return f"{source.name} can't be sent to a worker process ({error_text(e, 200)}; {part or 'an attribute'})"
     return None
 

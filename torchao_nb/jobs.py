@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from . import config, engine, measure
+from . import config, engine
 from . import env as envmod
 from . import modes as modes_mod
 from . import plan as plan_mod
@@ -62,9 +62,23 @@ def make_plan(model: str | Sequence[str] | None = None, modes: str | Sequence[st
 def sweep_options(unit: plan_mod.Unit) -> dict[str, Any]:
     """The unit as engine.sweep's keyword arguments (a stored timing policy becomes a TimingPolicy again)."""
     opts = dict(unit.options)
-    if isinstance(opts.get("policy"), dict):
-        opts["policy"] = measure.TimingPolicy(**opts["policy"])
+    if "policy" in opts:
+        opts["policy"] = config.policy_from_dict(opts["policy"])
     return {"device": unit.device, "batch_sizes": [unit.batch_size], **opts}
+
+
+def read_units(plan_path: str | os.PathLike) -> list[plan_mod.Unit]:
+    """The plan's units, each checked as sweep() will check it, before any runs: a hand-edited unit's bad
+    option is one line naming the unit, not an error row in every cell."""
+    units = plan_mod.read_plan(plan_path)
+    for i, unit in enumerate(units):
+        try:
+            opts, settings = config.split_options(sweep_options(unit))
+            opts.update(device="cpu", batch_sizes=[unit.batch_size])  # the unit's device may be absent here
+            config.build(modes_mod.resolve_modes(list(unit.modes)), False, False, **opts, **settings)
+        except UserError as e:
+            raise UserError(f"{plan_path}: unit {i} ({unit.name}): {e}") from None
+    return units
 
 
 # ---- one unit, here ------------------------------------------------------------------------------------
@@ -82,7 +96,7 @@ def run_unit(plan_path: str | os.PathLike, root: str | os.PathLike, index: int |
              on_row: Callable[[Row], None] | None = None, environ: dict | None = None) -> UnitRun:
     """Run unit `index` of the plan (else $SLURM_ARRAY_TASK_ID, else $JOB_COMPLETION_INDEX) into
     ROOT/<device name>/<model>-bs<b>/, re-using the cells already there: a requeued job continues."""
-    units = plan_mod.read_plan(plan_path)
+    units = read_units(plan_path)
     i = plan_mod.unit_index(index, environ, len(units))
     unit = units[i]
     device = envmod.resolve_device(unit.device)
@@ -236,7 +250,7 @@ class Submission:
                  isolate: bool = True, retry_errors: bool = False, task: Callable[[int], Any] | None = None):
         self.plan_path, self.root = Path(plan_path).resolve(), Path(root).resolve()
         self.settings, self.retry_errors = settings, retry_errors
-        units = plan_mod.read_plan(self.plan_path)
+        units = read_units(self.plan_path)
         chosen = range(len(units)) if indices is None else [plan_mod.unit_index(i, {}, len(units)) for i in indices]
         self.units = [UnitJob(i, units[i]) for i in chosen]
         self.task = task or RunUnit(str(self.plan_path), str(self.root), isolate, retry_errors)

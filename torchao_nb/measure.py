@@ -278,7 +278,12 @@ def paired_ratio(num: "Measurement | Sequence[Measurement]", den: "Measurement |
     estimates = np.median(medians[0] / medians[1], axis=1)
     tail = (1 - confidence) / 2
     lo, hi = np.quantile(estimates, [tail, 1 - tail])
-    return Ratio(float(value), float(lo), float(hi))
+    # Resampling n copies underestimates the spread between them by (n-1)/n in variance (the plug-in
+    # estimate): with three copies, 5 fresh processes' int8 weight-only intervals held their median in 3 of
+    # 5 runs, each missing it by < 0.5 %. Widen the half-widths by the usual sqrt(n / (n-1)).
+    copies = max(side.shape[0] for side in sides)
+    widen = math.sqrt(copies / (copies - 1)) if copies > 1 else 1.0
+    return Ratio(float(value), float(value - widen * (value - lo)), float(value + widen * (hi - value)))
 
 
 def time_once(fn: Callable[[], Any], clock: Clock = time.perf_counter, sync: Callable[[], None] = no_sync) -> tuple[Any, float]:

@@ -26,7 +26,7 @@ from typing import Any, Mapping, Sequence
 
 from .errors import UserError
 from .folder import ResultsFolder
-from .results import ResultSet, Row, atomic_write, read_jsonl
+from .results import ResultSet, Row, atomic_write, read_rows
 
 PLAN_FORMAT = "torchao_nb-plan"
 PLAN_VERSION = 1
@@ -259,24 +259,29 @@ def find_unit_dirs(root: str | os.PathLike) -> list[Path]:
     return sorted(found)
 
 
-def _read_unit(folder: Path) -> tuple[list[Row], dict]:
-    """A unit's rows (rows.jsonl: every row as it finished, reruns included; else results.json) and environment."""
+def _read_unit(folder: Path) -> tuple[list[Row], dict, str]:
+    """A unit's rows (rows.jsonl: every row as it finished, reruns included; else results.json), environment, and
+    what of it could not be read ("" when all could)."""
     env: dict = {}
     if (folder / ENV_FILE).exists():
         try:
             env = json.loads((folder / ENV_FILE).read_text())
         except json.JSONDecodeError:
             env = {}
+    bad = ""
     if (folder / ROWS_FILE).exists():
-        rows = read_jsonl(folder / ROWS_FILE)
+        read = read_rows(folder / ROWS_FILE)
+        rows, bad = list(read.rows), read.describe_bad(str(folder / ROWS_FILE)) if read.bad else ""
     else:
         try:
             rs = ResultSet.load(folder / RESULTS_FILE)
-        except (json.JSONDecodeError, KeyError) as e:
-            raise UserError(f"{folder / RESULTS_FILE} is not a torchao_nb results file: {e}") from None
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            why = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+            raise UserError(f"{folder / RESULTS_FILE} is not a torchao_nb results file ({why}); move it out of "
+                            f"{folder.parent} or fix it, then merge again.") from None
         rows = list(rs.rows)
         env = env or dict(rs.environment)
-    return rows, env if isinstance(env, dict) else {}
+    return rows, env if isinstance(env, dict) else {}, bad
 
 
 def _with_device(row: Row, env: Mapping[str, Any], fallback: str) -> Row:
@@ -296,6 +301,7 @@ class Merged:
     read: int  # rows read in all
     dropped: int  # rows dropped as duplicates of a cell (a rerun's error, an older copy)
     set_aside: Path | None = None  # where merge --out moved the folder's earlier results files
+    unreadable: tuple[str, ...] = ()  # per unit folder: its lines that are not rows
 
     @property
     def devices(self) -> tuple[str, ...]:
@@ -305,9 +311,10 @@ class Merged:
         return ResultSet(self.rows, self.environment)
 
     def summary(self) -> str:
-        return (f"merged {len(self.rows)} cell(s) from {len(self.units)} unit folder(s) on {len(self.devices)} "
+        text = (f"merged {len(self.rows)} cell(s) from {len(self.units)} unit folder(s) on {len(self.devices)} "
                 f"device(s) ({', '.join(self.devices) or 'none'}); {self.read} row(s) read, "
                 f"{self.dropped} dropped as duplicates")
+        return text + "".join(f"\nnot merged: {bad}" for bad in self.unreadable)
 
 
 def collect(root: str | os.PathLike) -> Merged:
@@ -330,9 +337,11 @@ def collect(root: str | os.PathLike) -> Merged:
     dirs.sort(key=lambda d: (written(d), str(d)))
     best: dict[tuple, Row] = {}
     envs: dict[str, dict] = {}
-    read = 0
+    read, unreadable = 0, []
     for d in dirs:
-        rows, env = _read_unit(d)
+        rows, env, bad = _read_unit(d)
+        if bad:
+            unreadable.append(bad)
         fallback = d.parent.name if d != root else ""
         for row in rows:
             read += 1
@@ -343,7 +352,7 @@ def collect(root: str | os.PathLike) -> Merged:
             if old is None or row.status != "error" or old.status == "error":
                 best[row.key] = row  # a dict keeps the first-seen order of its keys
     rows = tuple(best.values())
-    return Merged(rows, merged_environment(envs), tuple(dirs), read, read - len(rows))
+    return Merged(rows, merged_environment(envs), tuple(dirs), read, read - len(rows), unreadable=tuple(unreadable))
 
 
 def merged_environment(envs: Mapping[str, Mapping[str, Any]]) -> dict:

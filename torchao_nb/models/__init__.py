@@ -216,6 +216,8 @@ def get(name: str) -> ModelSpec:
             if not arg:
                 raise UserError(f"{prefix} needs an argument: {prefix}{form.argument}.")
             return form.resolve(arg)
+    if name.lower().endswith(".gguf") or "/" in name:
+        raise UserError(f"unknown model {name!r}: a model file or folder is given as hf:{name}.")
     forms = ", ".join(f"{p}..." for p in FORMS)
     raise UserError(f"unknown model {name!r}; valid models: {', '.join(MODELS)}, {forms} "
                     "(or pass an nn.Module with example_inputs=).")

@@ -167,10 +167,18 @@ def hf_pretrained(ref: str) -> ModelSpec:
 
         return hf_gguf(ref)
     folder = _local_folder(ref)
+    looks_local = ref.startswith((".", "/", "~")) or ref.count("/") > 1  # a hub name is org/name
+    if folder is None and looks_local:
+        where = "does not exist" if not Path(ref).expanduser().exists() else "holds no config.json"
+        raise UserError(f"hf:{ref}: this local path {where}; give a folder with a model's config.json and weights.")
     if folder is None:
         raise UserError(f"hf:{ref}: no local copy (no folder with config.json, not in the Hugging Face cache) and "
                         f"torchao_nb never downloads; fetch it first (hf download {ref}) or give a local folder.")
-    config = tf.AutoConfig.from_pretrained(folder, local_files_only=True)
+    try:
+        config = tf.AutoConfig.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError) as e:  # a truncated or hand-broken config.json
+        raise UserError(f"hf:{ref}: {folder}/config.json could not be read ({str(e).splitlines()[0][:150]}); "
+                        "fix or re-fetch the model's files.") from None
     arch = (getattr(config, "architectures", None) or [None])[0]
     cls = getattr(tf, arch, None) if arch else None
     cls = cls if isinstance(cls, type) else tf.AutoModel  # an architecture this transformers lacks: its base model
