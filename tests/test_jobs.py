@@ -131,6 +131,18 @@ def test_two_devices_merge_apart_and_the_report_compares_them(demo_unit, tmp_pat
     assert 'id="comparison"' in text and "Fake GPU" in text and '<table class="runs">' in text
 
 
+def test_export_refuses_nothing_to_export_and_a_folder_as_its_file(demo_unit, tmp_path, capsys):
+    _, _, run = demo_unit
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "rows.jsonl").write_text("")
+    assert main(["export", str(tmp_path / "empty"), "--out", str(tmp_path / "v3.json")]) == 2
+    assert main(["export", str(run.folder), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("error: ") and ("holds no rows" in err[0] or "no results in" in err[0])
+    assert err[1] == f"error: --out {tmp_path} is a folder; give the file to write, e.g. {tmp_path / 'v3.json'}."
+    assert not (tmp_path / "v3.json").exists()
+
+
 def test_v3_export_of_the_demo_unit_has_every_required_field(demo_unit, tmp_path, capsys):
     _, _, run = demo_unit
     out = tmp_path / "benchmark-results" / "torchao_nb.json"

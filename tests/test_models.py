@@ -243,7 +243,9 @@ def test_hf_hub_id_loads_from_the_local_cache(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("name, message", [
     ("hf:nobody-xyz/no-such-model", "no local copy"),
-    ("hf:/no/such/folder", "no local copy"),
+    ("hf:/no/such/folder", "hf:/no/such/folder: this local path does not exist; give a folder with a model's config.json"),
+    ("hf:./no/such", "this local path does not exist"),
+    ("/models/tiny.gguf", "unknown model '/models/tiny.gguf': a model file or folder is given as hf:/models/tiny.gguf"),
     ("hf-config:NoSuchModelClass", "has no model class 'NoSuchModelClass'"),
     ("hf-config:T5Model", "is an encoder-decoder"),
     ("hf-config:", "hf-config: needs an argument"),
@@ -253,6 +255,14 @@ def test_bad_model_names_get_clear_errors(name, message):
     with pytest.raises(UserError) as e:
         models.get(name)
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_truncated_config_json_is_one_line(tmp_path):
+    pytest.importorskip("transformers")
+    (tmp_path / "config.json").write_text('{"architectures": ["BertModel"], "hidden_')
+    with pytest.raises(UserError) as e:
+        models.get(f"hf:{tmp_path}")
+    assert f"{tmp_path}/config.json could not be read" in str(e.value) and "\n" not in str(e.value)
 
 
 def test_missing_hub_model_is_one_line_on_the_command_line(tmp_path):

@@ -196,6 +196,7 @@ def test_each_side_is_timed_on_copies_of_its_own_and_the_row_says_how(two_linear
     (dict(batch_sizes=[0]), "positive"),
     (dict(batch_sizes=[-2]), "positive"),
     (dict(batch_sizes=["x"]), "whole number"),
+    (dict(batch_sizes=[99999999999999999999999]), "batch size 99999999999999999999999 is more than 1,048,576"),
     (dict(dtype="int7"), "unknown dtype"),
     (dict(device="tpu"), "unknown device"),
     (dict(compile_mode="fastest"), "unknown compile mode"),

@@ -94,6 +94,17 @@ def _window(cfg: SweepConfig, ref: Reference, clock, sync) -> measure.Window:
     return measure.host_cold_window(flush, clock, sync) if flush else measure.host_window(clock, sync)
 
 
+def _copy_count(cfg: SweepConfig, ref: Reference) -> int:
+    """The policy's copies per side, fewer when both sides' copies would take more than half the free memory
+    (a large model on a small machine times fewer copies, and its row's `replicates` says how many)."""
+    free = envmod.free_memory_bytes(cfg.device)
+    side = 2 * measure.weight_bytes(ref.module)  # a mode copy is at most as large as a baseline copy
+    made = len(ref.compiled_baselines)  # already in memory
+    if free is None or side == 0:
+        return cfg.policy.replicates
+    return max(1, min(cfg.policy.replicates, made + int(free // 2 // side)))
+
+
 def _baselines(ref: Reference, n: int) -> list:
     """`n` compiled unquantized models, each from a copy of its own, made once per group (later cells and the
     quality measure get them back from the group)."""
@@ -132,11 +143,24 @@ def _timed(cfg: SweepConfig, ref: Reference, fns: list, window: measure.Window, 
     base_ms = timed[:len(bases)] or [eager_m]
     speedup, vs_eager = measure.paired_ratio(base_ms, ms), measure.paired_ratio(eager_m, ms)
     m, base = measure.per_round(ms), measure.per_round(base_ms)
+    unsteady = _not_steady(calls[-1], calls[0], m.median_ms, cfg, window)
     return dict(median_ms=m.median_ms, iqr_ms=m.iqr_ms, samples=len(m.samples_ms), replicates=n,
                 noisy=m.noisy(cfg.policy), baseline_ms=base.median_ms, eager_ms=eager_m.median_ms,
                 speedup=speedup.value, speedup_lo=speedup.lo, speedup_hi=speedup.hi,
                 speedup_vs_eager=vs_eager.value, speedup_vs_eager_lo=vs_eager.lo, speedup_vs_eager_hi=vs_eager.hi,
-                sampling=window.what)
+                sampling=window.what, **({"not_steady": unsteady} if unsteady else {}))
+
+
+def _not_steady(fn, other, per_call_ms: float, cfg: SweepConfig, window: measure.Window) -> str | None:
+    """Why the mode's bursts are not its steady state, or None when they are (see measure.after_switch)."""
+    if window.one_call:  # a cold window flushes before every call: there is no steady state to reach
+        return None
+    switched, settled = measure.after_switch(fn, other, per_call_ms, cfg.policy, window)
+    if switched <= settled * (1 + measure.STEADY_REL):
+        return None
+    return (f"not a steady state: a burst right after the unquantized model read {switched:.3f} ms per call, "
+            f"{settled:.3f} ms after {measure.SETTLE_S:g} s more of its calls; its speed depends on what ran "
+            "before it, and the speedup with it")
 
 
 def _diagnose(cfg: SweepConfig, ref: Reference, model: nn.Module, fn) -> str:
@@ -229,8 +253,10 @@ def run_cell(cfg: SweepConfig, ref: Reference, mode: str, batch: int, clock=time
                     for _ in range(3):
                         models.call(fn, ref.inputs)
                 on_phase("timing")
-                replicas = _replicas(ref, model, fn, cfg.policy.replicates, mode)
+                replicas = _replicas(ref, model, fn, _copy_count(cfg, ref), mode)
                 numbers = _timed(cfg, ref, replicas, _window(cfg, ref, clock, sync), clock, sync)
+                if "not_steady" in numbers:
+                    extra["not_steady"] = numbers.pop("not_steady")
                 del replicas[1:]
                 if cfg.device == "cuda":
                     numbers["synced_ms"] = measure.time_calls(lambda: models.call(fn, ref.inputs), SYNCED_POLICY,

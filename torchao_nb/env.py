@@ -87,6 +87,20 @@ def cache_bytes(device: str) -> int | None:
     return None if best is None else best[1]
 
 
+def free_memory_bytes(device: str) -> int | None:
+    """Memory a new allocation can take now: CUDA's free device memory, else MemAvailable; None when unknown."""
+    if device == "cuda":
+        return int(torch.cuda.mem_get_info()[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def device_info(device: str) -> DeviceInfo:
     if device == "cuda":
         props = torch.cuda.get_device_properties(0)

@@ -22,7 +22,7 @@ class TimingPolicy:
     """How samples are taken and how many; bounded so a sweep's time is predictable."""
 
     min_warmup: int = 3  # calls, at least
-    warmup_s: float = 0.2  # and at least this long: caches, allocator, CPU frequency settle
+    warmup_s: float = 0.05  # and at least this long (each sample's untimed lead warms a function again)
     # A sample is a burst: untimed calls, then timed back-to-back calls, as a generation loop calls a model.
     # Switching from another function slows the next 3-5 calls (the demo on a 2-core Xeon: int4 -> noquant
     # read 3.2, 2.7, 2.4, 1.9 ms before its steady 1.8; on an H200, CUDA-graph trees switching graphs added
@@ -32,14 +32,15 @@ class TimingPolicy:
     burst_s: float = 0.01  # timed calls per sample (at least one)
     # Each side is timed on this many independently allocated copies, so memory-placement luck widens the
     # interval instead of hiding in it: 4 copies of int8 weight-only in one process read 2.315-2.387x, as far
-    # apart as 5 fresh processes (2.310-2.386x), while each process's rounds alone claimed +-0.5 %; three, so
-    # that the median over copies outvotes one unlucky copy (see paired_ratio).
-    replicates: int = 3
-    min_samples: int = 15
+    # apart as 5 fresh processes (2.310-2.386x), while each process's rounds alone claimed +-0.5 %. Copies
+    # are also slow for seconds at a time, two of three at once in 1 of 5 processes (the A/A read 1.34x with
+    # three); five, so that the median over copies outvotes two unlucky ones (see paired_ratio).
+    replicates: int = 5
+    min_samples: int = 10  # rounds; with five copies per side the copies, not the rounds, set the interval
     max_samples: int = 300
-    max_time_s: float = 3.0  # per function and measurement, after warm-up
+    max_time_s: float = 1.5  # per function and measurement, after warm-up
     settle_rel: float = 0.01  # stop once the median moved < 1% over the last block
-    block: int = 15  # samples between stability checks
+    block: int = 10  # rounds between stability checks
     noisy_rel_iqr: float = 0.10  # IQR/median above this flags the row as noisy
 
 
@@ -215,6 +216,27 @@ def time_interleaved(fns: Sequence[Callable[[], Any]], policy: TimingPolicy = Ti
         if clock() - begin >= k * policy.max_time_s:
             break
     return [Measurement(tuple(s), n) for s, (_, n) in zip(samples, shape)]
+
+
+SETTLE_S = 0.1  # how long a function runs on before its settled burst (see after_switch)
+STEADY_REL = 0.05  # a burst after a switch slower than a settled one by more than this: not a steady state
+
+
+def after_switch(fn: Callable[[], Any], other: Callable[[], Any], per_call_ms: float, policy: TimingPolicy = TimingPolicy(),
+                 window: Window | None = None, repeats: int = 3) -> tuple[float, float]:
+    """(ms per call of a burst taken as the rounds take it, right after a burst of `other`; ms per call of the
+    same burst after SETTLE_S more of fn's calls), medians of `repeats`. Most compiled models settle within the
+    burst's untimed lead; one whose speed still depends on what ran before it (float8 weight-only on a CPU:
+    6.5 ms per call after the baseline, 6.0 after 12 calls, 5.2 after a second) reads slower in the first."""
+    window = window or host_window()
+    one = max(per_call_ms / 1e3, 1e-9)
+    lead, n = (max(1, math.ceil(s / one - 1e-6)) for s in (policy.lead_s, policy.burst_s))
+    switched, settled = [], []
+    for _ in range(repeats):
+        window.run(other, lead, n)
+        switched.append(window.run(fn, lead, n))
+        settled.append(window.run(fn, max(lead, math.ceil(SETTLE_S / one)), n))
+    return statistics.median(switched), statistics.median(settled)
 
 
 def time_paired(fn_a: Callable[[], Any], fn_b: Callable[[], Any], policy: TimingPolicy = TimingPolicy(),
