@@ -277,7 +277,7 @@ def test_a_function_still_settling_after_a_switch_is_told_apart_from_a_steady_on
 
     window = measure.host_window(clock)
     other = work("base", 2.0, 0)
-    switched, settled = measure.after_switch(work("slow", 5.0, 40), other, 5.0, measure.TimingPolicy(), window)
+    switched, settled = measure.after_switch(work("slow", 5.0, 10), other, 5.0, measure.TimingPolicy(), window)
     assert switched == pytest.approx(6.5) and settled == pytest.approx(5.0)
     switched, settled = measure.after_switch(work("quick", 1.0, 3), other, 1.0, measure.TimingPolicy(), window)
     assert switched == pytest.approx(settled)  # its 3 slow calls fall inside the untimed lead
