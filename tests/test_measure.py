@@ -281,3 +281,19 @@ def test_a_function_still_settling_after_a_switch_is_told_apart_from_a_steady_on
     assert switched == pytest.approx(6.5) and settled == pytest.approx(5.0)
     switched, settled = measure.after_switch(work("quick", 1.0, 3), other, 1.0, measure.TimingPolicy(), window)
     assert switched == pytest.approx(settled)  # its 3 slow calls fall inside the untimed lead
+
+
+def test_other_processes_cpu_is_the_machines_busy_time_less_this_process(monkeypatch):
+    from torchao_nb import env
+
+    clock = {"wall": 100.0, "all": 50.0, "mine": 10.0}
+    monkeypatch.setattr(env.time, "monotonic", lambda: clock["wall"])
+    monkeypatch.setattr(env, "_cpu_busy_s", lambda: clock["all"])
+    monkeypatch.setattr(env, "_own_cpu_s", lambda: clock["mine"])
+    monkeypatch.setattr(env.os, "sched_getaffinity", lambda pid: {0, 1})
+    with env.OtherLoad() as load:
+        clock.update(wall=110.0, all=50.0 + 2 * 10 * 0.95, mine=10.0 + 10 * 1.0)  # we took a core, others 0.9
+    assert load.cores == pytest.approx(0.9) and load.share == pytest.approx(0.45) and load.share > env.BUSY_SHARE
+    with env.OtherLoad() as quiet:
+        clock.update(wall=120.0, all=clock["all"] + 20.0, mine=clock["mine"] + 20.0)  # only us
+    assert quiet.cores == pytest.approx(0.0)

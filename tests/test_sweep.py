@@ -222,6 +222,26 @@ def test_a_module_that_cannot_be_copied_is_one_line_that_names_the_attribute(iso
         run(model, isolate=isolate)
 
 
+class OneColumn(nn.Module):
+    """A Linear(1, N) (a bias-like projection of one feature) beside a normal layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.tiny = nn.Linear(1, 128)
+        self.fc = nn.Linear(128, 128)
+
+    def forward(self, x):
+        return self.fc(x + self.tiny(x[:, :1]))
+
+
+@pytest.mark.parametrize("mode", ["int8dynamic", "int8weightonly", "float8weightonly"])
+def test_a_one_column_linear_is_left_alone_and_named(mode):
+    row = run(OneColumn(), modes=mode).rows[0]
+    assert row.status == "ok", row.reason
+    assert row.layers_quantized == 1 and row.layers_total == 2
+    assert "one-column weight" in row.extra_dict["layers_left_alone"]["tiny"]
+
+
 def test_unknown_model_and_missing_inputs():
     with pytest.raises(UserError, match="unknown model 'gpt-17'.*mlp"):
         run("gpt-17")

@@ -138,7 +138,8 @@ def _timed(cfg: SweepConfig, ref: Reference, fns: list, window: measure.Window, 
     n = len(fns)
     bases = _baselines(ref, n) if ref.compile.enabled else []
     calls = [lambda f=f: models.call(f, ref.inputs) for f in [*bases, ref.module, *fns]]
-    timed = measure.time_interleaved(calls, cfg.policy, clock, sync, window)
+    with envmod.OtherLoad() as load:
+        timed = measure.time_interleaved(calls, cfg.policy, clock, sync, window)
     eager_m, ms = timed[len(bases)], timed[len(bases) + 1:]
     base_ms = timed[:len(bases)] or [eager_m]
     speedup, vs_eager = measure.paired_ratio(base_ms, ms), measure.paired_ratio(eager_m, ms)
@@ -148,7 +149,15 @@ def _timed(cfg: SweepConfig, ref: Reference, fns: list, window: measure.Window, 
                 noisy=m.noisy(cfg.policy), baseline_ms=base.median_ms, eager_ms=eager_m.median_ms,
                 speedup=speedup.value, speedup_lo=speedup.lo, speedup_hi=speedup.hi,
                 speedup_vs_eager=vs_eager.value, speedup_vs_eager_lo=vs_eager.lo, speedup_vs_eager_hi=vs_eager.hi,
-                sampling=window.what, **({"not_steady": unsteady} if unsteady else {}))
+                sampling=window.what, **({"not_steady": unsteady} if unsteady else {}), **_busy(load))
+
+
+def _busy(load: envmod.OtherLoad) -> dict[str, str]:
+    """A note when other processes took a good share of the CPU while the cell was timed."""
+    if load.share is None or load.share <= envmod.BUSY_SHARE:
+        return {}
+    return {"busy": f"other processes used {load.cores:.1f} cores ({load.share:.0%}) while this cell was timed: "
+                    "its numbers move with their load"}
 
 
 def _not_steady(fn, other, per_call_ms: float, cfg: SweepConfig, window: measure.Window) -> str | None:
@@ -255,8 +264,9 @@ def run_cell(cfg: SweepConfig, ref: Reference, mode: str, batch: int, clock=time
                 on_phase("timing")
                 replicas = _replicas(ref, model, fn, _copy_count(cfg, ref), mode)
                 numbers = _timed(cfg, ref, replicas, _window(cfg, ref, clock, sync), clock, sync)
-                if "not_steady" in numbers:
-                    extra["not_steady"] = numbers.pop("not_steady")
+                for note in ("not_steady", "busy"):  # said in the row's note
+                    if note in numbers:
+                        extra[note] = numbers.pop(note)
                 del replicas[1:]
                 if cfg.device == "cuda":
                     numbers["synced_ms"] = measure.time_calls(lambda: models.call(fn, ref.inputs), SYNCED_POLICY,

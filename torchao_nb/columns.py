@@ -36,8 +36,9 @@ def note(row: Row) -> str:
     notes = ["no clear difference (the 95 % interval holds 1.0)"] if no_clear_difference(row) else []
     if (reload := _reload_note(row)) is not None:
         notes.append(reload)
-    if row.extra and (unsteady := row.extra_dict.get("not_steady")):
-        notes.append(unsteady)
+    for key in ("not_steady", "busy"):
+        if row.extra and (said := row.extra_dict.get(key)):
+            notes.append(said)
     for count, what in ((row.graph_breaks, "graph break"), (row.recompiles, "recompile while timing"),
                         (row.cudagraph_skips, "CUDA-graph skip")):
         if count:

@@ -8,6 +8,7 @@ import functools
 import os
 import platform
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -178,3 +179,43 @@ def environment(device: str, dtype: torch.dtype, threads: int) -> dict:
         env["cuda_driver"] = _nvidia_driver()
         env["compute_capability"] = ".".join(map(str, info.capability))
     return env
+
+
+# ---- what else the machine is doing ---------------------------------------------------------------
+
+def _cpu_busy_s() -> float | None:
+    """Seconds of CPU time every process on the machine has used (user + nice + system), from /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()[1:]
+        return (int(fields[0]) + int(fields[1]) + int(fields[2])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class OtherLoad:
+    """How much of the machine's CPU other processes used during the block: `cores` (e.g. 0.9 of a core) and
+    `share` (of the cores this process may use). None where /proc/stat is not there (not Linux)."""
+
+    def __enter__(self):
+        self._t0, self._all0 = time.monotonic(), _cpu_busy_s()
+        self._mine0 = _own_cpu_s()
+        self.cores = self.share = None
+        return self
+
+    def __exit__(self, *exc):
+        all1, wall = _cpu_busy_s(), time.monotonic() - self._t0
+        if all1 is not None and self._all0 is not None and wall > 0:
+            self.cores = max(0.0, (all1 - self._all0) - (_own_cpu_s() - self._mine0)) / wall
+            self.share = self.cores / max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+        return False
+
+
+def _own_cpu_s() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+BUSY_SHARE = 0.2  # other processes using more than this share of our cores while a cell is timed: said in its note

@@ -255,6 +255,14 @@ register = MODES.add
 
 
 register(Mode("noquant", "No quantization: the model as it is (the A/A control).", lambda info, dtype: None))
+def _one_column_reason(lin: nn.Linear, info: DeviceInfo, dtype: torch.dtype) -> str | None:
+    # Checked on torchao 0.18: int8 and float8 per-channel quantization of a Linear(1, N) raise
+    # "shape '[N, 1]' is invalid for input of size 1"; Linear(N, 1) and Linear(2, N) quantize fine.
+    if lin.in_features < 2:
+        return f"in_features {lin.in_features}: torchao's per-channel quantization fails on a one-column weight"
+    return None
+
+
 def _int8dyn_input_reason(info: DeviceInfo, dtype: torch.dtype, rows: int) -> str | None:
     if info.is_cuda and rows <= 16:
         return (f"int8 dynamic on CUDA calls torch._int_mm, which needs more than 16 rows per matmul; it would get "
@@ -265,13 +273,13 @@ def _int8dyn_input_reason(info: DeviceInfo, dtype: torch.dtype, rows: int) -> st
 register(Mode(
     "int8dynamic", "int8 weights and per-token dynamically quantized int8 activations (int8 x int8 matmul).",
     lambda info, dtype: _make("Int8DynamicActivationInt8WeightConfig"),
-    lambda info, dtype: _needs("Int8DynamicActivationInt8WeightConfig"),
+    lambda info, dtype: _needs("Int8DynamicActivationInt8WeightConfig"), _one_column_reason,
     input_reason=_int8dyn_input_reason,
 ))
 register(Mode(
     "int8weightonly", "int8 per-channel weights, activations stay in the model dtype.",
     lambda info, dtype: _make("Int8WeightOnlyConfig"),
-    lambda info, dtype: _needs("Int8WeightOnlyConfig"),
+    lambda info, dtype: _needs("Int8WeightOnlyConfig"), _one_column_reason,
 ))
 register(Mode(
     "int4weightonly",
@@ -281,7 +289,7 @@ register(Mode(
 ))
 register(Mode(
     "float8weightonly", "float8 (e4m3) per-channel weights, activations stay in the model dtype.",
-    lambda info, dtype: _make("Float8WeightOnlyConfig"), _float8wo_unsupported,
+    lambda info, dtype: _make("Float8WeightOnlyConfig"), _float8wo_unsupported, _one_column_reason,
 ))
 register(Mode(
     "float8dynamic", "float8 weights and dynamically quantized float8 activations, per row (CUDA >= 8.9).",
