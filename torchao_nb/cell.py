@@ -137,20 +137,14 @@ def _timed(cfg: SweepConfig, ref: Reference, fns: list, window: measure.Window, 
     model), so both speedups come from samples taken under the same machine state, round by round."""
     n = len(fns)
     bases = _baselines(ref, n) if ref.compile.enabled else []
-    # Baseline copy i right before mode copy i in every round (the rotation keeps them neighbours): a drift or a
-    # periodic load hits the pairs a ratio is built from alike, not one side's block of bursts.
-    order = [f for pair in zip(bases, fns) for f in pair] if bases else list(fns)
-    order.append(ref.module)
-    calls = [lambda f=f: models.call(f, ref.inputs) for f in order]
+    calls = [lambda f=f: models.call(f, ref.inputs) for f in [*bases, ref.module, *fns]]
     with envmod.OtherLoad() as load:
         timed = measure.time_interleaved(calls, cfg.policy, clock, sync, window)
-    eager_m = timed[-1]
-    ms = timed[1:-1:2] if bases else timed[:-1]
-    base_ms = timed[0:-1:2] if bases else [eager_m]
+    eager_m, ms = timed[len(bases)], timed[len(bases) + 1:]
+    base_ms = timed[:len(bases)] or [eager_m]
     speedup, vs_eager = measure.paired_ratio(base_ms, ms), measure.paired_ratio(eager_m, ms)
     m, base = measure.per_round(ms), measure.per_round(base_ms)
-    first_mode, first_base = (calls[1], calls[0]) if bases else (calls[0], calls[-1])
-    unsteady = _not_steady(first_mode, first_base, m.median_ms, cfg, window)
+    unsteady = _not_steady(calls[-1], calls[0], m.median_ms, cfg, window)
     return dict(median_ms=m.median_ms, iqr_ms=m.iqr_ms, samples=len(m.samples_ms), replicates=n,
                 noisy=m.noisy(cfg.policy), baseline_ms=base.median_ms, eager_ms=eager_m.median_ms,
                 speedup=speedup.value, speedup_lo=speedup.lo, speedup_hi=speedup.hi,
