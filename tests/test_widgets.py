@@ -206,7 +206,7 @@ def typed(p, name):
     (lambda p: setattr(p.module_name, "value", "x"), "nn.Module"),
     (lambda p: typed(p, ""), "type a model name"),
     (lambda p: typed(p, "gpt-9"), "unknown model 'gpt-9'"),
-    (lambda p: typed(p, "hf:/no/such/folder"), "no local copy"),
+    (lambda p: typed(p, "hf:/no/such/folder"), "this local path does not exist"),
     (lambda p: typed(p, "/no/such/model.gguf"), "no such .gguf file"),
     (lambda p: typed(p, "hf-config:NoSuchModel"), "has no model class"),
 ])
