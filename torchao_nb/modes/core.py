@@ -1,4 +1,4 @@
-"""The registry of quantization modes: name → description, torchao config per device, reasons it can't run."""
+"""What a mode is, where it can run, and how one is applied to a model; the registry the mode families fill."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from ._torchao import quiet_logs, torchao
-from .env import DeviceInfo
-from .errors import UserError
-from .compiling import EAGER, CompileSettings
-from .measure import TimingPolicy
-from .registry import Registry
+from .._torchao import quiet_logs, torchao
+from ..env import DeviceInfo
+from ..errors import UserError
+from ..compiling import EAGER, CompileSettings
+from ..measure import TimingPolicy
+from ..registry import Registry
 
 @dataclass(frozen=True)
 class ApplyReport:
@@ -47,6 +47,51 @@ class ApplyContext:
     sandbox: Callable[..., Any] | None = None
 
 
+# ---- where a mode runs --------------------------------------------------------------------------
+
+DTYPE_NAMES = ("bfloat16", "float16", "float32")
+ANY_GPU = (0, 0)  # Where.cuda for "every CUDA GPU"
+_SHORT = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
+
+
+def installed(package: str) -> bool:
+    """Whether a kernel package a mode needs is here: a Python package (mslk), or cuSPARSELt, which torch's
+    CUDA build carries inside it (the CPU build has none)."""
+    if package == "cuSPARSELt":
+        return bool(torch.backends.cusparselt.is_available())
+    import importlib.util
+
+    return importlib.util.find_spec(package) is not None
+
+
+def _has_mslk() -> bool:
+    return installed("mslk")
+
+
+def _dtype_text(names: tuple[str, ...]) -> str:
+    return "any dtype" if set(names) == set(DTYPE_NAMES) else "/".join(_SHORT[n] for n in names) + " only"
+
+
+@dataclass(frozen=True)
+class Where:
+    """Where a mode can run, as data: `list-modes --all` prints it on any machine, and a test holds every mode's
+    `unsupported` rules to it on made-up CPUs and GPUs, so the text can't drift from the rules."""
+
+    cpu: tuple[str, ...] = DTYPE_NAMES  # dtypes it runs in on a CPU; (): not on a CPU
+    cuda: tuple[int, int] | None = ANY_GPU  # the least CUDA compute capability it needs; None: not on CUDA
+    cuda_dtypes: tuple[str, ...] = DTYPE_NAMES
+    packages: tuple[str, ...] = ()  # what it needs on CUDA beyond torch and torchao (names `installed` knows)
+    note: str = ""  # what the fields can't say
+
+    def text(self) -> str:
+        parts = [f"CPU ({_dtype_text(self.cpu)})"] if self.cpu else []
+        if self.cuda is not None:
+            cap = "" if self.cuda == ANY_GPU else f" compute capability >= {self.cuda[0]}.{self.cuda[1]}"
+            needs = f", needs {' and '.join(self.packages)}" if self.packages else ""
+            parts.append(f"CUDA{cap} ({_dtype_text(self.cuda_dtypes)}{needs})")
+        return "; ".join(parts or ["nowhere"]) + (f"; {self.note}" if self.note else "")
+
+
 @dataclass(frozen=True)
 class Mode:
     name: str
@@ -69,6 +114,8 @@ class Mode:
     input_reason: Callable[[DeviceInfo, torch.dtype, int], str | None] = lambda info, dtype, rows: None
     # The mode's own settings type: `settings.of(value)` turns None, a dict or an instance into one.
     settings: Any = None
+    # Where it can run on any machine (list-modes --all); `unsupported` decides for this one.
+    where: Where = Where()
 
     def unsupported_reason(self, info: DeviceInfo, dtype: torch.dtype) -> str | None:
         if self.name != "noquant" and torchao() is None:
@@ -100,7 +147,8 @@ def _make(name: str, module: str = "torchao.quantization", **kwargs):
     cls = _ao(name, module)
     if cls is None:
         raise RuntimeError(f"this torchao ({torchao().__version__}) has no {module}.{name}")
-    names = {f.name for f in dataclasses.fields(cls)}
+    # SemiSparseWeightConfig is a plain class, not a dataclass: it has no inductor flag to turn off
+    names = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
     if "set_inductor_config" in names:
         # torchao would otherwise flip process-wide inductor flags for quantized modes only,
         # so baseline and quantized rows would be compiled under different settings.
@@ -114,179 +162,26 @@ def _needs(name: str, module: str = "torchao.quantization") -> str | None:
     return None
 
 
-def _has_mslk() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("mslk") is not None
+def _capability(info: DeviceInfo) -> str:
+    return ".".join(map(str, info.capability)) if info.capability else "unknown"
 
 
-# ---- int4 ---------------------------------------------------------------------------------
-
-INT4_GROUP_SIZES = (256, 128, 64, 32)  # what tinygemm takes; torchao's CPU int4 kernel takes 128 and below
-# torchao's published GPU numbers use group 64 (int4wo-64); on CPU 128, its default, measures well.
-INT4_DEFAULT_GROUP = {"cuda": 64, "cpu": 128}
-
-
-@dataclass(frozen=True)
-class Int4Settings:
-    """int4weightonly's settings: `sweep(int4weightonly={"group_size": 64})` or `--int4-group-size 64`."""
-
-    group_size: int | None = field(default=None, metadata=dict(
-        flag="--int4-group-size", type=int, metavar="N",
-        help="group size of int4 weight-only, one of 256/128/64/32 (default: 64 on CUDA, as torchao's published "
-             "numbers; 128 on CPU); a layer whose in_features it doesn't divide takes the largest that does"))
-
-    def __post_init__(self):
-        if self.group_size is not None and self.group_size not in INT4_GROUP_SIZES:
-            raise UserError(f"int4 group size must be one of {', '.join(map(str, INT4_GROUP_SIZES))}, "
-                            f"got {self.group_size!r}.")
-
-    @classmethod
-    def of(cls, value: Any) -> "Int4Settings":
-        if value is None or isinstance(value, cls):
-            return value or cls()
-        if isinstance(value, int):
-            return cls(group_size=value)
-        if isinstance(value, dict):
-            unknown = set(value) - {"group_size"}
-            if unknown:
-                raise UserError(f"unknown int4weightonly setting(s) {', '.join(sorted(unknown))}; valid: group_size.")
-            return cls(**value)
-        raise UserError(f"int4weightonly= takes a group size or {{'group_size': N}}, not {type(value).__name__}.")
-
-
-def _int4_sizes(info: DeviceInfo, dtype: torch.dtype) -> tuple[int, ...]:
-    """Group sizes the int4 kernel for this device and dtype accepts, largest first."""
-    cpu_kernel = not info.is_cuda and dtype == torch.bfloat16  # torchao's CPU int4 kernel asserts <= 128
-    return tuple(g for g in INT4_GROUP_SIZES if not (cpu_kernel and g > 128))
-
-
-def _int4_group(lin: nn.Linear, info: DeviceInfo, dtype: torch.dtype, settings: Int4Settings | None) -> int | None:
-    """The requested group size if it divides in_features, else the largest accepted one that does."""
-    sizes = _int4_sizes(info, dtype)
-    wanted = (settings and settings.group_size) or INT4_DEFAULT_GROUP.get(info.type, 128)
-    if wanted in sizes and lin.in_features % wanted == 0:
-        return wanted
-    return next((g for g in sizes if lin.in_features % g == 0), None)
-
-
-def _int4_config(info: DeviceInfo, dtype: torch.dtype, group: int | None = None):
-    group = group or INT4_DEFAULT_GROUP.get(info.type, 128)
-    if info.is_cuda:
-        # The plain packing needs the separate mslk kernels; tinygemm's 4-d tile packing ships
-        # with torch itself and runs on SM 8.x/9.x.
-        from torchao.quantization.quantize_.workflows.int4.int4_packing_format import Int4PackingFormat
-
-        packing = Int4PackingFormat.PLAIN if _has_mslk() else Int4PackingFormat.TILE_PACKED_TO_4D
-        return _make("Int4WeightOnlyConfig", group_size=group, int4_packing_format=packing)
-    if dtype == torch.bfloat16:
-        # Measured on a 2-core AVX512-BF16 CPU: ~4x faster than bf16 noquant when compiled.
-        return _make("PrototypeInt4WeightOnlyConfig", "torchao.prototype.quantization.int4", group_size=group)
-    # In fp32 the prototype int4 kernel is slower than noquant here; Intx int4 (group-wise)
-    # lowers to plain dequantize + matmul, which inductor fuses well.
-    from torchao.quantization.granularity import PerGroup
-
-    return _make("IntxWeightOnlyConfig", weight_dtype=torch.int4, granularity=PerGroup(group))
-
-
-def _int4_layer_config(lin: nn.Linear, info: DeviceInfo, dtype: torch.dtype, settings: Int4Settings | None):
-    group = _int4_group(lin, info, dtype, settings)
-    return _int4_config(info, dtype, group), f"group {group}"
-
-
-def _int4_unsupported(info: DeviceInfo, dtype: torch.dtype) -> str | None:
-    if info.is_cuda:
-        if dtype != torch.bfloat16:
-            return "int4 weight-only on CUDA needs bfloat16 (tinygemm kernels); run with --dtype bfloat16"
-        if info.capability and info.capability < (8, 0) and not _has_mslk():
-            return f"int4 tinygemm kernels need compute capability >= 8.0 (this GPU: {info.capability[0]}.{info.capability[1]})"
-        return _needs("Int4WeightOnlyConfig")
-    if dtype == torch.bfloat16:
-        return _needs("PrototypeInt4WeightOnlyConfig", "torchao.prototype.quantization.int4")
-    return _needs("IntxWeightOnlyConfig")
-
-
-def _int4_layer_reason(lin: nn.Linear, info: DeviceInfo, dtype: torch.dtype) -> str | None:
-    if _int4_group(lin, info, dtype, None) is None:
-        sizes = "/".join(map(str, _int4_sizes(info, dtype)))
-        return f"in_features {lin.in_features} is divisible by no int4 group size ({sizes})"
-    if not info.is_cuda and dtype == torch.bfloat16 and lin.out_features % 16:
-        return f"out_features {lin.out_features} is not divisible by 16 (CPU int4 kernel)"
-    # CUDA: torchao pads out_features to a multiple of 8 itself.
+def _needs_capability(info: DeviceInfo, least: tuple[int, int], what: str) -> str | None:
+    """On CUDA: why a GPU below `least` can't run `what` (None when it can, or off CUDA)."""
+    if info.is_cuda and info.capability and info.capability < least:
+        return f"{what} needs CUDA compute capability >= {least[0]}.{least[1]} (this GPU: {_capability(info)})"
     return None
-
-
-# ---- float8 -------------------------------------------------------------------------------
-
-def _float8_needs_sm89(info: DeviceInfo) -> str | None:
-    if info.is_cuda and info.capability and info.capability < (8, 9):
-        cap = ".".join(map(str, info.capability))
-        return f"float8 needs CUDA compute capability >= 8.9 (this GPU: {cap})"
-    return None
-
-
-def _float8wo_unsupported(info: DeviceInfo, dtype: torch.dtype) -> str | None:
-    return _float8_needs_sm89(info) or _needs("Float8WeightOnlyConfig")
-
-
-def _float8dyn_unsupported(info: DeviceInfo, dtype: torch.dtype) -> str | None:
-    if not info.is_cuda:
-        return "float8 dynamic activation needs a CUDA GPU with compute capability >= 8.9; torchao has no CPU kernel"
-    return _float8_needs_sm89(info) or _needs("Float8DynamicActivationFloat8WeightConfig")
-
-
-def _float8dyn_layer_reason(lin: nn.Linear, info: DeviceInfo, dtype: torch.dtype) -> str | None:
-    if lin.in_features % 16 or lin.out_features % 16:
-        return f"float8 matmul needs both dims divisible by 16 (got {lin.in_features}x{lin.out_features})"
-    return None
-
-
-def _float8dyn_config(info: DeviceInfo, dtype: torch.dtype):
-    from torchao.quantization import PerRow
-
-    return _make("Float8DynamicActivationFloat8WeightConfig", granularity=PerRow())
 
 
 # ---- the registry ---------------------------------------------------------------------------
 
-# Plug-ins (autoquant) register themselves when imported: this module never imports them.
+# The family modules (int8, int4, float8, ...) and plug-ins (autoquant) register their modes when imported:
+# this module never imports them.
 MODES: Registry = Registry("mode", reserved=("all",))
 register = MODES.add
 
 
 register(Mode("noquant", "No quantization: the model as it is (the A/A control).", lambda info, dtype: None))
-def _int8dyn_input_reason(info: DeviceInfo, dtype: torch.dtype, rows: int) -> str | None:
-    if info.is_cuda and rows <= 16:
-        return (f"int8 dynamic on CUDA calls torch._int_mm, which needs more than 16 rows per matmul; it would get "
-                f"{rows} (batch x tokens): use a larger batch or a prefill (torchao measured 0.09x at batch-1 decode)")
-    return None
-
-
-register(Mode(
-    "int8dynamic", "int8 weights and per-token dynamically quantized int8 activations (int8 x int8 matmul).",
-    lambda info, dtype: _make("Int8DynamicActivationInt8WeightConfig"),
-    lambda info, dtype: _needs("Int8DynamicActivationInt8WeightConfig"),
-    input_reason=_int8dyn_input_reason,
-))
-register(Mode(
-    "int8weightonly", "int8 per-channel weights, activations stay in the model dtype.",
-    lambda info, dtype: _make("Int8WeightOnlyConfig"),
-    lambda info, dtype: _needs("Int8WeightOnlyConfig"),
-))
-register(Mode(
-    "int4weightonly",
-    "int4 group-wise weights (group 64 on CUDA, 128 on CPU; --int4-group-size); CUDA: tinygemm, "
-    "CPU bf16: torchao's CPU int4 kernel, CPU fp32: Intx int4.",
-    _int4_config, _int4_unsupported, _int4_layer_reason, layer_config=_int4_layer_config, settings=Int4Settings,
-))
-register(Mode(
-    "float8weightonly", "float8 (e4m3) per-channel weights, activations stay in the model dtype.",
-    lambda info, dtype: _make("Float8WeightOnlyConfig"), _float8wo_unsupported,
-))
-register(Mode(
-    "float8dynamic", "float8 weights and dynamically quantized float8 activations, per row (CUDA >= 8.9).",
-    _float8dyn_config, _float8dyn_unsupported, _float8dyn_layer_reason,
-))
 
 
 # Errors torch/torchao raise with messages that don't say what to do: pattern → explanation.
@@ -341,6 +236,21 @@ def is_quantized(linear: nn.Linear) -> bool:
     return type(linear.weight) not in (torch.Tensor, nn.Parameter)
 
 
+def refuse_quantized(layers: dict[str, nn.Linear]) -> None:
+    if any(is_quantized(lin) for lin in layers.values()):
+        raise UserError("this model is already quantized (its Linear weights are torchao tensors): pass the "
+                        "unquantized model; torchao_nb quantizes a fresh copy for every mode")
+
+
+def layers_left_alone(layers: dict[str, nn.Linear], mode: Mode, info: DeviceInfo, dtype: torch.dtype,
+                      context: ApplyContext | None) -> dict[str, str]:
+    """fqn → why that Linear can't take the mode: its shape (layer_reason), or the rows it sees (input_reason)."""
+    rows = dict(context.layer_rows) if context is not None else {}
+    return {fqn: why for fqn, lin in layers.items()
+            if (why := mode.layer_reason(lin, info, dtype) or (
+                mode.input_reason(info, dtype, rows[fqn]) if fqn in rows else None))}
+
+
 def config_dict(config: Any) -> dict[str, Any]:
     """The exact torchao config as JSON-ready data (torchao's own serialisation where it has one)."""
     if config is None:
@@ -361,13 +271,9 @@ def quantize(model: nn.Module, mode: Mode, info: DeviceInfo, dtype: torch.dtype,
         return mode.apply(model, info, dtype, example_inputs, context or ApplyContext(device=info.type))
     layers = linear_layers(model)
     config, groups = mode.config(info, dtype), {}
-    if (config is not None or mode.layer_config is not None) and any(is_quantized(lin) for lin in layers.values()):
-        raise UserError("this model is already quantized (its Linear weights are torchao tensors): pass the "
-                        "unquantized model; torchao_nb quantizes a fresh copy for every mode")
-    rows = dict(context.layer_rows) if context is not None else {}
-    skipped = {fqn: why for fqn, lin in layers.items()
-               if (why := mode.layer_reason(lin, info, dtype) or (
-                   mode.input_reason(info, dtype, rows[fqn]) if fqn in rows else None))}
+    if config is not None or mode.layer_config is not None:
+        refuse_quantized(layers)
+    skipped = layers_left_alone(layers, mode, info, dtype, context)
     fitting = [fqn for fqn in layers if fqn not in skipped]
     if mode.layer_config is not None:  # layers that need another config (int4's group size) go in their own call
         settings = context.settings if context is not None else None
