@@ -12,24 +12,33 @@ from .errors import Notice, UserError
 def _mode_settings(args) -> dict:
     """`--autoquant-floor 25` → {"autoquant": {"sqnr_floor_db": 25}}: each mode's settings fields that have a flag."""
     out: dict = {}
-    for mode, field in _settings_flags():
-        value = getattr(args, f"{mode}__{field.name}")
+    for flag, (field, names) in _settings_flags().items():
+        value = getattr(args, _flag_dest(flag))
         if value is not None:
-            out.setdefault(mode, {})[field.name] = value
+            for mode in names:
+                out.setdefault(mode, {})[field.name] = value
     return out
 
 
-def _settings_flags():
+def _settings_flags() -> dict:
+    """flag → (its settings field, the modes it sets): modes that share a settings type share its flag, so
+    `--int4-group-size 64` sets int4weightonly's and int4weightonly-hqq's group size alike."""
     import dataclasses
 
     from . import autoquant  # noqa: F401  (registers the autoquant mode)
     from . import modes
 
+    flags: dict = {}
     for name, mode in modes.MODES.items():
         if mode.settings is not None:
             for field in dataclasses.fields(mode.settings):
                 if field.metadata.get("flag"):
-                    yield name, field
+                    flags.setdefault(field.metadata["flag"], (field, []))[1].append(name)
+    return flags
+
+
+def _flag_dest(flag: str) -> str:
+    return "setting__" + flag.lstrip("-").replace("-", "_")
 
 
 def _sweep_options(args) -> dict:
@@ -93,12 +102,16 @@ def _list_modes(args) -> int:
     device = env.resolve_device(args.device)
     info = env.device_info(device)
     dtype = env.resolve_dtype(args.dtype, info)
-    print(f"modes on {device} ({info.name}), {env.dtype_name(dtype)}:")
+    here = f"{device} ({info.name}), {env.dtype_name(dtype)}"
+    print(f"every mode, where it can run, and whether it runs on {here}:" if args.all else f"modes on {here}:")
     width = max(map(len, modes.MODES))
     for name, mode in modes.MODES.items():
         reason = mode.unsupported_reason(info, dtype)
         state = "runs here" if reason is None else f"can't run here: {reason}"
-        print(f"  {name.ljust(width)}  {mode.description}\n  {'':{width}}  -> {state}")
+        print(f"  {name.ljust(width)}  {mode.description}")
+        if args.all:
+            print(f"  {'':{width}}  runs on: {mode.where.text()}")
+        print(f"  {'':{width}}  -> {state}")
     return 0
 
 
@@ -176,9 +189,9 @@ def _add_sweep_flags(p: argparse.ArgumentParser) -> None:
             default = "" if o.default is None else f" (default {o.default})"
             p.add_argument(o.flag, dest=o.name, type=o.type, default=None, help=o.help + default)
     p.add_argument("--quick", action="store_true", help="a few samples per cell: for smoke tests, not for numbers")
-    for mode, field in _settings_flags():
-        p.add_argument(field.metadata["flag"], dest=f"{mode}__{field.name}", type=field.metadata.get("type", float),
-                       default=None, metavar=field.metadata.get("metavar"), help=f"{mode}: {field.metadata['help']}")
+    for flag, (field, names) in _settings_flags().items():
+        p.add_argument(flag, dest=_flag_dest(flag), type=field.metadata.get("type", float), default=None,
+                       metavar=field.metadata.get("metavar"), help=f"{' and '.join(names)}: {field.metadata['help']}")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -198,9 +211,11 @@ def parser() -> argparse.ArgumentParser:
     add_job_flags(run)
     run.set_defaults(func=_run)
 
-    lm = sub.add_parser("list-modes", help="every mode and whether it runs on this machine")
+    lm = sub.add_parser("list-modes", help="every mode and whether it runs on this machine (--all: and where it can run)")
     lm.add_argument("--device", default="auto")
     lm.add_argument("--dtype", default=None)
+    lm.add_argument("--all", action="store_true",
+                    help="also say where each mode can run on any machine: CPU, CUDA compute capability, dtypes, packages")
     lm.set_defaults(func=_list_modes)
 
     sub.add_parser("list-models", help="the built-in models").set_defaults(func=_list_models)

@@ -21,7 +21,9 @@ from .results import ResultSet, Row
 
 # Registry order decides the colour, so a mode keeps its colour in every figure and every run.
 # noquant (the A/A control) gets the neutral grey.
-PALETTE = ["#7f7f7f", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf"]
+# tab10, then tab20's light shades: one colour each for the 14 registered modes, and room for two more.
+PALETTE = ["#7f7f7f", "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf",
+           "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94"]
 # Modes no registry knows (a results file from another version) hash into these, still stable by name.
 SPARE = ["#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d", "#31a354", "#756bb1", "#636363"]
 RUN_HATCHES = ["", "///", "...", "\\\\\\", "ooo", "---"]  # one per run in comparisons; 'x' is kept for missing cells

@@ -368,15 +368,30 @@ def tensor_bytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 
 
+def packed_bytes(model: nn.Module) -> int:
+    """Bytes torch.ao's quantized Linears hold outside parameters and buffers: their int8 weight and bias live in
+    a packed C++ object (`_packed_params`), which parameters() never shows."""
+    total = 0
+    for m in model.modules():
+        if isinstance(getattr(m, "_packed_params", None), torch.ScriptObject) and hasattr(m, "_weight_bias"):
+            weight, bias = m._weight_bias()
+            parts = [weight] + ([] if bias is None else [bias])
+            if weight.is_quantized and weight.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
+                parts += [weight.q_per_channel_scales(), weight.q_per_channel_zero_points()]
+            total += sum(t.numel() * t.element_size() for t in parts)
+    return total
+
+
 def weight_bytes(model: nn.Module, skip: set[int] = frozenset()) -> int:
-    """Bytes of every parameter and buffer (each counted once), but those whose id is in `skip`."""
+    """Bytes of every parameter and buffer (each counted once), but those whose id is in `skip`, and of
+    torch.ao's packed weights."""
     seen: set[int] = set(skip)
     total = 0
     for t in list(model.parameters()) + list(model.buffers()):
         if id(t) not in seen:
             seen.add(id(t))
             total += tensor_bytes(t)
-    return total
+    return total + packed_bytes(model)
 
 
 def streamed_weight_bytes(model: nn.Module) -> int:

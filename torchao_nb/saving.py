@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -39,10 +40,13 @@ def _same(a: Any, b: Any) -> bool:
 
 def _load(path: Path) -> tuple[dict, str]:
     """torch.load without unpickling arbitrary objects when it can: torchao allow-lists its tensor classes."""
-    try:
-        return torch.load(path, weights_only=True), "weights_only=True"
-    except Exception as e:  # a class nobody allow-listed: the file is ours, so trusting it is safe here
-        return torch.load(path, weights_only=False), f"weights_only=False: {error_text(e, 120)}"
+    with warnings.catch_warnings():
+        # torch.ao's packed int8 weights (torch-ao-dynamic) unpickle through TypedStorage, which warns each time
+        warnings.filterwarnings("ignore", message=r"TypedStorage is deprecated")
+        try:
+            return torch.load(path, weights_only=True), "weights_only=True"
+        except Exception as e:  # a class nobody allow-listed: the file is ours, so trusting it is safe here
+            return torch.load(path, weights_only=False), f"weights_only=False: {error_text(e, 120)}"
 
 
 def save_and_reload(model: nn.Module, fresh: Callable[[], nn.Module], inputs: models.Inputs,

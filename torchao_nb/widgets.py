@@ -303,7 +303,8 @@ class BenchmarkPanel:
         model = self._model_args()
         # A module of the notebook runs on its example inputs as given; batch sizes are for registry models.
         batch_sizes = None if "example_inputs" in model else check_batch_sizes(self.batch_sizes.value.split(","))
-        mode_settings = {"int4weightonly": {"group_size": self.int4_group.value}} if self.int4_group.value else {}
+        group = {"group_size": self.int4_group.value}  # int4weightonly-hqq is compared with int4 at one size
+        mode_settings = {"int4weightonly": group, "int4weightonly-hqq": group} if self.int4_group.value else {}
         return dict(model, modes=list(modes), device=self.device.value or "auto", dtype=self.dtype.value,
                     batch_sizes=batch_sizes, compile=self.compile.value, baseline=self.baseline.value,
                     threads=self.threads.value, policy=self.policy, isolate=self.isolate, **mode_settings)

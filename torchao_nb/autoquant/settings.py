@@ -20,7 +20,13 @@ NOQUANT = "noquant"
 
 
 def searchable_modes() -> list[str]:
-    """Registered modes the search can try: those applied by a plain torchao config."""
+    """Registered modes the search can try: those applied by a plain torchao config.
+
+    The chosen layers are quantized with each mode's `config` alone (`apply_choices`), so a mode with its own
+    `apply` is out: autoquant itself; sparse24, which prunes weights before its config; torch-ao-dynamic, which
+    is not a torchao config but a module swap, and torch.compile can't trace its DynamicQuantizedLinear (a
+    compiled layer would be one graph break running eagerly, and a model that compiles as one graph fails).
+    Every other CPU mode (int4weightonly-hqq and int8dq-int4 among them) is a candidate wherever it runs."""
     return [name for name, m in modes.MODES.items() if m.apply is None]
 
 
