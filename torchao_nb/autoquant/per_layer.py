@@ -177,7 +177,9 @@ def _candidates(settings: SearchSettings, info: DeviceInfo, dtype: torch.dtype) 
     names = [NOQUANT] + [n for n in names if n != NOQUANT]
     runnable, unsupported = [], {}
     for n in names:
-        reason = modes.MODES[n].unsupported_reason(info, dtype)
+        spec = modes.MODES[n]
+        reason = spec.unsupported_reason(info, dtype) or (
+            None if settings.candidates is not None or not spec.not_searched else f"not searched: {spec.not_searched}")
         if reason:
             unsupported[n] = reason
         else:

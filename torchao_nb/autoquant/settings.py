@@ -26,7 +26,8 @@ def searchable_modes() -> list[str]:
     `apply` is out: autoquant itself; sparse24, which prunes weights before its config; torch-ao-dynamic, which
     is not a torchao config but a module swap, and torch.compile can't trace its DynamicQuantizedLinear (a
     compiled layer would be one graph break running eagerly, and a model that compiles as one graph fails).
-    Every other CPU mode (int4weightonly-hqq and int8dq-int4 among them) is a candidate wherever it runs."""
+    Every other mode is a candidate wherever it runs, but for one whose `Mode.not_searched` says it can't win
+    (int8dq-int4: no int8 x int4 kernel), which the search table lists with that reason unless asked for by name."""
     return [name for name, m in modes.MODES.items() if m.apply is None]
 
 

@@ -114,6 +114,9 @@ class Mode:
     input_reason: Callable[[DeviceInfo, torch.dtype, int], str | None] = lambda info, dtype, rows: None
     # The mode's own settings type: `settings.of(value)` turns None, a dict or an instance into one.
     settings: Any = None
+    # Why autoquant's default candidate set leaves this mode out (it can't win the search by construction);
+    # None: a candidate wherever it runs. Asking for it by name (candidates=[...]) still searches it.
+    not_searched: str | None = None
     # Where it can run on any machine (list-modes --all); `unsupported` decides for this one.
     where: Where = Where()
 
