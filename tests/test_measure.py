@@ -297,3 +297,23 @@ def test_other_processes_cpu_is_the_machines_busy_time_less_this_process(monkeyp
     with env.OtherLoad() as quiet:
         clock.update(wall=120.0, all=clock["all"] + 20.0, mine=clock["mine"] + 20.0)  # only us
     assert quiet.cores == pytest.approx(0.0)
+
+
+def test_with_sides_what_settles_is_each_sides_median_over_copies():
+    """One of three copies drifts for ever; the side's per-round median over copies does not: it settles."""
+    clock = FakeClock()
+    state = {"n": 0}
+
+    def steady():
+        clock.now += 0.002
+
+    def drifting():
+        state["n"] += 1
+        clock.now += 0.002 * (1 + 0.01 * state["n"])  # 1 % slower every call: its own median never settles
+
+    policy = measure.TimingPolicy(warmup_s=0.0, lead_s=0.0, burst_s=0.0, max_time_s=1.0)
+    alone = measure.time_interleaved([drifting, steady, steady], policy, clock=clock)
+    state["n"] = 0
+    pooled = measure.time_interleaved([drifting, steady, steady], policy, clock=clock, sides=[[0, 1, 2]])
+    assert len(pooled[0].samples_ms) < len(alone[0].samples_ms)
+    assert len(pooled[0].samples_ms) == 21  # settled at the second check

@@ -138,8 +138,9 @@ def _timed(cfg: SweepConfig, ref: Reference, fns: list, window: measure.Window, 
     n = len(fns)
     bases = _baselines(ref, n) if ref.compile.enabled else []
     calls = [lambda f=f: models.call(f, ref.inputs) for f in [*bases, ref.module, *fns]]
+    sides = [list(range(len(bases))), [len(bases)], list(range(len(bases) + 1, len(calls)))]  # base, eager, mode
     with envmod.OtherLoad() as load:
-        timed = measure.time_interleaved(calls, cfg.policy, clock, sync, window)
+        timed = measure.time_interleaved(calls, cfg.policy, clock, sync, window, [x for x in sides if x])
     eager_m, ms = timed[len(bases)], timed[len(bases) + 1:]
     base_ms = timed[:len(bases)] or [eager_m]
     speedup, vs_eager = measure.paired_ratio(base_ms, ms), measure.paired_ratio(eager_m, ms)

@@ -171,7 +171,7 @@ def cuda_window(flush_bytes: int = 0) -> Window:
 
 def time_interleaved(fns: Sequence[Callable[[], Any]], policy: TimingPolicy = TimingPolicy(),
                      clock: Clock = time.perf_counter, sync: Callable[[], None] = no_sync,
-                     window: Window | None = None) -> list[Measurement]:
+                     window: Window | None = None, sides: Sequence[Sequence[int]] | None = None) -> list[Measurement]:
     """Time several functions in rounds: each round takes one sample (a burst) of every function.
 
     A speedup is a ratio of two timings; on a shared machine (a VM's neighbours, clock changes)
@@ -181,9 +181,11 @@ def time_interleaved(fns: Sequence[Callable[[], Any]], policy: TimingPolicy = Ti
     rotates each round, so every function takes every position equally often: a function that
     always came last would always meet the machine in the same state (measured: 2-7 % faster under
     load). Stops, after a whole rotation, when every median settles or the time budget (one
-    measurement's per function) runs out.
+    measurement's per function) runs out. With `sides` (groups of indices: copies of one function), what must
+    settle is each side's median over rounds of its per-round median over copies, the number reported.
     """
     window = window or host_window(clock, sync)
+    sides = sides or [[i] for i in range(len(fns))]
 
     def calibrate(fn) -> tuple[int, int]:
         start, calls, last = clock(), 0, 0.0
@@ -200,7 +202,7 @@ def time_interleaved(fns: Sequence[Callable[[], Any]], policy: TimingPolicy = Ti
     k = len(fns)
     shape = [calibrate(fn) for fn in fns]
     samples: list[list[float]] = [[] for _ in fns]
-    begin, settled, rounds = clock(), [None] * k, 0
+    begin, settled, rounds = clock(), [None] * len(sides), 0
     while rounds < policy.max_samples:
         for j in range(k):
             i = (rounds + j) % k
@@ -209,7 +211,8 @@ def time_interleaved(fns: Sequence[Callable[[], Any]], policy: TimingPolicy = Ti
         if rounds % k or rounds < policy.min_samples:
             continue
         if rounds % policy.block < k:  # once per block of rounds
-            meds = [statistics.median(s) for s in samples]
+            meds = [statistics.median(statistics.median(samples[i][r] for i in side) for r in range(rounds))
+                    for side in sides]
             if all(old is not None and abs(m - old) <= policy.settle_rel * m for m, old in zip(meds, settled)):
                 break
             settled = meds
