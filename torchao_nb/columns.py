@@ -61,7 +61,8 @@ def timing_note(rows) -> str:
     caches = [_CACHE_TEXT.get(c, c) for c in dict.fromkeys(r.cache for r in ok if r.cache)]
     parts = [f"speedup = base ms / median ms, round by round: base ms is {base}, timed in the same rounds as the mode"]
     if copies:
-        parts.append(f"each side on {'/'.join(map(str, copies))} copies of its own (the 95% CI resamples copies, "
+        plural = "copy" if copies == [1] else "copies"
+        parts.append(f"each side on {'/'.join(map(str, copies))} {plural} of its own (the 95% CI resamples copies, "
                      "then rounds)")
     return "; ".join(parts + caches)
 
