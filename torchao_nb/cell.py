@@ -111,9 +111,7 @@ def _baselines(ref: Reference, n: int) -> list:
     # A copy of its own, as every mode gets: sharing the eager reference's memory made the A/A read
     # 0.95-0.99 on a 2-core CPU (the mode's copy was the one paying for fresh memory).
     while len(ref.compiled_baselines) < n:
-        base = compiling.compiled(copy.deepcopy(ref.module), ref.compile, "baseline")
-        models.call(base, ref.inputs)
-        ref.compiled_baselines.append(base)
+        ref.compiled_baselines.append(_compiled_copy(ref, ref.module, "baseline"))
     return ref.compiled_baselines[:n]
 
 
@@ -121,20 +119,23 @@ def _baseline_fn(ref: Reference):
     return _baselines(ref, 1)[0]
 
 
+def _compiled_copy(ref: Reference, module: nn.Module, label: str):
+    """`module` deep-copied into memory of its own (torchao's packed tensors are copied too), compiled, called once."""
+    fn = compiling.compiled(copy.deepcopy(module), ref.compile, label)
+    models.call(fn, ref.inputs)
+    return fn
+
+
 def _replicas(ref: Reference, model: nn.Module, fn, n: int, label: str) -> list:
-    """`fn` and n-1 more compiled copies of the quantized model, each in memory of its own (a deep copy
-    copies torchao's packed tensors too), compiled and called once before timing starts."""
-    out = [fn]
-    for _ in range(n - 1):
-        again = compiling.compiled(copy.deepcopy(model), ref.compile, label)
-        models.call(again, ref.inputs)
-        out.append(again)
-    return out
+    """`fn` and n-1 more compiled copies of the quantized model, ready before timing starts."""
+    return [fn] + [_compiled_copy(ref, model, label) for _ in range(n - 1)]
 
 
-def _timed(cfg: SweepConfig, ref: Reference, fns: list, window: measure.Window, clock, sync) -> dict[str, Any]:
+def _timed(cfg: SweepConfig, ref: Reference, fns: list, window: measure.Window, clock,
+           sync) -> tuple[dict[str, Any], dict[str, str]]:
     """The mode's copies timed in rounds with the unquantized model (as many compiled baseline copies, the eager
-    model), so both speedups come from samples taken under the same machine state, round by round."""
+    model), so both speedups come from samples taken under the same machine state, round by round: the row's
+    numbers, and notes for its extra (not a steady state, a busy machine)."""
     n = len(fns)
     bases = _baselines(ref, n) if ref.compile.enabled else []
     calls = [lambda f=f: models.call(f, ref.inputs) for f in [*bases, ref.module, *fns]]
@@ -150,7 +151,7 @@ def _timed(cfg: SweepConfig, ref: Reference, fns: list, window: measure.Window, 
                 noisy=m.noisy(cfg.policy), baseline_ms=base.median_ms, eager_ms=eager_m.median_ms,
                 speedup=speedup.value, speedup_lo=speedup.lo, speedup_hi=speedup.hi,
                 speedup_vs_eager=vs_eager.value, speedup_vs_eager_lo=vs_eager.lo, speedup_vs_eager_hi=vs_eager.hi,
-                sampling=window.what, **({"not_steady": unsteady} if unsteady else {}), **_busy(load))
+                sampling=window.what), {**({"not_steady": unsteady} if unsteady else {}), **_busy(load)}
 
 
 def _busy(load: envmod.OtherLoad) -> dict[str, str]:
@@ -264,10 +265,8 @@ def run_cell(cfg: SweepConfig, ref: Reference, mode: str, batch: int, clock=time
                         models.call(fn, ref.inputs)
                 on_phase("timing")
                 replicas = _replicas(ref, model, fn, _copy_count(cfg, ref), mode)
-                numbers = _timed(cfg, ref, replicas, _window(cfg, ref, clock, sync), clock, sync)
-                for note in ("not_steady", "busy"):  # said in the row's note
-                    if note in numbers:
-                        extra[note] = numbers.pop(note)
+                numbers, notes = _timed(cfg, ref, replicas, _window(cfg, ref, clock, sync), clock, sync)
+                extra.update(notes)  # said in the row's note
                 del replicas[1:]
                 if cfg.device == "cuda":
                     numbers["synced_ms"] = measure.time_calls(lambda: models.call(fn, ref.inputs), SYNCED_POLICY,

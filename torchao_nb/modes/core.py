@@ -180,6 +180,23 @@ def _needs_capability(info: DeviceInfo, least: tuple[int, int], what: str) -> st
 
 # The family modules (int8, int4, float8, ...) and plug-ins (autoquant) register their modes when imported:
 # this module never imports them.
+def settings_from(cls, value: Any, mode: str, one: type, what: str):
+    """A mode's settings (a frozen dataclass `cls`) from None, an instance, one value of type `one` for its first
+    field, or a dict of its fields; anything else is a UserError saying what `mode=` takes."""
+    first = dataclasses.fields(cls)[0].name
+    if value is None or isinstance(value, cls):
+        return value or cls()
+    if isinstance(value, one) and not isinstance(value, bool):
+        return cls(**{first: value})
+    if isinstance(value, dict):
+        valid = [f.name for f in dataclasses.fields(cls)]
+        unknown = set(value) - set(valid)
+        if unknown:
+            raise UserError(f"unknown {mode} setting(s) {', '.join(sorted(unknown))}; valid: {', '.join(valid)}.")
+        return cls(**value)
+    raise UserError(f"{mode} takes {what} or {{{first!r}: ...}}, not {type(value).__name__}.")
+
+
 def one_column_reason(lin: nn.Linear, info: DeviceInfo, dtype: torch.dtype) -> str | None:
     """int8 and float8 per-channel modes: checked on torchao 0.18, quantizing a Linear(1, N) raises
     "shape '[N, 1]' is invalid for input of size 1"; Linear(N, 1) and Linear(2, N) quantize fine."""

@@ -10,7 +10,8 @@ from torch import nn
 
 from ..env import DeviceInfo
 from ..errors import UserError
-from .core import Mode, Where, _has_mslk, _make, _needs, _needs_capability, one_column_reason, register
+from .core import (Mode, Where, _has_mslk, _make, _needs, _needs_capability, one_column_reason, register,
+                   settings_from)
 
 MSLK_HINT = "the mslk kernel package (github.com/pytorch/MSLK; pip install mslk-cuda)"
 
@@ -51,17 +52,7 @@ class Float8Settings:
 
     @classmethod
     def of(cls, value: Any) -> "Float8Settings":
-        if value is None or isinstance(value, cls):
-            return value or cls()
-        if isinstance(value, str):
-            return cls(granularity=value)
-        if isinstance(value, dict):
-            unknown = set(value) - {"granularity"}
-            if unknown:
-                raise UserError(f"unknown float8dynamic setting(s) {', '.join(sorted(unknown))}; valid: granularity.")
-            return cls(**value)
-        raise UserError(f"float8dynamic= takes 'per-row', 'per-tensor' or {{'granularity': ...}}, "
-                        f"not {type(value).__name__}.")
+        return settings_from(cls, value, "float8dynamic", str, "'per-row', 'per-tensor'")
 
 
 def _float8dyn_unsupported(info: DeviceInfo, dtype: torch.dtype) -> str | None:

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from ..env import DeviceInfo
 from ..errors import UserError
-from .core import Mode, Where, _has_mslk, _make, _needs, _needs_capability, register
+from .core import Mode, Where, _has_mslk, _make, _needs, _needs_capability, register, settings_from
 
 INT4_GROUP_SIZES = (256, 128, 64, 32)  # what tinygemm takes; torchao's CPU int4 kernel takes 128 and below
 # torchao's published GPU numbers use group 64 (int4wo-64); on CPU 128, its default, measures well.
@@ -34,16 +34,7 @@ class Int4Settings:
 
     @classmethod
     def of(cls, value: Any) -> "Int4Settings":
-        if value is None or isinstance(value, cls):
-            return value or cls()
-        if isinstance(value, int):
-            return cls(group_size=value)
-        if isinstance(value, dict):
-            unknown = set(value) - {"group_size"}
-            if unknown:
-                raise UserError(f"unknown int4 weight-only setting(s) {', '.join(sorted(unknown))}; valid: group_size.")
-            return cls(**value)
-        raise UserError(f"int4 weight-only takes a group size or {{'group_size': N}}, not {type(value).__name__}.")
+        return settings_from(cls, value, "int4 weight-only", int, "a group size")
 
 
 def _int4_sizes(info: DeviceInfo, dtype: torch.dtype) -> tuple[int, ...]:
@@ -80,9 +71,12 @@ def _int4_config(info: DeviceInfo, dtype: torch.dtype, group: int | None = None)
     return _make("IntxWeightOnlyConfig", weight_dtype=torch.int4, granularity=PerGroup(group))
 
 
-def _int4_layer_config(lin: nn.Linear, info: DeviceInfo, dtype: torch.dtype, settings: Int4Settings | None):
-    group = _int4_group(lin, info, dtype, settings)
-    return _int4_config(info, dtype, group), f"group {group}"
+def _grouped(config: Callable[[DeviceInfo, torch.dtype, int | None], Any]):
+    """A mode's layer_config: the group size that fits the layer (see _int4_group), and `config` built for it."""
+    def layer_config(lin: nn.Linear, info: DeviceInfo, dtype: torch.dtype, settings: Int4Settings | None):
+        group = _int4_group(lin, info, dtype, settings)
+        return config(info, dtype, group), f"group {group}"
+    return layer_config
 
 
 def _int4_unsupported(info: DeviceInfo, dtype: torch.dtype) -> str | None:
@@ -111,7 +105,7 @@ register(Mode(
     "int4weightonly",
     "int4 group-wise weights (group 64 on CUDA, 128 on CPU; --int4-group-size); CUDA: tinygemm, "
     "CPU bf16: torchao's CPU int4 kernel, CPU fp32: Intx int4.",
-    _int4_config, _int4_unsupported, _int4_layer_reason, layer_config=_int4_layer_config, settings=Int4Settings,
+    _int4_config, _int4_unsupported, _int4_layer_reason, layer_config=_grouped(_int4_config), settings=Int4Settings,
     where=Where(cuda=(8, 0), cuda_dtypes=("bfloat16",), note="CUDA below 8.0 only with mslk (plain packing)"),
 ))
 
@@ -142,11 +136,6 @@ def _hqq_config(info: DeviceInfo, dtype: torch.dtype, group: int | None = None):
                  intx_choose_qparams_algorithm=IntxChooseQParamsAlgorithm.HQQ_SCALE_ONLY)
 
 
-def _hqq_layer_config(lin: nn.Linear, info: DeviceInfo, dtype: torch.dtype, settings: Int4Settings | None):
-    group = _int4_group(lin, info, dtype, settings)
-    return _hqq_config(info, dtype, group), f"group {group}"
-
-
 def _hqq_unsupported(info: DeviceInfo, dtype: torch.dtype) -> str | None:
     if info.is_cuda:
         if dtype != torch.bfloat16:
@@ -160,7 +149,7 @@ register(Mode(
     "int4weightonly-hqq",
     "int4weightonly's group-wise int4 weights and kernels, with HQQ-fitted scales and zero points (each group's "
     "rounding error minimised; slower to quantize); CPU fp32: Intx int4 with HQQ scale-only.",
-    _hqq_config, _hqq_unsupported, _int4_layer_reason, layer_config=_hqq_layer_config, settings=Int4Settings,
+    _hqq_config, _hqq_unsupported, _int4_layer_reason, layer_config=_grouped(_hqq_config), settings=Int4Settings,
     where=Where(cuda=(8, 0), cuda_dtypes=("bfloat16",)),
 ))
 
