@@ -176,7 +176,8 @@ def main() -> int:
         for i in range(args.runs):
             rows, indep, wall = _run(i, root, args)
             runs.append((rows, indep))
-            print(f"run {i}: sweep {wall:.0f} s; " + ", ".join(
+            base = [r.baseline_ms for r in rows.values() if r.baseline_ms]
+            print(f"run {i}: sweep {wall:.0f} s, base ms {min(base):.3f}-{max(base):.3f} across its cells; " + ", ".join(
                 f"{m} {r.speedup:.3f} (indep {indep['baseline'] / indep[m]:.3f})" for m, r in rows.items()), flush=True)
     finally:
         stop.set()

@@ -174,3 +174,23 @@ def test_generated_texts_stand_side_by_side_escaped(tmp_path):
     assert table.count("<tr>") == 3  # the header and one line per prompt
     assert "<td> int4weightonly!</td>" in table and "&lt;b&gt;true&lt;/b&gt;" in table and "1 &lt; 2" in table
     assert "<b>true</b>" not in text and "<script" not in text.lower()
+
+
+def test_the_timing_line_says_when_the_machine_moved_during_a_sweep():
+    """The baseline is re-timed in every cell: a spread across one group's cells is the machine, said under the table."""
+    from tests.plot_fixtures import row
+
+    from torchao_nb import columns
+
+    def cell(mode, base_ms, model="mlp"):
+        return row(mode, 1, model=model, median_ms=1.0, speedup=base_ms, baseline_ms=base_ms, replicates=5)
+
+    steady = [cell("noquant", 1.80), cell("int8weightonly", 1.78), cell("int4weightonly", 1.82)]
+    assert columns.machine_drift(steady) is None
+    assert "moved" not in columns.timing_note(steady)
+    # two models a different size apart are two groups, not a drift
+    assert columns.machine_drift(steady + [cell("noquant", 9.0, model="vit"), cell("int8dynamic", 9.1, model="vit")]) is None
+    moved = steady + [cell("int8dynamic", 2.44), cell("float8weightonly", 3.79)]
+    said = columns.machine_drift(moved)
+    assert "1.78-3.79" in said and "2.13x" in said
+    assert said in columns.timing_note(moved)
