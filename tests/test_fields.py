@@ -12,8 +12,13 @@ from torchao_nb.cli import main
 from torchao_nb.fields import CSV, PANEL, REPORT, TERMINAL, Field, Metric
 from torchao_nb.results import CSV_COLUMNS, ResultSet
 
+
+def us_per_sample(r):
+    return None if r.median_ms is None else 1e3 * r.median_ms / r.batch_size
+
+
 # A column no table had: latency per sample, in µs, shown and written to the CSV.
-FAKE = Field("us_per_sample", "µs/sample", compute=lambda r: None if r.median_ms is None else 1e3 * r.median_ms / r.batch_size,
+FAKE = Field("us_per_sample", "µs/sample", compute=us_per_sample,
              fmt="{:.1f}", unit="µs", numeric=True, views=frozenset({TERMINAL, PANEL, REPORT, CSV}))
 
 
@@ -34,7 +39,7 @@ def test_a_column_added_to_the_catalogue_reaches_the_cli_table(fake_column, monk
     head, rule, *lines = capsys.readouterr().out.splitlines()[1:1 + 2 + len(rs)]
     assert "µs/sample" in head and head.index("µs/sample") > head.index("layers")  # where the catalogue put it
     first_ok = next(i for i, r in enumerate(rs) if r.status == "ok")
-    assert f"{1e3 * rs.rows[first_ok].median_ms / rs.rows[first_ok].batch_size:.1f}" in lines[first_ok]
+    assert f"{us_per_sample(rs.rows[first_ok]):.1f}" in lines[first_ok]
 
 
 def test_a_column_added_to_the_catalogue_reaches_the_panels_table(fake_column):
@@ -59,8 +64,7 @@ def test_a_column_added_to_the_catalogue_reaches_the_csv_header_and_the_csv_stil
     with open(tmp_path / "results.csv", newline="") as f:
         records = list(csv.DictReader(f))
     assert list(records[0]) == CSV_COLUMNS + ["us_per_sample"]  # Row's columns first, as before
-    assert [rec["us_per_sample"] for rec in records] == ["" if r.median_ms is None else str(1e3 * r.median_ms / r.batch_size)
-                                                        for r in rs]
+    assert [rec["us_per_sample"] for rec in records] == ["" if r.median_ms is None else str(us_per_sample(r)) for r in rs]
     assert ResultSet.load(tmp_path / "results.csv").rows == rs.rows  # a reader skips the derived column
 
 
@@ -89,7 +93,8 @@ def test_the_v3_export_writes_the_catalogues_metrics(monkeypatch):
     rs = result_set()
     ok = next(r for r in rs if r.status == "ok")
     names = {rec["metric"]["name"] for rec in export.row_records(ok)}
-    assert {"median latency (ms)", "speedup vs unquantized (x)", "weights (MB)"} <= names <= {m.name for m in export.METRICS}
+    assert {"median latency (ms)", "speedup vs unquantized (x)", "weights (MB)"} <= names
+    assert names <= {m.name for m in export.METRICS}
     weights = next(rec for rec in export.row_records(ok) if rec["metric"]["name"] == "weights (MB)")
     assert weights["metric"]["benchmark_values"] == [ok.weight_bytes * 1e-6]  # bytes → MB, the catalogue's scale
     assert weights["metric"]["extra_info"]["unit"] == "MB"

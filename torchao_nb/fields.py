@@ -130,8 +130,8 @@ _FIELDS = (
     Field("synced_ms", "synced ms", "synced_ms", fmt="{:.3f}", unit="ms", numeric=True, views=_REPORT),
     Field("base_ms", "base ms", "baseline_ms", fmt="{:.3f}", unit="ms", numeric=True),  # what the speedup divides
     # the seed's / dynamo's speedup
-    Field("speedup", "speedup", "speedup", fmt="{:.2f}×", unit="×", numeric=True, interval=("speedup_lo", "speedup_hi"),
-          axis="speedup vs baseline (×)", metric=Metric("speedup vs unquantized (x)", "x", extra=_baseline_extra)),
+    Field("speedup", "speedup", "speedup", fmt="{:.2f}×", unit="×", numeric=True,
+          interval=("speedup_lo", "speedup_hi"), axis="speedup vs baseline (×)", metric=Metric("speedup vs unquantized (x)", "x", extra=_baseline_extra)),
     Field("speedup_ci", "95% CI", compute=lambda r: _interval(r.speedup_lo, r.speedup_hi)),
     Field("vs_eager", "vs eager", "speedup_vs_eager", fmt="{:.2f}×", unit="×", numeric=True,
           interval=("speedup_vs_eager_lo", "speedup_vs_eager_hi"),
