@@ -1,19 +1,15 @@
-"""The results columns, each defined once (header, value, format); the CLI table, the panel and the report pick from them."""
+"""The results columns of the tables: the field catalogue (fields.py) plus the columns that explain a row (its note,
+its per-layer configs); the CLI table, the panel and the report each show one view of them."""
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Sequence
 
+from . import fields
+from .fields import INFINITE, PANEL, REPORT, TERMINAL, Field  # noqa: F401  (the views; part of this module's API)
 from .results import KEY_FIELDS, Row
 
-INFINITE = "∞"  # an SQNR of identical outputs
 _MODE_FIELDS = ("mode", "mode_settings")  # what differs between the cells of one group
-
-
-def _mb(value: int | None) -> float | None:
-    return None if value is None else value / 1e6
 
 
 def no_clear_difference(row: Row) -> bool:
@@ -91,18 +87,6 @@ def machine_drift(rows) -> str | None:
             f"({worst[0]:.2f}x), and the speedups move with it by more than a cell's interval shows; compare runs")
 
 
-def _interval(lo: float | None, hi: float | None) -> str | None:
-    return None if lo is None or hi is None else f"{lo:.2f}–{hi:.2f}"
-
-
-def _roofline(row: Row) -> float | str | None:
-    return "in cache" if row.fits_in_cache else row.roofline_pct
-
-
-def _reload(row: Row) -> str | None:
-    return None if row.reload_equal is None else "equal" if row.reload_equal else "differs"
-
-
 def layer_configs(row: Row) -> str | None:
     """How many layers took each per-layer config, e.g. int4's "group 64 ×121, group 128 ×90"."""
     groups = row.extra_dict.get("layer_configs") if row.extra else None
@@ -111,68 +95,16 @@ def layer_configs(row: Row) -> str | None:
     return ", ".join(f"{label} ×{len(fqns)}" for label, fqns in sorted(groups.items(), key=lambda g: -len(g[1])))
 
 
-@dataclass(frozen=True)
-class Column:
-    label: str  # the header
-    value: Callable[[Row], Any]  # a number for numeric columns; None when the cell has none
-    fmt: str = "{}"
-    numeric: bool = False
-    optional: bool = False  # shown only when some row has a value (columns of some models only)
-
-    def text(self, row: Row) -> str:
-        v = self.value(row)
-        if v is None or isinstance(v, str):
-            return v or ""
-        if isinstance(v, float) and math.isinf(v):
-            return INFINITE if v > 0 else "-" + INFINITE
-        return self.fmt.format(v)
+# The catalogue's fields and these two explaining columns, in the order every view shows them.
+fields.add(Field("layer_configs", "per-layer configs", compute=layer_configs, optional=True,
+                 views=frozenset({TERMINAL, REPORT})), after="layers")
+fields.add(Field("note", "note", compute=note))
+COLUMNS: dict[str, Field] = fields.CATALOGUE
 
 
-COLUMNS: dict[str, Column] = {
-    "model": Column("model", lambda r: r.model),
-    "mode": Column("mode", lambda r: r.mode),
-    "batch": Column("batch", lambda r: r.batch_size, numeric=True),
-    "status": Column("status", lambda r: r.status),
-    "median_ms": Column("median ms", lambda r: r.median_ms, "{:.3f}", True),
-    "iqr_ms": Column("IQR ms", lambda r: r.iqr_ms, "{:.3f}", True),
-    "base_ms": Column("base ms", lambda r: r.baseline_ms, "{:.3f}", True),  # what the speedup divides
-    "speedup": Column("speedup", lambda r: r.speedup, "{:.2f}×", True),
-    "speedup_ci": Column("95% CI", lambda r: _interval(r.speedup_lo, r.speedup_hi)),
-    "vs_eager": Column("vs eager", lambda r: r.speedup_vs_eager, "{:.2f}×", True),
-    "synced_ms": Column("synced ms", lambda r: r.synced_ms, "{:.3f}", True),
-    "sqnr": Column("SQNR dB", lambda r: r.sqnr_value, "{:.1f}", True),
-    "cosine": Column("cosine", lambda r: r.cosine, "{:.4f}", True),
-    "tokens_per_s": Column("tok/s", lambda r: r.tokens_per_s, "{:.1f}", True),
-    "weights_mb": Column("weights MB", lambda r: _mb(r.weight_bytes), "{:.1f}", True),
-    "peak_mb": Column("peak MB", lambda r: _mb(r.peak_mem_bytes), "{:.1f}", True),
-    "roofline": Column("roofline %", _roofline, "{:.0f}", True),
-    "perplexity": Column("perplexity", lambda r: r.perplexity, "{:.2f}", True, True),
-    "ppl_change": Column("ppl Δ", lambda r: r.perplexity_change_pct, "{:+.1f}%", True, True),
-    "agreement": Column("agree", lambda r: r.agreement, "{:.0%}", True, True),
-    "ttft_ms": Column("TTFT ms", lambda r: r.ttft_ms, "{:.0f}", True, True),
-    "decode_ms": Column("decode ms", lambda r: r.decode_ms, "{:.1f}", True, True),
-    "gen_tokens_per_s": Column("gen tok/s", lambda r: r.gen_tokens_per_s, "{:.1f}", True, True),
-    "disk_mb": Column("disk MB", lambda r: _mb(r.disk_bytes), "{:.1f}", True, True),
-    "reload": Column("reload", _reload, optional=True),
-    "layer_configs": Column("per-layer configs", layer_configs, optional=True),
-    "layers": Column("layers", lambda r: None if r.layers_quantized is None else f"{r.layers_quantized}/{r.layers_total}"),
-    "compile_s": Column("compile s", lambda r: r.compile_s, "{:.1f}", True),
-    "note": Column("note", note),
-}
-
-# Which columns each view shows, in order (an optional column only when some row has a value).
-TERMINAL = ("model", "mode", "batch", "status", "median_ms", "iqr_ms", "base_ms", "speedup", "speedup_ci", "vs_eager",
-            "sqnr", "cosine", "tokens_per_s", "perplexity", "ppl_change", "agreement", "gen_tokens_per_s", "weights_mb",
-            "disk_mb", "roofline", "layers", "layer_configs", "note")
-PANEL = ("model", "mode", "batch", "status", "median_ms", "base_ms", "speedup", "speedup_ci", "vs_eager", "sqnr", "perplexity",
-         "ppl_change", "agreement", "gen_tokens_per_s", "weights_mb", "layers", "note")
-REPORT = ("model", "mode", "batch", "status", "median_ms", "iqr_ms", "synced_ms", "base_ms", "speedup", "speedup_ci", "vs_eager",
-          "sqnr", "cosine", "tokens_per_s", "perplexity", "ppl_change", "agreement", "ttft_ms", "decode_ms",
-          "gen_tokens_per_s", "weights_mb", "disk_mb", "reload", "peak_mb", "roofline", "layers", "layer_configs",
-          "compile_s", "note")
-
-
-def shown(keys, rows) -> list[Column]:
-    """The columns of a view that these rows fill: an optional column none of them has a value for is left out."""
+def shown(keys: str | Sequence[str], rows) -> list[Field]:
+    """The columns of a view (its name, or the keys of the columns) that these rows fill: an optional column none of
+    them has a value for is left out."""
+    cols = fields.in_view(keys) if isinstance(keys, str) else [COLUMNS[k] for k in keys]
     rows = list(rows)
-    return [COLUMNS[k] for k in keys if not COLUMNS[k].optional or any(COLUMNS[k].value(r) is not None for r in rows)]
+    return [c for c in cols if not c.optional or any(c.value(r) is not None for r in rows)]

@@ -16,61 +16,19 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
+from .fields import Metric, metric_fields
 from .results import ResultSet, Row, atomic_write
 
 BENCHMARK_NAME = "torchao_nb"
 ORIGIN = "torchao_nb"
 
 
-@dataclass(frozen=True)
-class Metric:
-    """How one Row field becomes a metric record."""
-
-    name: str  # with its unit, as the dashboards show it
-    field: str
-    unit: str
-    scale: float = 1.0
-    extra: Callable[[Row], dict[str, Any]] | None = None  # more metric.extra_info from the row
-
-
-def _latency_extra(r: Row) -> dict[str, Any]:
-    return {"iqr_ms": r.iqr_ms, "samples": r.samples, "noisy": r.noisy}
-
-
-def _baseline_extra(r: Row) -> dict[str, Any]:
-    ref = "unquantized model, compiled alike" if r.compile else "unquantized model, eager"
-    return {"reference": ref, "reference_ms": r.baseline_ms}
-
-
-def _eager_extra(r: Row) -> dict[str, Any]:
-    return {"reference": "unquantized model, eager", "reference_ms": r.eager_ms}
-
-
-def _accuracy_extra(r: Row) -> dict[str, Any]:
-    return {"cosine": r.cosine, "max_abs_err": r.max_abs_err, "reference": "unquantized eager output"}
-
-
-METRICS: tuple[Metric, ...] = (
-    Metric("median latency (ms)", "median_ms", "ms", extra=_latency_extra),
-    Metric("speedup vs unquantized (x)", "speedup", "x", extra=_baseline_extra),  # the seed's / dynamo's speedup
-    Metric("speedup vs eager (x)", "speedup_vs_eager", "x", extra=_eager_extra),
-    Metric("tokens per second (tok/s)", "tokens_per_s", "tok/s"),
-    # An ok row whose SQNR is None had an output identical to the reference (infinite SQNR):
-    # JSON and the Float32 column cannot carry inf, so that metric is left out for that row.
-    Metric("SQNR (dB)", "sqnr_db", "dB", extra=_accuracy_extra),
-    Metric("peak memory (MB)", "peak_mem_bytes", "MB", scale=1e-6),
-    Metric("weights (MB)", "weight_bytes", "MB", scale=1e-6),
-    Metric("size on disk (MB)", "disk_bytes", "MB", scale=1e-6),
-    # causal LMs (issue: a real LLM's quality and speed)
-    Metric("perplexity", "perplexity", "perplexity"),
-    Metric("perplexity change (%)", "perplexity_change_pct", "%"),
-    Metric("greedy agreement (%)", "agreement", "%", scale=100),
-    Metric("generation tokens per second (tok/s)", "gen_tokens_per_s", "tok/s"),
-)
+# The metrics, from the field catalogue: a field with a `metric` is one record per row. Here as they were
+# when this module was imported (row_records reads the catalogue itself).
+METRICS: tuple[Metric, ...] = tuple(f.metric for f in metric_fields())
 
 # ---- the v3 record: what is required, and the type of every field we may write ----
 
@@ -202,14 +160,15 @@ def row_records(row: Row, environment: Mapping[str, Any] | None = None) -> list[
     }
     common = {"runners": [_runner(row, env)], "dependencies": _dependencies(env)}
     records = []
-    for m in METRICS:
-        value = getattr(row, m.field, None)
+    for f in metric_fields():
+        m = f.metric
+        value = getattr(row, f.attr, None)
         if value is None or isinstance(value, bool):
             continue
-        value = float(value) * m.scale
+        value = float(value) * (f.scale if m.scale is None else m.scale)
         if not math.isfinite(value):
             continue
-        extra = {"unit": m.unit, **(m.extra(row) if m.extra else {})}
+        extra = {"unit": f.unit if m.unit is None else m.unit, **(m.extra(row) if m.extra else {})}
         records.append({
             "benchmark": benchmark,
             "model": model,

@@ -19,14 +19,19 @@ from . import drawing as d
 from . import runs as runs_mod
 from .drawing import mode_color, to_png  # noqa: F401  (part of this module's API)
 from .errors import UserError
+from .fields import CATALOGUE
 from .registry import Registry
 from .results import ResultSet, Row
 from .tables import autoquant_tables
 
-ACCURACY = {
-    "sqnr_db": ("SQNR vs unquantized output (dB)", "SQNR (dB)"),
-    "cosine": ("cosine similarity vs unquantized output", "cosine"),
-}
+# A figure's choice of metric → the catalogue field it draws (its value, its axis label).
+ACCURACY = {"sqnr_db": "sqnr", "cosine": "cosine"}
+
+
+def _series(key: str, label: str, **style) -> d.Series:
+    """Bars of a catalogue field: its Row attribute, scale and 95 % interval."""
+    f = CATALOGUE[key]
+    return d.Series(label, f.attr, scale=f.scale, interval=f.interval, **style)
 
 
 # ---- the figures ------------------------------------------------------------------------------
@@ -35,7 +40,7 @@ def latency(results: ResultSet, ax: Axes | None = None, notes: bool = True) -> F
     """Median latency per mode with IQR error bars, grouped by batch size; reference lines for the unquantized model."""
     rs = d.check(results)
     fig, ax, own = d.new_axes(ax)
-    series = [d.Series("median latency", "median_ms", err="iqr_ms")]
+    series = [_series("median_ms", "median latency", err="iqr_ms")]
     ref_rows = {glabel: next((r for _, r in cells if r.eager_ms is not None), None) for glabel, cells in d.single_run_groups(rs)}
 
     def refs(glabel):
@@ -61,10 +66,9 @@ def latency(results: ResultSet, ax: Axes | None = None, notes: bool = True) -> F
 
 def _speedup_series(rows: Sequence[Row]) -> list[d.Series]:
     if all(not r.compile for r in rows):
-        return [d.Series("vs eager unquantized (compile off)", "speedup", interval=("speedup_lo", "speedup_hi"))]
-    return [d.Series("vs compiled unquantized baseline", "speedup", interval=("speedup_lo", "speedup_hi")),
-            d.Series("vs eager unquantized", "speedup_vs_eager", hatch="///", alpha=0.55,
-                     interval=("speedup_vs_eager_lo", "speedup_vs_eager_hi"))]
+        return [_series("speedup", "vs eager unquantized (compile off)")]
+    return [_series("speedup", "vs compiled unquantized baseline"),
+            _series("vs_eager", "vs eager unquantized", hatch="///", alpha=0.55)]
 
 
 def speedup(results: ResultSet, ax: Axes | None = None, notes: bool = True) -> Figure:
@@ -87,10 +91,10 @@ def memory(results: ResultSet, ax: Axes | None = None, notes: bool = True) -> Fi
     rs = d.check(results)
     fig, ax, own = d.new_axes(ax)
     cuda = any(r.device.startswith("cuda") for r in rs.rows)
-    series = [d.Series("weights", "weight_bytes", scale=1e-6, timed=False)]
+    series = [_series("weights_mb", "weights", timed=False)]
     if any(r.peak_mem_bytes for r in rs.rows if r.status == "ok"):  # CPU RSS growth is often 0: nothing to show
         peak = "peak allocated (CUDA)" if cuda else "peak RSS growth while timing"
-        series.append(d.Series(peak, "peak_mem_bytes", scale=1e-6, hatch="///", alpha=0.55, timed=False))
+        series.append(_series("peak_mb", peak, hatch="///", alpha=0.55, timed=False))
     nt = d.Notes(rs)
     d.grouped_bars(ax, d.bars_for(rs, series), series, nt, "{:.1f}")
     ax.set_ylabel("size (MB)")
@@ -110,12 +114,12 @@ def roofline(results: ResultSet, ax: Axes | None = None, notes: bool = True) -> 
     """
     rs = d.check(results)
     fig, ax, own = d.new_axes(ax)
-    series = [d.Series("% of memory roofline", "roofline_pct")]
+    series = [_series("roofline", "% of memory roofline")]
     nt = d.Notes(rs)
     d.grouped_bars(ax, d.bars_for(rs, series), series, nt, "{:.0f}")
     ax.axhline(100, color="black", linewidth=0.8, linestyle="--")
     copy = rs.environment.get("copy_gbs")
-    ax.set_ylabel("achieved bandwidth (% of copy bandwidth)")
+    ax.set_ylabel(CATALOGUE["roofline"].axis)
     bw = f" (copy bandwidth {copy:.0f} GB/s)" if copy else ""
     ax.set_title(f"Distance to the memory roofline{bw}\n{d.subject(rs.rows)}", fontsize=10)
     d.notes_legend(fig, ax, nt.lines() if notes else [], own, *d.series_legend(series, rs.rows))
@@ -132,7 +136,7 @@ def _begin(results: ResultSet, ax: Axes | None, metric: str, choices: dict, what
 
 
 def _accuracy(row: Row, metric: str) -> float | None:
-    return row.sqnr_value if metric == "sqnr_db" else getattr(row, metric)
+    return CATALOGUE[ACCURACY[metric]].value(row)
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
@@ -191,7 +195,7 @@ def accuracy_vs_speedup(results: ResultSet, ax: Axes | None = None, notes: bool 
             handles[label] = Line2D([], [], marker="x", mew=2, color=mode_color(r.mode), linestyle="none",
                                     gid=f"{r.status}|{r.mode}")
     ax.set_xlabel("speedup vs compiled unquantized baseline (×)")
-    ax.set_ylabel(ACCURACY[metric][0])
+    ax.set_ylabel(CATALOGUE[ACCURACY[metric]].axis)
     ax.set_title(f"Accuracy vs speedup (up and right is better)\n{d.subject(rs.rows)}", fontsize=10)
     ax.grid(alpha=0.3)
     ax.margins(x=0.15, y=0.12)
@@ -201,11 +205,7 @@ def accuracy_vs_speedup(results: ResultSet, ax: Axes | None = None, notes: bool 
     return fig
 
 
-SCALING = {
-    "speedup": ("speedup vs baseline (×)", 1.0),
-    "median_ms": ("latency per call (ms)", None),
-    "per_sample_ms": ("latency per sample (ms)", None),
-}
+SCALING = {"speedup": 1.0, "median_ms": None, "per_sample_ms": None}  # catalogue field → its reference line
 
 
 def batch_scaling(results: ResultSet, ax: Axes | None = None, notes: bool = True, metric: str = "speedup") -> Figure:
@@ -217,10 +217,7 @@ def batch_scaling(results: ResultSet, ax: Axes | None = None, notes: bool = True
     styles = ["-", "--", ":", "-."]
     bottom = transforms.blended_transform_factory(ax.transData, ax.transAxes)
 
-    def value(r):
-        if metric == "per_sample_ms":
-            return None if r.median_ms is None else r.median_ms / r.batch_size
-        return getattr(r, metric)
+    value = CATALOGUE[metric].value
 
     missing: list[Row] = []
     for li, lkey in enumerate(lines):
@@ -248,13 +245,13 @@ def batch_scaling(results: ResultSet, ax: Axes | None = None, notes: bool = True
         ax.set_xscale("log", base=2)
     ax.set_xticks(sizes, [str(s) for s in sizes])
     ax.minorticks_off()
-    ylabel, one = SCALING[metric]
+    one = SCALING[metric]
     if one is not None:
         ax.axhline(one, color="black", linewidth=1, linestyle="--")
     if metric != "speedup":
         ax.set_yscale("log")
     ax.set_xlabel("batch size")
-    ax.set_ylabel(ylabel)
+    ax.set_ylabel(CATALOGUE[metric].axis)
     ax.set_title(f"Batch-size scaling (✗ on the axis = skipped or error)\n{d.subject(rs.rows)}", fontsize=10)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:

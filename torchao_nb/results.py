@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import fields
 from .errors import Notice
 
 # ok: measured; skipped: can't run here (reason says why); error: failed or crashed (reason: what);
@@ -166,6 +167,15 @@ DYNAMO_COLUMNS = {"dev": "device", "name": "model", "batch_size": "batch_size", 
 CSV_COLUMNS = list(DYNAMO_COLUMNS) + [f for f in FIELDS if f not in DYNAMO_COLUMNS.values()]
 
 
+def csv_fields() -> list:
+    """The catalogue's fields the CSV writes after Row's own columns (fields.py says why); a reader skips them."""
+    return [f for f in fields.in_view(fields.CSV) if f.name not in CSV_COLUMNS]
+
+
+def _csv_cell(value: Any) -> Any:
+    return "" if value is None else value
+
+
 def _parse(name: str, text: str) -> Any:
     hint = _HINTS[name]
     base = {t for t in typing.get_args(hint) if t is not type(None)} or {hint}
@@ -288,10 +298,11 @@ class ResultSet:
     def to_csv_text(self) -> str:
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow(CSV_COLUMNS)
+        derived = csv_fields()
+        w.writerow(CSV_COLUMNS + [f.name for f in derived])
         for r in self.rows:
             d = r.to_dict()
-            w.writerow(["" if d[DYNAMO_COLUMNS.get(c, c)] is None else d[DYNAMO_COLUMNS.get(c, c)] for c in CSV_COLUMNS])
+            w.writerow([_csv_cell(d[DYNAMO_COLUMNS.get(c, c)]) for c in CSV_COLUMNS] + [_csv_cell(f.value(r)) for f in derived])
         return buf.getvalue()
 
     def to_json_text(self) -> str:

@@ -13,8 +13,8 @@ from .results import GENERATIONS_KEY, ResultSet, Row, sqnr_or_inf
 STATUS_STYLE = {"error": "color:#b00020", "wrong": "color:#b00020", "skipped": "color:#777"}
 
 
-def text(results: ResultSet | Sequence[Row], keys: Sequence[str] = columns.TERMINAL) -> str:
-    """A plain-text table for terminals and logs."""
+def text(results: ResultSet | Sequence[Row], keys: str | Sequence[str] = columns.TERMINAL) -> str:
+    """A plain-text table for terminals and logs; `keys`: a view of the column catalogue, or the columns' keys."""
     cols = columns.shown(keys, results)
     head = [c.label for c in cols]
     lines = [[c.text(r) for c in cols] for r in results]
@@ -24,7 +24,7 @@ def text(results: ResultSet | Sequence[Row], keys: Sequence[str] = columns.TERMI
     return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(line) for line in lines])
 
 
-def headline(results: ResultSet, keys: Sequence[str] = columns.PANEL):
+def headline(results: ResultSet, keys: str | Sequence[str] = columns.PANEL):
     """One line per cell with the columns a reader looks at first (numbers as numbers; SQNR ∞ as inf)."""
     import pandas as pd
 
@@ -52,7 +52,7 @@ def html_table(headers: Sequence[str], rows: Sequence[Sequence[str]], css: str =
             f"<tbody>{''.join(body)}</tbody></table></div>")
 
 
-def results_html(results: ResultSet, keys: Sequence[str], css: str = "results", inline: bool = False) -> str:
+def results_html(results: ResultSet, keys: str | Sequence[str], css: str = "results", inline: bool = False) -> str:
     cols = columns.shown(keys, results)
     return html_table([c.label for c in cols], [[c.text(r) for c in cols] for r in results], css,
                       [r.status for r in results], [c.numeric for c in cols], inline)
