@@ -15,7 +15,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from torchao_nb import env, measure, models, modes as modes_mod  # noqa: E402
 from torchao_nb.env import UserError  # noqa: E402
-from torchao_nb.widgets import NOTEBOOK_MODULE, OTHER_MODEL, BenchmarkPanel, library_noise_to  # noqa: E402
+from torchao_nb import config  # noqa: E402
+from torchao_nb.widgets import (NOTEBOOK_MODULE, OTHER_MODEL, BenchmarkPanel, DrawingError,  # noqa: E402
+                                library_noise_to)
 
 from .conftest import TwoLinear  # noqa: E402
 
@@ -64,7 +66,7 @@ def test_options_come_from_the_registries(monkeypatch):
 
 def test_modes_that_cannot_run_here_are_disabled_with_their_reason():
     p = BenchmarkPanel()
-    device, dtype = p._resolved()
+    device, dtype = p.choices.target()
     reasons = modes_mod.availability(env.device_info(device), dtype)
     assert any(reasons.values()), "some mode always needs something this CPU lacks"
     for name, reason in reasons.items():
@@ -124,6 +126,7 @@ def test_run_blocks_and_returns_the_results(notebook):
     p = panel_on(notebook, modes=("noquant",))
     rs = p.run()
     assert rs is p.results and len(rs) == 1 and rs.rows[0].status == "ok"
+    assert p.state.results is rs and not p.state.busy and p.state.error is None
 
 
 def test_a_failing_mode_is_shown_in_the_panel(notebook, monkeypatch):
@@ -149,6 +152,7 @@ def test_an_exception_while_drawing_is_shown_and_kept_and_the_sweep_goes_on(note
     p.run_button.click()
     p.wait(timeout=300)
     assert isinstance(p.error, RuntimeError) and "cannot draw this" in str(p.error)
+    assert isinstance(p.state.failure, DrawingError) and p.state.refusal is None
     assert "cannot draw this" in p.errors.value
     assert "ValueError: cannot draw this" in p.log.value  # the traceback goes to the log
     assert len(p.results) == 2  # both cells ran anyway
@@ -214,7 +218,7 @@ def test_bad_input_is_shown_clearly(notebook, change, message):
     p = panel_on(notebook)
     change(p)
     p.run_button.click()
-    assert isinstance(p.error, UserError) and message in str(p.error)
+    assert isinstance(p.error, UserError) and message in str(p.error) and p.state.failure is p.error
     assert message.split("'")[0] in p.errors.value.replace("&#x27;", "'")
     assert not p.running and p.results is None
     with pytest.raises(UserError, match=message.split("'")[0]):
@@ -239,9 +243,10 @@ def test_a_typed_causal_lm_runs_and_its_generated_texts_are_shown(notebook, monk
 
 def test_a_second_run_while_running_is_refused(notebook):
     p = panel_on(notebook)
-    p._thread = type("Alive", (), {"is_alive": lambda self: True})()
+    p.state.busy = True  # as while a run goes on
     p.run_button.click()
     assert isinstance(p.error, RuntimeError) and "already in progress" in str(p.error)
+    assert p.state.refusal is p.error and p.state.failure is None and p.results is None
 
 
 def test_baseline_view_lists_every_setting():
@@ -362,7 +367,39 @@ def test_export_into_a_command_line_results_folder_keeps_its_files(notebook, tmp
 def test_the_int4_group_size_is_a_panel_setting(notebook):
     p = panel_on(notebook, modes=("int4weightonly",), isolate=False)
     assert "int4weightonly" not in p.sweep_kwargs()  # auto: the device's default
-    p.int4_group.value = 32
+    p.int4_group_size.value = 32
     assert p.sweep_kwargs()["int4weightonly"] == {"group_size": 32}
     rs = p.run()
     assert rs.rows[0].status == "ok" and rs.rows[0].extra_dict["layer_configs"] == {"group 32": ["fc1", "fc2"]}
+
+
+def test_the_settings_are_the_options_with_the_labels_and_defaults_users_know():
+    p = BenchmarkPanel(isolate=False)
+    flagged = [o.name for o in config.OPTIONS if o.flag]
+    assert list(p.controls)[:len(flagged)] == flagged and "isolate" not in p.controls  # the panel's own argument
+    labels = {"dtype": "dtype", "batch_sizes": "batch sizes", "threads": "CPU threads", "int4_group_size": "int4 group",
+              "compile": "torch.compile each cell", "baseline": "baseline settings"}
+    assert {n: p.controls[n].widget.description for n in labels} == labels
+    assert [label for label, _ in p.int4_group_size.options] == ["auto", "256", "128", "64", "32"]
+    assert (p.dtype.value, p.batch_sizes.value, p.compile.value, p.baseline.value) == ("auto", "1", True, True)
+    assert p.threads.value == torch.get_num_threads() and p.int4_group_size.value is None
+    assert (p.compile_mode.value, p.cache.value, p.torchao_tuning.value, p.save_reload.value) == (
+        "default", "warm", None, True)
+    more = p.widget.children[7]  # the collapsed "more settings", under the settings row
+    assert more.get_title(0) == "more settings" and p.seq_len in more.children[0].children
+
+
+def test_more_settings_reach_the_sweep_and_bad_text_is_refused(notebook):
+    p = panel_on(notebook)
+    kwargs = p.sweep_kwargs()
+    assert {o.name: kwargs[o.name] for o in config.OPTIONS if o.name in ("cache", "seq_len", "cell_timeout_s")} == {
+        "cache": "warm", "seq_len": None, "cell_timeout_s": config.DEFAULT_CELL_TIMEOUT_S}
+    p.cache.value, p.torchao_tuning.value, p.seq_len.value = "cold", True, "64"
+    p.float8_granularity.value = "per-tensor"
+    kwargs = p.sweep_kwargs()
+    assert (kwargs["cache"], kwargs["torchao_tuning"], kwargs["seq_len"]) == ("cold", True, 64)
+    assert kwargs["float8dynamic"] == {"granularity": "per-tensor"} and "autoquant" not in kwargs
+    p.seq_len.value = "long"
+    p.run_button.click()
+    assert isinstance(p.error, UserError) and "sequence length must be a whole number, got 'long'" in str(p.error)
+    assert not p.running and p.results is None

@@ -21,20 +21,11 @@ def _mode_settings(args) -> dict:
 
 
 def _settings_flags() -> dict:
-    """flag → (its settings field, the modes it sets): modes that share a settings type share its flag, so
-    `--int4-group-size 64` sets int4weightonly's and int4weightonly-hqq's group size alike."""
-    import dataclasses
-
+    """flag → (its settings field, the modes it sets); see modes.flagged_settings."""
     from . import autoquant  # noqa: F401  (registers the autoquant mode)
     from . import modes
 
-    flags: dict = {}
-    for name, mode in modes.MODES.items():
-        if mode.settings is not None:
-            for field in dataclasses.fields(mode.settings):
-                if field.metadata.get("flag"):
-                    flags.setdefault(field.metadata["flag"], (field, []))[1].append(name)
-    return flags
+    return modes.flagged_settings()
 
 
 def _flag_dest(flag: str) -> str:

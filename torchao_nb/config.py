@@ -22,27 +22,43 @@ DEFAULT_CELL_TIMEOUT_S = 1800.0  # generous: a cold compile plus autoquant's sea
 
 @dataclass(frozen=True)
 class Option:
-    """One user-facing sweep option: `sweep(name=...)`, and on the command line `flag` (None: API only)."""
+    """One user-facing sweep option: `sweep(name=...)`, on the command line `flag` (None: API only), and in the
+    panel a control labelled `label` (options without a flag aren't there either: the panel takes them itself)."""
 
     name: str
     default: Any
     help: str
     flag: str | None = None
     type: Callable | None = None  # the command line's parser; bool options get --x / --no-x
+    label: str | None = None  # the panel's label; None: the name with spaces
+    choices: tuple | None = None  # the values the panel offers in a list; None: typed in (or a checkbox for a bool)
+    types: str | None = None  # sweep()'s annotation, where the parser's type and the default don't say it
+
+    def annotation(self) -> str:
+        """The annotation `sweep()` writes for this option (tests/test_options.py holds them together)."""
+        if self.types is not None:
+            return self.types
+        kind = (self.type or type(self.default)).__name__
+        return f"{kind} | None" if self.default is None else kind
+
+    def text(self) -> str:
+        return self.label or self.name.replace("_", " ")
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("device", "auto", "auto | cpu | cuda", "--device", str),
+    Option("device", "auto", "auto | cpu | cuda", "--device", str, choices=("auto", "cpu", "cuda")),
     Option("dtype", None, "auto | bfloat16 | float16 | float32 (default: bf16 on CUDA and on CPUs with native bf16)",
-           "--dtype", str),
+           "--dtype", str, choices=("auto", *envmod.DTYPES), types="str | torch.dtype | None"),
     Option("batch_sizes", None, "batch sizes of registry models, e.g. 1,8 (default 1); your own module runs on its "
-           "example inputs exactly as given", "--batch-sizes", str),
-    Option("seq_len", None, "sequence length of decoder and encoder models (default: each model's)", "--seq-len", int),
-    Option("threads", None, "CPU threads (default: torch's default)", "--threads", int),
-    Option("compile", True, "torch.compile each cell", "--compile", bool),
-    Option("baseline", True, "apply the seed's baseline compiler settings to compiled cells", "--baseline", bool),
+           "example inputs exactly as given", "--batch-sizes", str, types="int | str | Sequence[int] | None"),
+    Option("seq_len", None, "sequence length of decoder and encoder models (default: each model's)", "--seq-len", int,
+           label="sequence length"),
+    Option("threads", None, "CPU threads (default: torch's default)", "--threads", int, label="CPU threads"),
+    Option("compile", True, "torch.compile each cell", "--compile", bool, label="torch.compile each cell"),
+    Option("baseline", True, "apply the seed's baseline compiler settings to compiled cells", "--baseline", bool,
+           label="baseline settings"),
     Option("compile_mode", "default", "torch.compile mode: " + " | ".join(compiling.MODES)
-           + " (reduce-overhead = CUDA graphs)", "--compile-mode", str),
+           + " (reduce-overhead = CUDA graphs)", "--compile-mode", str, choices=compiling.MODES),
     Option("torchao_tuning", None, "apply torchao's recommended inductor settings (coordinate descent tuning) to "
            "every compiled cell, the baseline included (default: on CUDA, where int8/float8 weight-only need it; "
            "off on CPU, where it changes nothing)", "--torchao-tuning", bool),
@@ -53,16 +69,21 @@ OPTIONS: tuple[Option, ...] = (
     Option("isolate", True, "run the cells in a supervised worker process, so a crash or hang costs one row "
            "(off: --in-process, for debugging)", None),
     Option("cell_timeout_s", DEFAULT_CELL_TIMEOUT_S, "seconds a cell may take before it is stopped and recorded "
-           "as an error (isolated runs only)", "--cell-timeout", float),
+           "as an error (isolated runs only)", "--cell-timeout", float, label="cell timeout (s)"),
     Option("save_reload", True, "save each quantized model's state_dict, load it into a fresh model and check its "
-           "output is unchanged; the row gets the size on disk", "--save-reload", bool),
+           "output is unchanged; the row gets the size on disk", "--save-reload", bool, label="save and reload"),
     Option("cache", "warm", "warm | cold: warm times bursts of back-to-back calls, as a generation loop runs a model "
            "(a model that fits in the CPU's last-level cache or the GPU's L2 stays there); cold flushes that cache "
            "before each single call, so a small model reads its weights from memory as a large one does",
-           "--cache", str),
-    Option("policy", None, "a measure.TimingPolicy (default: measure.TimingPolicy(); --quick: measure.FAST_POLICY)"),
+           "--cache", str, choices=measure.CACHES),
+    Option("policy", None, "a measure.TimingPolicy (default: measure.TimingPolicy(); --quick: measure.FAST_POLICY)",
+           types="measure.TimingPolicy | None"),
 )
-OPTION_NAMES = tuple(o.name for o in OPTIONS)
+
+
+def option_names() -> tuple[str, ...]:
+    """Read when called, not at import: a test (or a plug-in) that adds an option sees it everywhere."""
+    return tuple(o.name for o in OPTIONS)
 
 
 @dataclass(frozen=True)
@@ -138,11 +159,12 @@ def _positive(name: str, value: Any) -> int | None:
 def split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """(sweep options, per-mode settings such as autoquant={...}); an unknown name is a UserError."""
     with_settings = {n for n, m in modes_mod.MODES.items() if m.settings is not None}
-    unknown = sorted(set(options) - set(OPTION_NAMES) - with_settings)
+    names = option_names()
+    unknown = sorted(set(options) - set(names) - with_settings)
     if unknown:
-        valid = ", ".join(OPTION_NAMES + tuple(sorted(with_settings)))
+        valid = ", ".join(names + tuple(sorted(with_settings)))
         raise UserError(f"unknown sweep option(s) {', '.join(unknown)}; valid: {valid}.")
-    return ({k: v for k, v in options.items() if k in OPTION_NAMES},
+    return ({k: v for k, v in options.items() if k in names},
             {k: v for k, v in options.items() if k in with_settings})
 
 

@@ -11,11 +11,12 @@ import threading
 import warnings
 from typing import Any, Callable, Sequence
 
+import torch
 from torch import nn
 
 from . import autoquant  # noqa: F401  (registers the autoquant mode)
 from . import baseline as baseline_mod
-from . import config, executors, models
+from . import config, executors, measure, models
 from . import modes as modes_mod
 from .cell import ModelSource, cell_key
 from .errors import Notice, UserError
@@ -140,7 +141,25 @@ def sweep(model: str | Sequence[str] | nn.Module | None = None, modes: str | Seq
           example_inputs: Any = None, out: str | os.PathLike | None = None, resume: bool = False,
           retry_errors: bool = False, progress: bool = True, stop: threading.Event | None = None,
           on_row: Callable[[Row], None] | None = None, clock: Callable[[], float] | None = None,
-          **options: Any) -> ResultSet:
+          # The options of config.OPTIONS, in its order, with its defaults and annotations (a test holds them
+          # together: tests/test_options.py prints these lines when one of them changes).
+          device: str = "auto",
+          dtype: str | torch.dtype | None = None,
+          batch_sizes: int | str | Sequence[int] | None = None,
+          seq_len: int | None = None,
+          threads: int | None = None,
+          compile: bool = True,
+          baseline: bool = True,
+          compile_mode: str = "default",
+          torchao_tuning: bool | None = None,
+          fullgraph: bool = False,
+          diagnose: bool = False,
+          isolate: bool = True,
+          cell_timeout_s: float = config.DEFAULT_CELL_TIMEOUT_S,
+          save_reload: bool = True,
+          cache: str = "warm",
+          policy: measure.TimingPolicy | None = None,
+          **mode_settings: Any) -> ResultSet:
     """Measure every (model, batch size, mode) cell; returns the rows, also written to `out` if given.
 
     `model` is a registry name (see `torchao_nb.models.MODELS`), a list of them, or an `nn.Module`
@@ -154,8 +173,11 @@ def sweep(model: str | Sequence[str] | nn.Module | None = None, modes: str | Seq
     A mode with settings takes them by its name, e.g. `autoquant={"sqnr_floor_db": 30}`.
     `stop` (a threading.Event) ends the sweep: between cells in-process, at once with a worker.
 
-    Options (see `torchao_nb.config.OPTIONS`):
+    Each option from `device` on is described in `torchao_nb.config.OPTIONS` (its help is what
+    `python -m torchao_nb run --help` prints).
     """
+    given = locals()  # the options as one dict, for config.build to check
+    options = {o.name: given[o.name] for o in config.OPTIONS if o.name in given} | mode_settings
     sources = resolve_models(model, example_inputs)
     cfg = config.build(modes_mod.resolve_modes(modes), sources[0].module is not None, progress, **options)
     executors.check_copyable(sources)
@@ -190,5 +212,3 @@ def _measure(cfg: config.SweepConfig, cells: list, folder: ResultsFolder | None,
             bar.close()
     return ResultSet(tuple(rows), environment)
 
-
-sweep.__doc__ += "".join(f"\n    - {o.name} (default {o.default!r}): {o.help}" for o in config.OPTIONS)

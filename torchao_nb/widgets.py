@@ -5,32 +5,22 @@ from __future__ import annotations
 import contextlib
 import html
 import logging
-import os
 import threading
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import ipywidgets as w
-import torch
-from torch import nn
 
 from . import autoquant  # noqa: F401  (registers the autoquant mode)
 from . import baseline as baseline_mod
-from . import columns, drawing, executors, measure, models, tables
-from . import env as envmod
-from . import modes as modes_mod
+from . import columns, drawing, executors, measure, tables
 from ._torchao import NOISY_LOGGERS
-from .config import check_batch_sizes
+from .controls import LABEL_WIDTH, NOTEBOOK_MODULE, OTHER_MODEL, STYLE, Choices, default_namespace  # noqa: F401
 from .engine import sweep
 from .errors import UserError
 from .results import ResultSet, Row
-from .toggles import ToggleGroup
-
-NOTEBOOK_MODULE = "__notebook__"  # the model picker's entry for "a module from this notebook"
-OTHER_MODEL = "__other__"  # the model picker's entry for a typed name: hf:..., hf-config:..., a .gguf file
-DTYPE_OPTIONS = ("auto", *envmod.DTYPES)
-DEVICE_OPTIONS = ("auto", "cpu", "cuda")
 
 
 def default_figure(results: ResultSet):
@@ -38,19 +28,6 @@ def default_figure(results: ResultSet):
     from . import plots
 
     return plots.dashboard(results)
-
-
-def default_namespace() -> dict[str, Any]:
-    """The notebook's variables: IPython's user namespace when there is one, else __main__'s."""
-    with contextlib.suppress(ImportError):
-        from IPython import get_ipython
-
-        ip = get_ipython()
-        if ip is not None:
-            return ip.user_ns
-    import __main__
-
-    return vars(__main__)
 
 
 # ---- pieces that hold no widget state: reachable from tests without a browser -------------------
@@ -122,217 +99,117 @@ def library_noise_to(sink: Callable[[str], None]):
             lg.propagate = propagate
 
 
+# Where the panel puts a setting: these rows, in this order; every other one under "more settings".
+DEVICE_ROW = ("device", "dtype")
+SETTINGS_ROW = ("batch_sizes", "threads", "int4_group_size", "compile", "baseline")
+_WIDTHS = {"int4_group_size": "170px"}  # the settings row's list of four sizes needs no more
+
+
 # ---- the panel ------------------------------------------------------------------------------
+
+class Busy(RuntimeError):
+    """Run was pressed while a run is in progress: refused, and shown until that run ends."""
+
+
+class DrawingError(RuntimeError):
+    """Showing the results (drawing a figure) failed: shown and kept; the sweep goes on and run() doesn't raise it."""
+
+
+@dataclass
+class PanelState:
+    """What the panel knows besides its widgets' values; the widgets show it, a test reads it."""
+
+    busy: bool = False  # a run is in progress
+    results: ResultSet | None = None  # the latest run's rows (those finished so far, while it runs)
+    failure: BaseException | None = None  # why the latest action (Run, Export) failed; None: it didn't
+    refusal: Busy | None = None  # a Run pressed while one was in progress: shown until that run ends
+
+    @property
+    def error(self) -> BaseException | None:
+        """The error shown: the refusal while it stands, else the latest action's failure."""
+        return self.refusal or self.failure
+
+    def failed_rows(self) -> list[Row]:
+        return [r for r in self.results or () if r.status in ("error", "wrong")]
+
 
 class BenchmarkPanel:
     """Pick a model and modes, press Run, watch the table and figures fill in cell by cell.
 
     `.results` holds the latest ResultSet (None before the first run) and `.error` the exception of the
-    latest action (Run, Export), or None. `run()` does what the Run button does, but blocks and returns the results;
-    the button runs the sweep on a background thread so the notebook stays responsive. The cells run
-    in a worker process (`isolate=False`: in the notebook's own), so a crashing kernel costs one row,
-    not the notebook, and Stop ends the cell in progress.
+    latest action (Run, Export), or None; `.state` holds both, and whether a run is in progress. `run()` does
+    what the Run button does, but blocks and returns the results; the button runs the sweep on a background
+    thread so the notebook stays responsive. The cells run in a worker process (`isolate=False`: in the
+    notebook's own), so a crashing kernel costs one row, not the notebook, and Stop ends the cell in progress.
+    The settings' controls come from `config.OPTIONS` and the modes' flagged settings: `panel.controls[name]`,
+    whose widget is also `panel.<name>` (`panel.dtype`, `panel.int4_group_size`).
     """
 
     def __init__(self, model: str | None = None, modes: Any = None, *, namespace: dict | None = None,
                  policy: measure.TimingPolicy | None = None, figure: Callable[[ResultSet], Any] = default_figure,
                  out: str = "results/panel", isolate: bool = True):
-        self.results: ResultSet | None = None
-        self.error: BaseException | None = None
-        self.policy = policy
-        self.isolate = isolate
+        self.state = PanelState()
+        self.policy, self.isolate, self.figure, self.namespace = policy, isolate, figure, namespace
         if isolate:
             executors.prestart()  # imports torch and torchao while the user picks what to run
-        self.figure = figure
-        self.namespace = namespace
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
-        self._rows: list[Row] = []
-        self._log_lines: list[str] = []
-        self._lock = threading.Lock()
-        self._run_error: BaseException | None = None  # a failure while showing this run's rows (drawing)
-
-        typed = model is not None and model not in models.MODELS
-        if typed:
-            models.get(model)  # a form (hf:...) is typed into the name box; anything else is a clear UserError
-        style = {"description_width": "90px"}
-        model_options = [(n if s.params is None else f"{n}  ({s.params / 1e6:.1f}M params)", n)
-                         for n, s in models.MODELS.items()]
-        model_options += [("another: hf:…, hf-config:… or a .gguf file…", OTHER_MODEL),
-                          ("a module from this notebook…", NOTEBOOK_MODULE)]
-        self.model = w.Dropdown(options=model_options, value=OTHER_MODEL if typed else model or models.DEFAULT_MODEL,
-                                description="model", style=style)
-        self.model_name = w.Text(value=model if typed else "", description="name", style=style,
-                                 placeholder="hf:<hub id or folder>, hf-config:<architecture> or /path/to/model.gguf")
-        self.model_help = w.HTML()
-        self.module_name = w.Text(description="variable", placeholder="name of an nn.Module, e.g. net", style=style)
-        self.inputs_name = w.Text(description="inputs", placeholder="its example inputs, e.g. x or (x, mask)", style=style)
-        self.module_box = w.VBox([self.module_name, self.inputs_name])
-
-        self.device = ToggleGroup({d: "" for d in DEVICE_OPTIONS}, multiple=False, value="auto")
-        self.dtype = w.Dropdown(options=DTYPE_OPTIONS, value="auto", description="dtype", style=style)
-        self.resolved = w.HTML()  # what auto means on this machine
-        self.modes = ToggleGroup({n: m.description for n, m in modes_mod.MODES.items()}, multiple=True, value=())
-        self.batch_sizes = w.Text(value="1", description="batch sizes", placeholder="e.g. 1,8", style=style)
-        self.threads = w.BoundedIntText(value=torch.get_num_threads(), min=1, max=max(os.cpu_count() or 1, torch.get_num_threads()),
-                                        description="CPU threads", style=style, layout=w.Layout(width="160px"))
-        self.compile = w.Checkbox(value=True, description="torch.compile each cell", indent=False)
-        self.int4_group = w.Dropdown(options=[("auto", None)] + [(str(g), g) for g in modes_mod.INT4_GROUP_SIZES],
-                                     value=None, description="int4 group", style=style, layout=w.Layout(width="170px"))
-        self.int4_group.tooltip = ("int4 weight-only's group size (auto: 64 on CUDA, 128 on CPU); a layer it doesn't "
-                                   "fit takes the largest that divides its in_features")
-        self.baseline = w.Checkbox(value=True, description="baseline settings", indent=False)
-        self.baseline.tooltip = "the compiler flags PyTorch's torchao benchmark sets (expand below to see them)"
-        self.baseline_view = w.Accordion([w.HTML(baseline_html())], titles=("what the baseline settings set",))
-        self.baseline_view.selected_index = None
-
+        self.choices, self.view, self.log_box = Choices(model, modes), ResultsView(), LogBox()
+        v = self.view  # its widgets, by the names tests and users reach them
+        self.progress, self.status, self.errors, self.table, self.texts, self.figure_view = (
+            v.progress, v.status, v.errors, v.table, v.texts, v.figure)
+        self.log = self.log_box.widget
+        self.baseline_view = _collapsed(w.HTML(baseline_html()), "what the baseline settings set")
         self.run_button = w.Button(description="Run", button_style="primary", icon="play")
         self.stop_button = w.Button(description="Stop", icon="stop", disabled=True,
                                     tooltip="stops the cell that is running now (in-process: after it)")
-        self.progress = w.IntProgress(value=0, min=0, max=1, description="", layout=w.Layout(width="260px"))
-        self.status = w.HTML("")
-        self.errors = w.HTML("")
-        self.table = w.HTML(table_html(None))
-        self.texts = w.HTML("")  # a causal LM's generated texts, side by side
-        self.figure_view = w.Image(format="png", layout=w.Layout(max_width="100%", display="none"))
-        self.export_dir = w.Text(value=out, description="export to", style=style)
+        self.export_dir = w.Text(value=out, description="export to", style=STYLE)
         self.export_button = w.Button(description="Export", icon="download", disabled=True,
                                       tooltip="write results.csv/json and report.html into the folder")
-        self.log = w.Textarea(layout=w.Layout(width="100%", height="160px"), disabled=True)
-        self.log_view = w.Accordion([self.log], titles=("log (library messages, tracebacks)",))
-        self.log_view.selected_index = None
-
-        self.model.observe(lambda _: self._model_changed(), "value")
-        for b in self.device.buttons.values():
-            b.observe(lambda _: self._refresh_modes(), "value")
-        self.dtype.observe(lambda _: self._refresh_modes(), "value")
         self.run_button.on_click(lambda _: self._guarded(self.start))
         self.stop_button.on_click(lambda _: self.stop())
         self.export_button.on_click(lambda _: self._guarded(self.export))
+        self.widget = layout(self)
 
-        if not envmod.cuda_available():
-            self.device.set_available({"cuda": "torch sees no CUDA GPU here"}, {})
-        self._model_changed()
-        self._refresh_modes()
-        runnable = [n for n, b in self.modes.buttons.items() if not b.disabled]
-        self.modes.value = runnable if modes is None else modes_mod.resolve_modes(modes)
+    def __getattr__(self, name: str):
+        # The choices' widgets by name: panel.model, panel.modes, panel.dtype, panel.int4_group_size...
+        choices = self.__dict__.get("choices")  # absent while __init__ starts
+        if choices is None or name.startswith("_"):
+            raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+        return getattr(choices, name)
 
-        label = lambda text: w.HTML(f"<b style='display:inline-block;width:90px'>{text}</b>")  # noqa: E731
-        self.widget = w.VBox([
-            w.HTML("<h3 style='margin:4px 0'>torchao_nb: quantization benchmark</h3>"),
-            w.HBox([self.model, self.model_help]), self.model_name, self.module_box,
-            w.HBox([label("modes"), self.modes.box]),
-            w.HBox([label("device"), self.device.box, self.dtype, self.resolved]),
-            w.HBox([self.batch_sizes, self.threads, self.int4_group, self.compile, self.baseline]), self.baseline_view,
-            w.HBox([self.run_button, self.stop_button, self.progress, self.status]),
-            self.errors, self.table, self.texts, self.figure_view,
-            w.HBox([self.export_dir, self.export_button]), self.log_view,
-        ], layout=w.Layout(border="1px solid #ddd", padding="6px"))
-        # Stable hooks for browser tests and user CSS.
-        self.widget.add_class("torchao-nb-panel")
-        for widget, name in ((self.modes.box, "modes"), (self.device.box, "device"), (self.figure_view, "figure"),
-                             (self.run_button, "run"), (self.stop_button, "stop"), (self.table, "table"),
-                             (self.errors, "errors"), (self.status, "status"), (self.compile, "compile"),
-                             (self.threads, "threads"), (self.model_name, "model-name"), (self.texts, "texts")):
-            widget.add_class(f"torchao-nb-{name}")
+    @property
+    def results(self) -> ResultSet | None:
+        return self.state.results
+
+    @property
+    def error(self) -> BaseException | None:
+        return self.state.error
+
+    @property
+    def running(self) -> bool:
+        return self.state.busy
 
     def _repr_mimebundle_(self, **kwargs):
         return self.widget._repr_mimebundle_(**kwargs)
 
-    # ---- reacting to choices ----
-    def _model_changed(self) -> None:
-        custom = self.model.value == NOTEBOOK_MODULE
-        self.module_box.layout.display = "" if custom else "none"
-        self.model_name.layout.display = "" if self.model.value == OTHER_MODEL else "none"
-        # A notebook's module runs on its example inputs as given: their batch is the row's.
-        self.batch_sizes.disabled = custom
-        self.batch_sizes.tooltip = "your module's example inputs set the batch" if custom else "e.g. 1,8"
-        spec = models.MODELS.get(self.model.value)
-        self.model_help.value = "" if spec is None else f"<span style='font-size:12px'>{html.escape(spec.description)}</span>"
-
-    def _resolved(self) -> tuple[str, Any]:
-        device = envmod.resolve_device(self.device.value or "auto")
-        dtype = envmod.resolve_dtype(self.dtype.value, envmod.device_info(device))
-        return device, dtype
-
-    def _refresh_modes(self) -> None:
-        try:
-            device, dtype = self._resolved()
-        except UserError:
-            return
-        info = envmod.device_info(device)
-        self.resolved.value = (f"<span style='font-size:12px;color:#555'>runs on {device} ({html.escape(info.name)}), "
-                               f"{envmod.dtype_name(dtype)}</span>")
-        self.modes.set_available(modes_mod.availability(info, dtype), {n: m.description for n, m in modes_mod.MODES.items()})
-
-    # ---- what Run sends to the engine ----
-    def _model_args(self) -> dict[str, Any]:
-        if self.model.value == OTHER_MODEL:
-            name = self.model_name.value.strip()
-            if not name:
-                raise UserError("type a model name: hf:<hub id or local folder>, hf-config:<architecture> or the path "
-                                "of a .gguf file.")
-            if name.lower().endswith(".gguf") and not name.startswith(tuple(models.FORMS)):
-                name = f"hf:{name}"  # a bare path to a .gguf file
-            return {"model": models.get(name).name}  # the command line's errors, before anything runs
-        if self.model.value != NOTEBOOK_MODULE:
-            return {"model": self.model.value}
-        ns = self.namespace if self.namespace is not None else default_namespace()
-        name = self.module_name.value.strip()
-        if not name:
-            raise UserError("type the variable name of an nn.Module from this notebook, or pick a registry model.")
-        if name not in ns:
-            raise UserError(f"there is no variable {name!r} in this notebook; run the cell that defines it first.")
-        if not isinstance(ns[name], nn.Module):
-            raise UserError(f"{name} is a {type(ns[name]).__name__}, not an nn.Module; give the variable that holds your model.")
-        expr = self.inputs_name.value.strip()
-        if not expr:
-            raise UserError(f"type the example inputs of {name} (a variable name, or a tuple like (x, mask)).")
-        try:
-            # Evaluated in the notebook's namespace with no builtins: variable names and tuples of them.
-            inputs = eval(expr, {"__builtins__": {}}, ns)  # noqa: S307
-        except Exception as e:
-            raise UserError(f"could not read the example inputs {expr!r}: {type(e).__name__}: {e}.") from None
-        return {"model": ns[name], "example_inputs": inputs}
-
     def sweep_kwargs(self) -> dict[str, Any]:
         """The arguments Run passes to `torchao_nb.sweep`, validated (bad input raises UserError)."""
-        modes = self.modes.value
-        if not modes:
-            raise UserError("no mode selected; click at least one mode button.")
-        model = self._model_args()
-        # A module of the notebook runs on its example inputs as given; batch sizes are for registry models.
-        batch_sizes = None if "example_inputs" in model else check_batch_sizes(self.batch_sizes.value.split(","))
-        group = {"group_size": self.int4_group.value}  # int4weightonly-hqq is compared with int4 at one size
-        mode_settings = {"int4weightonly": group, "int4weightonly-hqq": group} if self.int4_group.value else {}
-        return dict(model, modes=list(modes), device=self.device.value or "auto", dtype=self.dtype.value,
-                    batch_sizes=batch_sizes, compile=self.compile.value, baseline=self.baseline.value,
-                    threads=self.threads.value, policy=self.policy, isolate=self.isolate, **mode_settings)
+        namespace = self.namespace if self.namespace is not None else default_namespace()
+        return self.choices.sweep_kwargs(namespace) | {"policy": self.policy, "isolate": self.isolate}
 
     # ---- running ----
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
     def start(self) -> threading.Thread:
         """What the Run button does: validate, then sweep on a background thread."""
         if self.running:
-            raise _Busy("a run is already in progress; press Stop or wait for it to finish.")
-        self._clear_error()
+            raise Busy("a run is already in progress; press Stop or wait for it to finish.")
+        self._new_action()
         kwargs = self.sweep_kwargs()
         self._stop.clear()
-        self._rows = []
-        self.results = None
-        self.progress.max = len(kwargs["batch_sizes"] or [1]) * len(kwargs["modes"])  # the panel runs one model
-        self.progress.value = 0
-        self.progress.bar_style = ""
-        self.table.value = table_html(None)
-        self.texts.value = ""
-        self.figure_view.value = b""
-        self.figure_view.layout.display = "none"
+        self.state.results = None
+        self.view.clear(len(kwargs["batch_sizes"] or [1]) * len(kwargs["modes"]))  # the panel runs one model
         self._set_running(True)
-        self.status.value = "measuring the unquantized reference…"
-        self._log(f"run: {_describe(kwargs)}")
+        self.log_box.add(f"run: {_describe(kwargs)}")
         self._thread = threading.Thread(target=self._work, args=(kwargs,), name="torchao_nb-sweep", daemon=True)
         self._thread.start()
         return self._thread
@@ -351,7 +228,7 @@ class BenchmarkPanel:
         """Like pressing Run, but blocks until done. A failure of the run itself is raised (and kept in `.error`)."""
         self.start()
         self.wait()
-        if self.error is not None and not isinstance(self.error, _CallbackError):
+        if self.error is not None and not isinstance(self.error, DrawingError):
             raise self.error
         return self.results
 
@@ -362,63 +239,49 @@ class BenchmarkPanel:
             self.status.value = "stopping…" if self.isolate else "stopping after this cell…"
 
     def _work(self, kwargs: dict[str, Any]) -> None:
-        self._run_error = None
         try:
-            with library_noise_to(self._log):
-                rs = sweep(**kwargs, progress=False, stop=self._stop, on_row=self._on_row)
-            self.results = rs
-            self._show(rs, final=True)
+            with library_noise_to(self.log_box.add):
+                self.state.results = sweep(**kwargs, progress=False, stop=self._stop, on_row=self._on_row)
+            self._show()
+            self.state.refusal = None  # the run is now the latest action: a Run pressed while it went on is over
+            self.view.finish(self.state, stopped=self._stop.is_set())
+            self.export_button.disabled = not self.results
         except Exception as e:  # shown in the panel and kept; an exception here would otherwise vanish
-            self._fail(e)
+            self._record(e)
         finally:
             self._set_running(False)
 
     def _on_row(self, row: Row) -> None:
-        # Runs on the sweep thread, after each cell.
-        with self._lock:
-            self._rows.append(row)
-            rows = list(self._rows)
-        self.progress.value = len(rows)
-        self._log(f"{row.model} bs={row.batch_size} {row.mode}: {row.status}"
-                  + (f" {row.median_ms:.3f} ms" if row.median_ms is not None else "") + (f" ({row.reason})" if row.reason else ""))
-        self.results = ResultSet(tuple(rows), {})
-        self._show(self.results, final=False)
+        # Runs on the sweep thread, after each cell: the only writer of the results while it runs.
+        self.state.results = ResultSet((self.results.rows if self.results else ()) + (row,), {})
+        self.log_box.add(f"{row.model} bs={row.batch_size} {row.mode}: {row.status}"
+                         + (f" {row.median_ms:.3f} ms" if row.median_ms is not None else "")
+                         + (f" ({row.reason})" if row.reason else ""))
+        self._show()
 
-    def _show(self, rs: ResultSet, final: bool) -> None:
-        self.table.value = table_html(rs)
-        self.texts.value = tables.generations_html(rs, inline=True)
-        failed = [r for r in rs if r.status in ("error", "wrong")]
-        if any(r.status == "ok" for r in rs):
+    def _show(self) -> None:
+        png = None
+        if any(r.status == "ok" for r in self.results):
             try:
-                self.figure_view.value = drawing.to_png(self.figure(rs), dpi=90)
-                self.figure_view.layout.display = ""
+                png = drawing.to_png(self.figure(self.results), dpi=90)
             except Exception as e:  # a drawing failure must not end the sweep, only be shown and kept
-                self._run_error = _CallbackError(f"drawing the results failed: {type(e).__name__}: {e}")
-                self._fail(self._run_error, cause=e)
-        if final:  # the run is now the latest action: a Run clicked while it went on was refused, and that is over
-            self.error = self._run_error
-        self.errors.value = error_html(self.error, failed)
-        n = len(rs)
-        if final:
-            stopped = self._stop.is_set() and n < self.progress.max
-            self.status.value = f"{'stopped' if stopped else 'done'}: {n} cell{'s' * (n != 1)}"
-            self.progress.bar_style = "danger" if self.error else "warning" if stopped or failed else "success"
-            self.export_button.disabled = n == 0
+                self._record(DrawingError(f"drawing the results failed: {type(e).__name__}: {e}"), cause=e)
+        self.view.show(self.state, png)
+
+    def _record(self, error: BaseException, cause: BaseException | None = None) -> None:
+        """Keep and show what went wrong; the traceback goes to the log."""
+        if isinstance(error, Busy):  # a refused click leaves the run in progress, and its progress, alone
+            self.state.refusal = error
         else:
-            self.status.value = f"{n}/{self.progress.max} cells"
+            self.state.failure = error
+            self.progress.bar_style, self.status.value = "danger", "failed"
+        self.log_box.add("".join(traceback.format_exception(cause or error)))
+        self.view.show_errors(self.state)
 
-    def _fail(self, error: BaseException, cause: BaseException | None = None) -> None:
-        self.error = error
-        self._log("".join(traceback.format_exception(cause or error)))
-        self.errors.value = error_html(error, [r for r in self._rows if r.status in ("error", "wrong")])
-        if not isinstance(error, _Busy):  # a refused click leaves the run in progress, and its progress, alone
-            self.progress.bar_style = "danger"
-            self.status.value = "failed"
-
-    def _clear_error(self) -> None:
-        """A new action starts: the error shown is no longer the latest; the results' failed cells stay listed."""
-        self.error = None
-        self.errors.value = error_html(None, [r for r in self.results or () if r.status in ("error", "wrong")])
+    def _new_action(self) -> None:
+        """A Run or an Export starts: the error shown is no longer the latest; the results' failed cells stay."""
+        self.state.failure = self.state.refusal = None
+        self.view.show_errors(self.state)
         if self.progress.bar_style == "danger":
             self.progress.bar_style = ""
 
@@ -427,40 +290,24 @@ class BenchmarkPanel:
         try:
             action()
         except Exception as e:
-            self._fail(e)
+            self._record(e)
 
     def _set_running(self, running: bool) -> None:
-        self.run_button.disabled = running
-        self.stop_button.disabled = not running
+        self.state.busy = running
+        self.run_button.disabled, self.stop_button.disabled = running, not running
         if running:
             self.export_button.disabled = True
 
-    def _log(self, text: str) -> None:
-        with self._lock:
-            self._log_lines.append(text.rstrip())
-            del self._log_lines[:-500]  # keep the widget light on long sessions
-            self.log.value = "\n".join(self._log_lines)
-
-    # ---- export ----
     def export(self, out: str | None = None) -> Path:
         """Write the latest results (rows.jsonl, results.csv/.json, environment.json) and report.html into `out`;
         earlier results of another sweep there are moved to `out/previous/<time>/` first."""
-        self._clear_error()
+        self._new_action()
         if not self.results:
             raise UserError("nothing to export yet: press Run first.")
-        from . import report
-        from .folder import ResultsFolder
-
         folder = Path(out or self.export_dir.value.strip() or "results/panel")
-        try:
-            with ResultsFolder(folder, "type another folder") as target:  # locked: a run writing there is safe
-                aside = target.replace_all(self.results)
-                page = report.build([folder], folder / "report.html").html
-        except OSError as e:
-            raise UserError(f"cannot write to {folder}: {e.strerror or e}; type another folder.") from None
-        moved = f" (its earlier results are in {aside})" if aside else ""
+        written, moved = export_results(self.results, folder)
         self.status.value = f"exported to {html.escape(str(folder))}{html.escape(moved)}"
-        self._log(f"exported: {folder}/rows.jsonl, results.csv, results.json, environment.json, {page.name}{moved}")
+        self.log_box.add(f"exported: {written}{moved}")
         return folder
 
     def table_frame(self):
@@ -468,12 +315,106 @@ class BenchmarkPanel:
         return (self.results or ResultSet()).to_dataframe()
 
 
-class _Busy(RuntimeError):
-    """Run was clicked while a run is in progress: refused, shown until that run ends."""
+def export_results(results: ResultSet, folder: Path) -> tuple[str, str]:
+    """Write `results` and their report into `folder` (locked meanwhile): what was written, and where the folder's
+    earlier results went ("" when none); a folder that can't be written is a UserError."""
+    from . import report
+    from .folder import ResultsFolder
+
+    try:
+        with ResultsFolder(folder, "type another folder") as target:  # locked: a run writing there is safe
+            aside = target.replace_all(results)
+            page = report.build([folder], folder / "report.html").html
+    except OSError as e:
+        raise UserError(f"cannot write to {folder}: {e.strerror or e}; type another folder.") from None
+    moved = f" (its earlier results are in {aside})" if aside else ""
+    return f"{folder}/rows.jsonl, results.csv, results.json, environment.json, {page.name}", moved
 
 
-class _CallbackError(RuntimeError):
-    """A failure while showing results (drawing a figure): shown and kept, but the sweep goes on."""
+class ResultsView:
+    """The panel's output: progress, status, the red box of errors, the table, generated texts, the figure."""
+
+    def __init__(self):
+        self.progress = w.IntProgress(value=0, min=0, max=1, description="", layout=w.Layout(width="260px"))
+        self.status, self.errors, self.table = w.HTML(""), w.HTML(""), w.HTML(table_html(None))
+        self.texts = w.HTML("")  # a causal LM's generated texts, side by side
+        self.figure = w.Image(format="png", layout=w.Layout(max_width="100%", display="none"))
+
+    def clear(self, cells: int) -> None:
+        self.progress.max, self.progress.value, self.progress.bar_style = cells, 0, ""
+        self.table.value, self.texts.value, self.figure.value = table_html(None), "", b""
+        self.figure.layout.display = "none"
+        self.status.value = "measuring the unquantized reference…"
+
+    def show(self, state: PanelState, png: bytes | None) -> None:
+        self.table.value = table_html(state.results)
+        self.texts.value = tables.generations_html(state.results, inline=True)
+        if png is not None:
+            self.figure.value, self.figure.layout.display = png, ""
+        self.progress.value = len(state.results)
+        self.status.value = f"{len(state.results)}/{self.progress.max} cells"
+        self.show_errors(state)
+
+    def finish(self, state: PanelState, stopped: bool) -> None:
+        n = len(state.results)
+        stopped = stopped and n < self.progress.max
+        self.status.value = f"{'stopped' if stopped else 'done'}: {n} cell{'s' * (n != 1)}"
+        self.progress.bar_style = ("danger" if state.error else "warning" if stopped or state.failed_rows()
+                                   else "success")
+        self.show_errors(state)
+
+    def show_errors(self, state: PanelState) -> None:
+        self.errors.value = error_html(state.error, state.failed_rows())
+
+
+class LogBox:
+    """The collapsed log: library messages and tracebacks, the latest 500 lines; written from both threads."""
+
+    def __init__(self):
+        self.widget = w.Textarea(layout=w.Layout(width="100%", height="160px"), disabled=True)
+        self._lines: list[str] = []
+        self._lock = threading.Lock()
+
+    def add(self, text: str) -> None:
+        with self._lock:
+            self._lines.append(text.rstrip())
+            del self._lines[:-500]  # keep the widget light on long sessions
+            self.widget.value = "\n".join(self._lines)
+
+
+def layout(panel: BenchmarkPanel) -> w.VBox:
+    """The panel's widgets in their rows, with stable CSS classes for browser tests and user CSS."""
+    label = lambda text: w.HTML(f"<b style='display:inline-block;width:{LABEL_WIDTH}'>{text}</b>")  # noqa: E731
+    controls = panel.choices.controls
+    row = lambda names: [controls[n].view for n in names if n in controls]  # noqa: E731
+    more = [c.view for n, c in controls.items() if n not in DEVICE_ROW + SETTINGS_ROW]
+    for name, width in _WIDTHS.items():
+        if name in controls:
+            controls[name].widget.layout.width = width
+    box = w.VBox([
+        w.HTML("<h3 style='margin:4px 0'>torchao_nb: quantization benchmark</h3>"),
+        w.HBox([panel.model, panel.choices.picker.help]), panel.model_name, panel.module_box,
+        w.HBox([label("modes"), panel.modes.box]),
+        w.HBox([label("device"), *row(DEVICE_ROW), panel.resolved]),
+        w.HBox(row(SETTINGS_ROW)), _collapsed(w.VBox(more), "more settings"),
+        panel.baseline_view,
+        w.HBox([panel.run_button, panel.stop_button, panel.progress, panel.status]),
+        panel.errors, panel.table, panel.texts, panel.figure_view,
+        w.HBox([panel.export_dir, panel.export_button]), _collapsed(panel.log, "log (library messages, tracebacks)"),
+    ], layout=w.Layout(border="1px solid #ddd", padding="6px"))
+    box.add_class("torchao-nb-panel")
+    for widget, name in ((panel.modes.box, "modes"), (panel.device.box, "device"), (panel.figure_view, "figure"),
+                         (panel.run_button, "run"), (panel.stop_button, "stop"), (panel.table, "table"),
+                         (panel.errors, "errors"), (panel.status, "status"), (panel.compile, "compile"),
+                         (panel.threads, "threads"), (panel.model_name, "model-name"), (panel.texts, "texts")):
+        widget.add_class(f"torchao-nb-{name}")
+    return box
+
+
+def _collapsed(child, title: str) -> w.Accordion:
+    view = w.Accordion([child], titles=(title,))
+    view.selected_index = None
+    return view
 
 
 def _describe(kwargs: dict[str, Any]) -> str:
@@ -481,4 +422,3 @@ def _describe(kwargs: dict[str, Any]) -> str:
     return (f"model={model} modes={','.join(kwargs['modes'])} device={kwargs['device']} dtype={kwargs['dtype']} "
             f"batch={','.join(map(str, kwargs['batch_sizes'] or ['as given']))} compile={kwargs['compile']} baseline={kwargs['baseline']} "
             f"threads={kwargs['threads']}")
-

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,10 +36,10 @@ class SearchSettings:
 
     # The fields with a "flag" are also command-line options of `run`.
     sqnr_floor_db: float = field(default=DEFAULT_SQNR_FLOOR_DB, metadata=dict(
-        flag="--autoquant-floor", metavar="DB",
+        flag="--autoquant-floor", metavar="DB", label="autoquant floor (dB)",
         help=f"reject a candidate whose layer output SQNR is below this (default {DEFAULT_SQNR_FLOOR_DB})"))
     margin: float = field(default=DEFAULT_MARGIN, metadata=dict(
-        flag="--autoquant-margin", metavar="FRACTION",
+        flag="--autoquant-margin", metavar="FRACTION", label="autoquant margin",
         help=f"a candidate must beat noquant's time by this fraction (default {DEFAULT_MARGIN})"))
     candidates: tuple[str, ...] | None = None  # modes to try; None: every other mode this device runs
     # Where timings are kept, and whether to re-use them, don't change what is measured: not part of a row's key.
@@ -68,14 +67,4 @@ class SearchSettings:
 
     @classmethod
     def of(cls, value: Any) -> "SearchSettings":
-        if value is None:
-            return cls()
-        if isinstance(value, cls):
-            return value
-        if isinstance(value, dict):
-            known = {f.name for f in dataclasses.fields(cls)}
-            unknown = sorted(set(value) - known)
-            if unknown:
-                raise UserError(f"unknown autoquant setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}.")
-            return cls(**value)
-        raise UserError(f"autoquant= takes SearchSettings or a dict of its fields, not {type(value).__name__}.")
+        return modes.settings_from(cls, value, "autoquant")

@@ -180,21 +180,36 @@ def _needs_capability(info: DeviceInfo, least: tuple[int, int], what: str) -> st
 
 # The family modules (int8, int4, float8, ...) and plug-ins (autoquant) register their modes when imported:
 # this module never imports them.
-def settings_from(cls, value: Any, mode: str, one: type, what: str):
-    """A mode's settings (a frozen dataclass `cls`) from None, an instance, one value of type `one` for its first
-    field, or a dict of its fields; anything else is a UserError saying what `mode=` takes."""
-    first = dataclasses.fields(cls)[0].name
+def settings_from(cls, value: Any, mode: str, one: type | None = None, what: str = ""):
+    """A mode's settings (a frozen dataclass `cls`) from None, an instance, a dict of its fields, or (given `one`)
+    one value of that type for its first field, which `what` names; anything else is a UserError saying what
+    `mode` takes. Every settings type's `of` is this, so each takes the same forms with the same messages."""
+    valid = [f.name for f in dataclasses.fields(cls)]
     if value is None or isinstance(value, cls):
         return value or cls()
-    if isinstance(value, one) and not isinstance(value, bool):
-        return cls(**{first: value})
+    if one is not None and isinstance(value, one) and not isinstance(value, bool):
+        return cls(**{valid[0]: value})
     if isinstance(value, dict):
-        valid = [f.name for f in dataclasses.fields(cls)]
         unknown = set(value) - set(valid)
         if unknown:
             raise UserError(f"unknown {mode} setting(s) {', '.join(sorted(unknown))}; valid: {', '.join(valid)}.")
         return cls(**value)
-    raise UserError(f"{mode} takes {what} or {{{first!r}: ...}}, not {type(value).__name__}.")
+    single = f"{what}, " if one is not None else ""
+    raise UserError(f"{mode} takes {single}{cls.__name__} or a dict of its fields ({', '.join(valid)}), "
+                    f"not {type(value).__name__}.")
+
+
+def flagged_settings() -> dict[str, tuple[dataclasses.Field, list[str]]]:
+    """flag → (its settings field, the registered modes it sets), for the settings fields that have a flag: modes
+    that share a settings type share its flag, so `--int4-group-size 64` sets int4weightonly's and
+    int4weightonly-hqq's group size alike. The command line's flags and the panel's controls both read this. A field's
+    metadata: flag, help, metavar, type (the parser's; default float), and for the panel label and choices."""
+    flags: dict[str, tuple[dataclasses.Field, list[str]]] = {}
+    for name, mode in MODES.items():
+        for f in dataclasses.fields(mode.settings) if mode.settings is not None else ():
+            if f.metadata.get("flag"):
+                flags.setdefault(f.metadata["flag"], (f, []))[1].append(name)
+    return flags
 
 
 def one_column_reason(lin: nn.Linear, info: DeviceInfo, dtype: torch.dtype) -> str | None:

@@ -39,7 +39,8 @@ class Float8Settings:
     # Per-row is torchao's recommended recipe and measured better: batch-1 decode on H100 (Llama-3.1-8B, torchao's
     # old table) per-row 1.22x, per-tensor 0.92x over bf16. Per-tensor stays for comparison and for fp16/fp32.
     granularity: str = field(default="per-row", metadata=dict(
-        flag="--float8-granularity", type=str, metavar="per-row|per-tensor",
+        flag="--float8-granularity", type=str, metavar="per-row|per-tensor", label="float8 scales",
+        choices=FLOAT8_GRANULARITIES,
         help="scales of float8dynamic: per-row (default; a scale per weight row and per token, torchao's recipe, "
              "bfloat16 only) or per-tensor (one scale per weight and per activation)"))
 

@@ -23,7 +23,7 @@ class Int4Settings:
     `--int4-group-size 64` for both (a sweep that compares HQQ with plain int4 compares them at one size)."""
 
     group_size: int | None = field(default=None, metadata=dict(
-        flag="--int4-group-size", type=int, metavar="N",
+        flag="--int4-group-size", type=int, metavar="N", label="int4 group", choices=INT4_GROUP_SIZES,
         help="group size of int4 weight-only, one of 256/128/64/32 (default: 64 on CUDA, as torchao's published "
              "numbers; 128 on CPU); a layer whose in_features it doesn't divide takes the largest that does"))
 
