@@ -32,7 +32,7 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("device", "auto", "auto | cpu | cuda", "--device", str),
+    Option("device", "auto", " | ".join(envmod.DEVICES), "--device", str),
     Option("dtype", None, "auto | bfloat16 | float16 | float32 (default: bf16 on CUDA and on CPUs with native bf16)",
            "--dtype", str),
     Option("batch_sizes", None, "batch sizes of registry models, e.g. 1,8 (default 1); your own module runs on its "

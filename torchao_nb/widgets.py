@@ -30,7 +30,6 @@ from .toggles import ToggleGroup
 NOTEBOOK_MODULE = "__notebook__"  # the model picker's entry for "a module from this notebook"
 OTHER_MODEL = "__other__"  # the model picker's entry for a typed name: hf:..., hf-config:..., a .gguf file
 DTYPE_OPTIONS = ("auto", *envmod.DTYPES)
-DEVICE_OPTIONS = ("auto", "cpu", "cuda")
 
 
 def default_figure(results: ResultSet):
@@ -169,7 +168,7 @@ class BenchmarkPanel:
         self.inputs_name = w.Text(description="inputs", placeholder="its example inputs, e.g. x or (x, mask)", style=style)
         self.module_box = w.VBox([self.module_name, self.inputs_name])
 
-        self.device = ToggleGroup({d: "" for d in DEVICE_OPTIONS}, multiple=False, value="auto")
+        self.device = ToggleGroup({d: "" for d in envmod.DEVICES}, multiple=False, value="auto")
         self.dtype = w.Dropdown(options=DTYPE_OPTIONS, value="auto", description="dtype", style=style)
         self.resolved = w.HTML()  # what auto means on this machine
         self.modes = ToggleGroup({n: m.description for n, m in modes_mod.MODES.items()}, multiple=True, value=())
