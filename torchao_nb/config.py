@@ -46,7 +46,7 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("device", "auto", "auto | cpu | cuda", "--device", str, choices=("auto", "cpu", "cuda")),
+    Option("device", "auto", " | ".join(envmod.DEVICES), "--device", str, choices=envmod.DEVICES),
     Option("dtype", None, "auto | bfloat16 | float16 | float32 (default: bf16 on CUDA and on CPUs with native bf16)",
            "--dtype", str, choices=("auto", *envmod.DTYPES), types="str | torch.dtype | None"),
     Option("batch_sizes", None, "batch sizes of registry models, e.g. 1,8 (default 1); your own module runs on its "

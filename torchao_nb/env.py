@@ -39,18 +39,25 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+DEVICES = ("auto", "cpu", "cuda")  # what --device, sweep(device=), the panel and a plan take
+
+
+def device_name(device: str | None) -> str:
+    """One of DEVICES (lower-cased; None is auto), without asking torch what this machine has."""
+    name = (device or "auto").lower()
+    if name not in DEVICES:
+        raise UserError(f"unknown device {name!r}; choose one of: {', '.join(DEVICES)}.")
+    return name
+
+
 def resolve_device(device: str | None) -> str:
     """'auto' → cuda when a GPU is usable, else cpu; 'cuda' without a GPU is a UserError."""
-    device = (device or "auto").lower()
+    device = device_name(device)
     if device == "auto":
         return "cuda" if cuda_available() else "cpu"
-    if device == "cuda":
-        if not cuda_available():
-            raise UserError("--device cuda was asked for, but torch sees no CUDA GPU here; use --device cpu or auto.")
-        return "cuda"
-    if device == "cpu":
-        return "cpu"
-    raise UserError(f"unknown device {device!r}; choose one of: auto, cpu, cuda.")
+    if device == "cuda" and not cuda_available():
+        raise UserError("--device cuda was asked for, but torch sees no CUDA GPU here; use --device cpu or auto.")
+    return device
 
 
 def cpu_model() -> str:

@@ -11,7 +11,6 @@ import contextlib
 import dataclasses
 import functools
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -20,11 +19,15 @@ import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, Pipe
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from .errors import UserError, error_text
-from .sandbox import Zygote, _loads, _signal_name, received
+from .sandbox import _signal_name
 from .results import Row
+
+if TYPE_CHECKING:
+    from .config import SweepConfig
+    from .reference import ModelSource
 
 OnRow = Callable[[Row], None]
 OnPhase = Callable[["str | None", str], None]  # (mode, or None for the reference; what it is doing)
@@ -42,14 +45,14 @@ def _no_phase(mode: str | None, phase: str) -> None:
 class Group:
     """The cells of one (model, batch size): built once, then each mode runs on a fresh copy."""
 
-    cfg: Any  # config.SweepConfig
-    source: Any  # cell.ModelSource
+    cfg: SweepConfig
+    source: ModelSource
     batch: int
     modes: tuple[str, ...]
 
 
 class Executor(Protocol):
-    def environment(self, cfg) -> dict: ...
+    def environment(self, cfg: SweepConfig) -> dict: ...
 
     def run(self, group: Group, on_row: OnRow, on_phase: OnPhase = _no_phase,
             stop: threading.Event | None = None) -> None: ...
@@ -62,9 +65,7 @@ class Executor(Protocol):
 @functools.lru_cache(maxsize=None)
 def _copy_gbs(device: str, threads: int) -> float:
     """Measured once per process and setting: the memory roofline every row is judged against."""
-    from . import compiling, measure
-
-    from . import env
+    from . import compiling, env, measure
 
     with compiling.torch_threads(threads):
         return measure.copy_bandwidth_gbs(device, measure.copy_buffer_mib(env.cache_bytes(device)))
@@ -128,6 +129,50 @@ class InProcess:
         return None
 
 
+# ---- what a worker and its supervisor say: one frozen dataclass per kind, pickled over the pipe -------------
+
+@dataclass(frozen=True)
+class ReadEnvironment:  # supervisor → worker: describe the machine for this sweep
+    cfg: SweepConfig
+
+
+@dataclass(frozen=True)
+class RunGroup:  # supervisor → worker: run these cells, reporting each row, then GroupDone
+    group: Group
+
+
+@dataclass(frozen=True)
+class Ready:  # worker → supervisor: started, torch and torchao imported
+    pid: int
+
+
+@dataclass(frozen=True)
+class EnvironmentRead:
+    environment: dict
+
+
+@dataclass(frozen=True)
+class Progress:
+    mode: str | None  # None: the group's reference (the unquantized model)
+    phase: str
+    log_offset: int  # where the worker's log stood: a crash report is looked for from there
+
+
+@dataclass(frozen=True)
+class RowDone:
+    row: dict  # Row.to_dict()
+
+
+@dataclass(frozen=True)
+class GroupDone:
+    pass
+
+
+@dataclass(frozen=True)
+class Failed:  # the worker's own machinery failed (e.g. a user's module it could not load)
+    error: str
+
+
 # ---- in a worker process ---------------------------------------------------------------------------------
 
 class _Dead(Exception):
@@ -187,7 +232,7 @@ class Worker:
             except _Dead:
                 raise RuntimeError(f"the worker process could not start ({self.death()}):\n{self.log_tail()}\n"
                                    "Run with isolate=False (--in-process) to run the cells in this process.") from None
-            if message is not None and message[0] == "ready":
+            if isinstance(message, Ready):
                 self.ready = True
             elif time.monotonic() > deadline:
                 self.kill()
@@ -251,6 +296,34 @@ def _stop_idle_workers() -> None:
 REFERENCE_TIMEOUT_S = 600.0  # building a model and its unquantized output, before any cell
 
 
+@dataclass
+class _Watch:
+    """What the worker is doing, as its messages tell: which cell (None: the reference, or between cells), since
+    when, and where its log stood when the cell began (a crash report is looked for from there)."""
+
+    log_from: int
+    mode: str | None = None
+    phase: str = "starting"
+    since: float = dataclasses.field(default_factory=time.monotonic)
+
+    def progress(self, message: Progress) -> None:
+        if message.mode != self.mode:  # the worker says where its log stood: we may read this message late
+            self.mode, self.since, self.log_from = message.mode, time.monotonic(), message.log_offset
+        self.phase = message.phase + (f" {self.mode}" if self.mode else "")
+
+    def between_cells(self) -> None:
+        self.mode, self.phase, self.since = None, "between cells", time.monotonic()
+
+    def overdue(self, timeout_s: float) -> str | None:
+        """Why the worker is given up on, if it has been at this too long. The time limit is a cell's: building
+        the model (a new worker rebuilds it after a crash) is not a cell, and gets at least REFERENCE_TIMEOUT_S."""
+        limit = timeout_s if self.mode is not None else max(timeout_s, REFERENCE_TIMEOUT_S)
+        if time.monotonic() - self.since <= limit:
+            return None
+        what = "the cell time limit" if self.mode is not None else "the model's time limit"
+        return f"timed out after {limit:.0f} s while {self.phase} ({what})"
+
+
 class WorkerExecutor:
     """Cells run in a worker process; a cell that kills it or outlives `timeout_s` becomes an error row,
     a new worker starts, and the group goes on with its other modes."""
@@ -272,79 +345,81 @@ class WorkerExecutor:
             self.worker.kill()
             self.worker = None
 
-    def environment(self, cfg) -> dict:
+    def environment(self, cfg: SweepConfig) -> dict:
         worker = self._ready_worker()
-        worker.send(("environment", cfg))
+        worker.send(ReadEnvironment(cfg))
         while True:
             try:
                 message = worker.recv(1.0)
             except _Dead:
                 raise RuntimeError(f"the worker process died ({worker.death()}) while reading the machine:\n"
                                    f"{worker.log_tail()}") from None
-            if message is not None and message[0] == "environment":
-                return message[1]
-            if message is not None and message[0] == "failed":
-                raise RuntimeError(f"the worker could not read the machine: {message[1]}")
+            if isinstance(message, EnvironmentRead):
+                return message.environment
+            if isinstance(message, Failed):
+                raise RuntimeError(f"the worker could not read the machine: {message.error}")
 
     def run(self, group: Group, on_row: OnRow, on_phase: OnPhase = _no_phase,
             stop: threading.Event | None = None) -> None:
+        remaining = list(group.modes)  # the modes with no row yet
+        while remaining and not (stop is not None and stop.is_set()):
+            worker = self._ready_worker()
+            worker.send(RunGroup(dataclasses.replace(group, modes=tuple(remaining))))
+            watch = _Watch(log_from=worker.log_size())
+            failure = self._follow(worker, watch, group, remaining, on_row, on_phase, stop)
+            if failure is None:
+                return
+            self._lost(worker, watch, failure, group, remaining, on_row)
+
+    def _follow(self, worker: Worker, watch: _Watch, group: Group, remaining: list[str], on_row: OnRow,
+                on_phase: OnPhase, stop: threading.Event | None) -> str | None:
+        """Rows and phases as the worker sends them: None once the group is over or stopped; what happened
+        (for the error row) when the worker dies or outlives its time limit."""
+        while True:
+            stopping = stop is not None and stop.is_set()
+            try:
+                message = worker.recv(0.0 if stopping else 0.2)
+            except _Dead:
+                return f"worker crashed ({worker.death()}) while {watch.phase}"
+            if message is None and stopping:  # rows already sent are kept; the cell in progress leaves none
+                self._discard()
+                return None
+            if message is None and (late := watch.overdue(self.timeout_s)):
+                return late
+            if isinstance(message, Progress):
+                watch.progress(message)
+                on_phase(message.mode, message.phase)
+            elif isinstance(message, RowDone):
+                row = _with_sending_help(Row.from_dict(message.row))
+                remaining.remove(row.mode)
+                watch.between_cells()
+                on_row(row)
+            elif isinstance(message, Failed):
+                from . import cell
+
+                for mode in remaining:
+                    on_row(cell.error_row(group.cfg, group.source, mode, group.batch,
+                                          f"the worker process could not load this cell ({message.error}): "
+                                          f"{SENDING_HELP}"))
+                return None
+            elif isinstance(message, GroupDone):
+                return None
+
+    def _lost(self, worker: Worker, watch: _Watch, failure: str, group: Group, remaining: list[str],
+              on_row: OnRow) -> None:
+        """The worker is gone or stuck: this cell (or the reference, and with it the group) is an error row."""
         from . import cell
 
-        remaining = list(group.modes)
-        while remaining:
-            if stop is not None and stop.is_set():
-                return
-            worker = self._ready_worker()
-            worker.send(("run", dataclasses.replace(group, modes=tuple(remaining))))
-            mode, phase, started, log_from = None, "starting", time.monotonic(), worker.log_size()
-            while True:
-                stopping = stop is not None and stop.is_set()
-                try:
-                    message = worker.recv(0.0 if stopping else 0.2)
-                except _Dead:
-                    failure = f"worker crashed ({worker.death()}) while {phase}"
-                    break
-                if message is None:
-                    if stopping:  # rows already sent are kept; the cell in progress leaves none
-                        self._discard()
-                        return
-                    # The time limit is a cell's: building the model (a new worker rebuilds it after a crash)
-                    # is not a cell, and gets at least REFERENCE_TIMEOUT_S.
-                    limit = self.timeout_s if mode is not None else max(self.timeout_s, REFERENCE_TIMEOUT_S)
-                    if time.monotonic() - started > limit:
-                        what = "the cell time limit" if mode is not None else "the model's time limit"
-                        failure = f"timed out after {limit:.0f} s while {phase} ({what})"
-                        break
-                    continue
-                kind = message[0]
-                if kind == "phase":
-                    if message[1] != mode:  # the worker says where its log stood: we may read this message late
-                        mode, started, log_from = message[1], time.monotonic(), message[3]
-                    phase = message[2] + (f" {mode}" if mode else "")
-                    on_phase(message[1], message[2])
-                elif kind == "row":
-                    row = _with_sending_help(Row.from_dict(message[1]))
-                    remaining.remove(row.mode)
-                    mode, phase, started = None, "between cells", time.monotonic()
-                    on_row(row)
-                elif kind == "done":
-                    return
-                elif kind == "failed":  # the worker's own machinery failed (e.g. the module could not be loaded)
-                    for m in remaining:
-                        on_row(cell.error_row(group.cfg, group.source, m, group.batch,
-                                              f"the worker process could not load this cell ({message[1]}): "
-                                              f"{SENDING_HELP}"))
-                    return
-            # The worker is gone or stuck: this cell (or the reference, and with it the group) is an error row.
-            log = worker.log_tail(log_from)
-            self._discard()
-            extra = {"worker_log": log} if log else {}
-            if mode is None:
-                for m in remaining:
-                    on_row(cell.failed_reference_row(group.cfg, group.source, m, group.batch, failure, extra))
-                return
-            remaining.remove(mode)
-            on_row(cell.error_row(group.cfg, group.source, mode, group.batch, failure, extra))
+        log = worker.log_tail(watch.log_from)
+        self._discard()
+        extra = {"worker_log": log} if log else {}
+        if watch.mode is None:
+            for mode in remaining:
+                on_row(cell.failed_reference_row(group.cfg, group.source, mode, group.batch, failure, extra))
+            remaining.clear()
+            return
+        remaining.remove(watch.mode)
+        on_row(cell.error_row(group.cfg, group.source, watch.mode, group.batch, failure, extra))
 
     def close(self) -> None:
         """An idle, healthy worker waits for the next sweep of this process; anything else is stopped."""
@@ -420,59 +495,3 @@ def check_sendable(sources) -> str | None:
             part = _unsendable_part(source.module)
             return f"{source.name} can't be sent to a worker process ({error_text(e, 200)}; {part or 'an attribute'})"
     return None
-
-
-# ---- the worker's side -------------------------------------------------------------------------------
-
-def _watch_parent(parent: int) -> None:
-    """The worker ends when the process that started it is gone, even in the middle of a cell."""
-    while True:
-        time.sleep(1.0)
-        if os.getppid() != parent:
-            os._exit(3)
-
-
-def _log_offset() -> int:
-    """How much the worker has written to its log (stderr is the log file), so a crash report is found from there."""
-    try:
-        return os.fstat(2).st_size
-    except OSError:
-        return 0
-
-
-def serve(fd: int) -> None:
-    """The worker process's main loop: run what the supervisor sends, report rows and phases, until told to exit."""
-    import faulthandler
-    import types
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle: it stops us
-    threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
-    # This process was started as `python -m torchao_nb._worker`; from here on `__main__` is the caller's (see
-    # _CallersMain). The running loop keeps its own globals, and nothing of torchao_nb looks `__main__` up.
-    sys.modules["__main__"] = types.ModuleType("__main__", "the caller's __main__, as its functions sent here use it")
-
-    import cloudpickle
-
-    from . import autoquant  # noqa: F401  (registers the autoquant mode)
-
-    zygote = Zygote()  # now, while no torch work has run in this process (see Zygote)
-
-    faulthandler.enable()  # a crash leaves the Python stack in the log the supervisor attaches to the row
-    conn = Connection(fd)
-    send = lambda message: conn.send_bytes(cloudpickle.dumps(message))  # noqa: E731
-    executor = InProcess(sandbox=zygote.call)
-    send(("ready", os.getpid()))
-    for data in received(conn):
-        try:
-            message = _loads(data)
-            if message[0] == "environment":
-                send(("environment", executor.environment(message[1])))
-            elif message[0] == "run":
-                executor.run(message[1], lambda row: send(("row", row.to_dict())),
-                             lambda mode, phase: send(("phase", mode, phase, _log_offset())))
-                send(("done",))
-            elif message[0] == "exit":
-                return
-        except Exception as e:  # e.g. a user's module whose class this process can't import
-            send(("failed", error_text(e)))
-

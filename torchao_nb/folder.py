@@ -5,8 +5,10 @@ from __future__ import annotations
 import collections
 import contextlib
 import datetime as _dt
+import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import sys
@@ -16,12 +18,26 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import Notice, UserError
-from .results import KEY_FIELDS, SETTING_FIELDS, JsonlRead, ResultSet, Row, append_jsonl, atomic_write, read_rows
+from .results import (ENV_FILE, KEY_FIELDS, RESULTS_CSV, RESULTS_JSON, ROWS_FILE, SETTING_FIELDS, JsonlRead,
+                      ResultSet, Row, append_jsonl, atomic_write, read_rows)
 
-ROWS_FILE = "rows.jsonl"
-RESULT_FILES = (ROWS_FILE, "results.csv", "results.json", "environment.json")
+RESULT_FILES = (ROWS_FILE, RESULTS_CSV, RESULTS_JSON, ENV_FILE)
 LOCK_FILE = ".torchao_nb.lock"
 PREVIOUS = "previous"  # earlier files go to previous/<time>/, never deleted
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+MAX_SLUG = 80
+
+
+def slug(name: str) -> str:
+    """A file-system-safe name for a device, model or run label: letters, digits, '.', '_' and '-' only;
+    long names are cut and end in a short hash of the full name so they stay distinct."""
+    s = _UNSAFE.sub("-", str(name)).strip("-._")
+    if not s:
+        return "unknown"
+    if len(s) > MAX_SLUG:
+        s = s[: MAX_SLUG - 9].rstrip("-._") + "-" + hashlib.sha1(str(name).encode()).hexdigest()[:8]
+    return s
 
 
 def check_writable(path: str | os.PathLike, fix: str = "choose another --out folder") -> Path:
@@ -296,7 +312,7 @@ class ResultsFolder:
 
     def write_environment(self, environment: dict) -> None:
         self.environment = environment
-        atomic_write(self.path / "environment.json", json.dumps(environment, indent=1, default=str))
+        atomic_write(self.path / ENV_FILE, json.dumps(environment, indent=1, default=str))
         self._write_results()
 
     def append(self, row: Row) -> None:

@@ -25,7 +25,7 @@ from . import modes as modes_mod
 from . import plan as plan_mod
 from .errors import UserError, error_text
 from .folder import check_writable
-from .results import ResultSet, Row, atomic_write, read_jsonl
+from .results import ROWS_FILE, ResultSet, Row, atomic_write, read_jsonl
 
 CLUSTERS = ("local", "slurm")
 NOT_IN_PLAN = ("isolate",)  # how a unit runs, not what it measures: given when it runs
@@ -48,15 +48,13 @@ def make_plan(model: str | Sequence[str] | None = None, modes: str | Sequence[st
     refused = sorted(set(opts) & set(NOT_IN_PLAN))
     if refused:
         raise UserError(f"{', '.join(refused)} is how a unit runs, not what it measures: give it to run_unit or submit")
-    device = opts.pop("device", None) or "auto"
-    if str(device).lower() not in ("auto", "cpu", "cuda"):
-        raise UserError(f"unknown device {device!r}; choose one of: auto, cpu, cuda.")
+    device = envmod.device_name(str(opts.pop("device", None) or "auto"))
     # every other option checked as the sweep will check it (on the CPU here: the plan's device may be absent)
     config.build(mode_list, False, False, **{**opts, **settings, "device": "cpu"})
     stored = {k: v for k, v in opts.items() if v is not None and k != "batch_sizes"}
     if "policy" in stored:
         stored["policy"] = dataclasses.asdict(stored["policy"])
-    return plan_mod.make_plan(names, list(batches), mode_list, str(device).lower(), {**stored, **settings})
+    return plan_mod.grid(names, list(batches), mode_list, device, {**stored, **settings})
 
 
 def sweep_options(unit: plan_mod.Unit) -> dict[str, Any]:
@@ -123,7 +121,7 @@ def unit_rows(root: str | os.PathLike, unit: plan_mod.Unit) -> list[Row]:
         except (OSError, ValueError, AttributeError):
             same = False
         if same:
-            rows += [r for r in read_jsonl(about.parent / plan_mod.ROWS_FILE) if r.batch_size == unit.batch_size]
+            rows += [r for r in read_jsonl(about.parent / ROWS_FILE) if r.batch_size == unit.batch_size]
     return rows
 
 

@@ -101,10 +101,10 @@ def _batch_sizes(value: Any) -> list[int]:
 
 
 def _device(value: Any) -> Any:
-    from .env import resolve_device
+    from .env import DEVICES, resolve_device
 
     if not isinstance(value, str):
-        raise UserError(f"device must be auto, cpu or cuda, not {value!r}.")
+        raise UserError(f"device must be one of {', '.join(DEVICES)}, not {value!r}.")
     resolve_device(value)
     return value
 

@@ -16,23 +16,18 @@ folder into one set of rows, keeping cells from different devices apart.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .errors import UserError
-from .folder import ResultsFolder
-from .results import ResultSet, Row, atomic_write, read_rows
+from .folder import ResultsFolder, slug
+from .results import ENV_FILE, RESULTS_JSON, ROWS_FILE, ResultSet, Row, atomic_write, read_rows
 
 PLAN_FORMAT = "torchao_nb-plan"
 PLAN_VERSION = 1
-ROWS_FILE = "rows.jsonl"
-RESULTS_FILE = "results.json"
-ENV_FILE = "environment.json"
 # Where the job index comes from when --index is not given, in this order.
 INDEX_VARIABLES = ("SLURM_ARRAY_TASK_ID", "JOB_COMPLETION_INDEX")
 
@@ -94,8 +89,8 @@ class Unit:
                    device=data.get("device", "auto"), options=options)
 
 
-def make_plan(models: Sequence[str], batch_sizes: Sequence[int], modes: Sequence[str], device: str = "auto",
-              options: Mapping[str, Any] | None = None) -> list[Unit]:
+def grid(models: Sequence[str], batch_sizes: Sequence[int], modes: Sequence[str], device: str = "auto",
+         options: Mapping[str, Any] | None = None) -> list[Unit]:
     """Every model × batch size as one unit (models outer, batch sizes inner), each with all the modes."""
     models, batch_sizes, modes = list(models), list(batch_sizes), list(modes)
     if not models:
@@ -219,21 +214,6 @@ def unit_index(explicit: int | str | None, environ: Mapping[str, str] | None = N
 
 # ---- where a unit writes ----
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-MAX_SLUG = 80
-
-
-def slug(name: str) -> str:
-    """A file-system-safe folder name for a device or model name: letters, digits, '.', '_' and '-' only;
-    long names are cut and end in a short hash of the full name so they stay distinct."""
-    s = _UNSAFE.sub("-", str(name)).strip("-._")
-    if not s:
-        return "unknown"
-    if len(s) > MAX_SLUG:
-        s = s[: MAX_SLUG - 9].rstrip("-._") + "-" + hashlib.sha1(str(name).encode()).hexdigest()[:8]
-    return s
-
-
 def unit_dir(root: str | os.PathLike, device_name: str, unit: Unit) -> Path:
     """ROOT/<device name>/<model>-bs<b>/, e.g. results/NVIDIA-H100-80GB-HBM3/mlp-bs8."""
     return Path(root) / slug(device_name or "unknown-device") / unit.name
@@ -254,7 +234,7 @@ def find_unit_dirs(root: str | os.PathLike) -> list[Path]:
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in SKIPPED_FOLDERS)
-        if ROWS_FILE in filenames or RESULTS_FILE in filenames:
+        if ROWS_FILE in filenames or RESULTS_JSON in filenames:
             found.append(Path(dirpath))
     return sorted(found)
 
@@ -274,10 +254,10 @@ def _read_unit(folder: Path) -> tuple[list[Row], dict, str]:
         rows, bad = list(read.rows), read.describe_bad(str(folder / ROWS_FILE)) if read.bad else ""
     else:
         try:
-            rs = ResultSet.load(folder / RESULTS_FILE)
+            rs = ResultSet.load(folder / RESULTS_JSON)
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             why = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
-            raise UserError(f"{folder / RESULTS_FILE} is not a torchao_nb results file ({why}); move it out of "
+            raise UserError(f"{folder / RESULTS_JSON} is not a torchao_nb results file ({why}); move it out of "
                             f"{folder.parent} or fix it, then merge again.") from None
         rows = list(rs.rows)
         env = env or dict(rs.environment)
@@ -331,7 +311,7 @@ def collect(root: str | os.PathLike) -> Merged:
                         "holding rows.jsonl or results.json, as `run --plan` writes them")
 
     def written(d: Path) -> float:
-        f = d / ROWS_FILE if (d / ROWS_FILE).exists() else d / RESULTS_FILE
+        f = d / ROWS_FILE if (d / ROWS_FILE).exists() else d / RESULTS_JSON
         return f.stat().st_mtime
 
     dirs.sort(key=lambda d: (written(d), str(d)))

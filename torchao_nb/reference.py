@@ -8,7 +8,7 @@ import functools
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -21,7 +21,7 @@ from .checks import nonfinite
 from .config import SweepConfig, mode_settings_text
 from .results import Row
 
-Phase = Any  # Callable[[str], None]: what the cell is doing now, for progress and crash reports
+Phase = Callable[[str], None]  # told what the cell is doing now, for progress and crash reports
 
 
 def no_phase(_: str) -> None:

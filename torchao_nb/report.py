@@ -7,7 +7,6 @@ import datetime as _dt
 import html
 import json
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -15,6 +14,7 @@ from typing import Any, Sequence
 from . import columns, plots, tables
 from . import runs as runs_mod
 from .errors import UserError
+from .folder import slug
 from .results import ResultSet, atomic_write
 
 ENVIRONMENT_KEYS = {  # key → label, in the order shown
@@ -47,10 +47,6 @@ table.generations td { white-space: pre-wrap; min-width: 12em; max-width: 28em; 
 class Report:
     html: Path
     figures: tuple[Path, ...]
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.")[:40] or "run"
 
 
 def _value(v: Any) -> str:
@@ -166,7 +162,7 @@ def _write(runs: dict[str, ResultSet], out: Path, dpi: int) -> Report:
         body.append("<h3>Differences</h3>" + differences_table(runs) + "</section>")
     for i, (label, rs) in enumerate(runs.items(), 1):
         body.append(f'<section class="run" id="run-{i}"><h2>{html.escape(label)}</h2>')
-        body.append(save(plots.dashboard(rs), f"{i}-{_slug(label)}-dashboard", f"Dashboard of {label}"))
+        body.append(save(plots.dashboard(rs), f"{i}-{slug(label)}-dashboard", f"Dashboard of {label}"))
         body.append("<h3>Results</h3>" + results_table(rs)
                     + f'<p class="timing">{html.escape(columns.timing_note(rs))}</p>')
         texts = tables.generations_html(rs)

@@ -272,6 +272,13 @@ def read_jsonl(path: str | os.PathLike) -> list[Row]:
     return list(read_rows(path).rows)
 
 
+# The files of a results folder (folder.ResultsFolder writes them as a sweep goes, ResultSet.save at the end).
+ROWS_FILE = "rows.jsonl"  # one row per finished cell, appended as it finishes: what a resumed sweep reads
+RESULTS_CSV = "results.csv"
+RESULTS_JSON = "results.json"
+ENV_FILE = "environment.json"
+
+
 @dataclass(frozen=True)
 class ResultSet:
     rows: tuple[Row, ...] = ()
@@ -311,9 +318,9 @@ class ResultSet:
     def save(self, out_dir: str | os.PathLike) -> Path:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write(out / "results.csv", self.to_csv_text())
-        atomic_write(out / "results.json", self.to_json_text())
-        atomic_write(out / "environment.json", json.dumps(self.environment, indent=1))
+        atomic_write(out / RESULTS_CSV, self.to_csv_text())
+        atomic_write(out / RESULTS_JSON, self.to_json_text())
+        atomic_write(out / ENV_FILE, json.dumps(self.environment, indent=1))
         return out
 
     @classmethod
@@ -352,11 +359,11 @@ class ResultSet:
         return cls(tuple(rows), _environment_beside(p) if env is None else env)
 
 
-FOLDER_FILES = ("results.json", "rows.jsonl", "results.csv")  # what ResultSet.load reads in a folder, in this order
+FOLDER_FILES = (RESULTS_JSON, ROWS_FILE, RESULTS_CSV)  # what ResultSet.load reads in a folder, in this order
 
 
 def _environment_beside(p: Path) -> dict:
-    f = p.parent / "environment.json"
+    f = p.parent / ENV_FILE
     if not f.exists():
         return {}
     try:

@@ -12,6 +12,7 @@ import socket
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from multiprocessing.connection import Connection, Pipe
 from typing import Any, Callable
 
@@ -69,6 +70,28 @@ def _loads(data: bytes):
 CALL_TIMEOUT_S = 900.0  # one step of sandboxed work (a cold compile on a GPU with tuning took 146 s) gets this long
 
 
+# What the worker and a zygote's child say over their pipe: one frozen dataclass per kind.
+@dataclass(frozen=True)
+class Call:  # worker → child: fn(*args, phase=...)
+    fn: Callable
+    args: tuple
+
+
+@dataclass(frozen=True)
+class CallPhase:  # child → worker: what fn is doing now
+    phase: str
+
+
+@dataclass(frozen=True)
+class CallFailed:  # fn raised
+    error: str
+
+
+@dataclass(frozen=True)
+class CallResult:
+    value: Any
+
+
 class Zygote:
     """A fork of the worker made before it does any torch work, which forks the child that runs `call`s.
 
@@ -121,21 +144,21 @@ class Zygote:
         pid, conn = self._child()
         phase, deadline = "starting", time.monotonic() + timeout_s
         try:
-            conn.send_bytes(cloudpickle.dumps((fn, args)))
+            conn.send_bytes(cloudpickle.dumps(Call(fn, args)))
             while True:
                 if not conn.poll(0.2):
                     if time.monotonic() < deadline:
                         continue
                     self._end_child(kill=True)
                     raise Crashed(f"timed out after {timeout_s:.0f} s", phase)
-                kind, value = pickle.loads(conn.recv_bytes())
-                if kind == "phase":
-                    phase, deadline = value, time.monotonic() + timeout_s
-                    on_phase(value)
-                elif kind == "failed":
-                    raise RuntimeError(value)
+                message = pickle.loads(conn.recv_bytes())
+                if isinstance(message, CallPhase):
+                    phase, deadline = message.phase, time.monotonic() + timeout_s
+                    on_phase(message.phase)
+                elif isinstance(message, CallFailed):
+                    raise RuntimeError(message.error)
                 else:
-                    return value
+                    return message.value
         except (EOFError, OSError):
             raise Crashed(f"crashed ({_signal_name(self._end_child(kill=False))})", phase) from None
 
@@ -188,10 +211,10 @@ def _serve_call(conn: Connection) -> None:
     import cloudpickle
 
     faulthandler.enable()  # a crash leaves its Python stack in the worker's log
-    send = lambda kind, value: conn.send_bytes(cloudpickle.dumps((kind, value)))  # noqa: E731
+    send = lambda message: conn.send_bytes(cloudpickle.dumps(message))  # noqa: E731
     for data in received(conn):
         try:
-            fn, args = _loads(data)
-            send("result", fn(*args, phase=lambda text: send("phase", text)))
+            call = _loads(data)
+            send(CallResult(call.fn(*call.args, phase=lambda text: send(CallPhase(text)))))
         except Exception as e:
-            send("failed", error_text(e))
+            send(CallFailed(error_text(e)))

