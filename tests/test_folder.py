@@ -88,7 +88,7 @@ def test_the_key_holds_what_changes_a_measurement():
     assert json.loads(aq.mode_settings)["candidates"] == ["int8dynamic"] and "cache_dir" not in aq.mode_settings
     other_module = run(TwoLinear(dim=128, hidden=512), modes="noquant").rows[0]
     assert other_module.model == noquant.model and other_module.key != noquant.key  # same class, another module
-    plan = plan_resume([noquant], [other_module.key], retry_errors=False)
+    plan = plan_resume([noquant], [other_module.spec], retry_errors=False)
     assert plan.remeasured[0][1] == "measured with another module or other inputs of the same class"
 
 

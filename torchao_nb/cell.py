@@ -18,7 +18,9 @@ from . import modes as modes_mod
 from .checks import wrongness
 from .config import SweepConfig
 from .errors import UserError, error_text
-from .reference import (ModelSource, Phase, Reference, build_reference, cell_key, error_row,  # noqa: F401
+from .extras import Autoquant, CompileNotes, EagerCheck, Extras, LayersLeftAlone, Profile, SaveReload, TimingNotes, \
+    extra_text
+from .reference import (ModelSource, Phase, Reference, build_reference, cell_spec, error_row,  # noqa: F401
                         failed_reference_row, new_row, no_phase)
 from .results import Row
 
@@ -48,39 +50,36 @@ def _wrong_reason(settings: compiling.CompileSettings, mode: str, why: str, eage
 
 def _wrong_row(cfg, ref, mode, batch, model, why, acc, extra, common) -> Row:
     """A wrong output is never timed; for a compiled cell the eager quantized model says which side is wrong."""
-    eager_why = eager = None
+    eager_why = eager = check = None
     if ref.compile.enabled:
         eager_why, eager = wrongness(ref.output, models.call(model, ref.inputs))
-        extra["eager_sqnr_db"] = None if eager is None else eager.sqnr_db
+        check = EagerCheck(None if eager is None else eager.sqnr_db)
     numbers = {} if acc is None else dict(sqnr_db=acc.sqnr_db, cosine=acc.cosine, max_abs_err=acc.max_abs_err)
     return new_row(cfg, ref, mode, batch, "wrong", _wrong_reason(ref.compile, mode, why, eager_why, eager),
-                   extra=json.dumps(extra), **numbers, **common)
+                   extra=extra(check), **numbers, **common)
 
 
-def _saved(cfg: SweepConfig, ref: Reference, model: nn.Module, extra: dict, on_phase: Phase) -> dict[str, Any]:
+def _saved(cfg: SweepConfig, ref: Reference, model: nn.Module,
+           on_phase: Phase) -> tuple[dict[str, Any], SaveReload | None]:
     """Save the quantized weights, load them into a fresh unquantized copy, compare: the row's disk fields."""
     if not cfg.save_reload:
-        return {}
+        return {}, None
     on_phase("saving and reloading")
     done = saving.save_and_reload(model, lambda: copy.deepcopy(ref.module), ref.inputs)
-    extra["save_reload"] = done.note
-    return dict(disk_bytes=done.disk_bytes, reload_equal=done.equal)
+    return dict(disk_bytes=done.disk_bytes, reload_equal=done.equal), SaveReload(done.note)
 
 
-def _quality(cfg: SweepConfig, ref: Reference, model: nn.Module, fn, acc: measure.Accuracy, extra: dict,
-             clock, sync, on_phase: Phase) -> dict[str, Any]:
-    """The model's own quality measure (task score, perplexity, generations) of this copy: row fields, and extra.
-    It may run the callable the cell timed again (an LM generates with it): a recompile there is named in extra."""
+def _quality(cfg: SweepConfig, ref: Reference, model: nn.Module, fn, acc: measure.Accuracy,
+             clock, sync, on_phase: Phase) -> tuple[dict[str, Any], list]:
+    """The model's own quality measure (task score, perplexity, generations) of this copy: row fields, and extras.
+    It may run the callable the cell timed again (an LM generates with it): a recompile there is named in extras."""
     if ref.quality is None:
-        return {}
+        return {}, []
     probe = models.Probe(step=fn, output_cosine=acc.cosine, clock=clock, sync=sync, on_phase=on_phase,
                          unquantized=ref.module, unquantized_step=_baseline_fn(ref) if ref.compile.enabled else ref.module)
     with compiling.watch() as watched:
         score = ref.quality.score(ref.quality_reference, model, probe)
-    if watched.recompiles:
-        extra["recompiles_while_scoring"] = watched.recompiles
-    extra.update(score.extra)
-    return score.fields
+    return score.fields, [CompileNotes(recompiles_while_scoring=watched.recompiles or None), score.extra]
 
 
 # ---- timing ------------------------------------------------------------------------------------
@@ -132,10 +131,10 @@ def _replicas(ref: Reference, model: nn.Module, fn, n: int, label: str) -> list:
 
 
 def _timed(cfg: SweepConfig, ref: Reference, fns: list, window: measure.Window, clock,
-           sync) -> tuple[dict[str, Any], dict[str, str]]:
+           sync) -> tuple[dict[str, Any], TimingNotes]:
     """The mode's copies timed in rounds with the unquantized model (as many compiled baseline copies, the eager
     model), so both speedups come from samples taken under the same machine state, round by round: the row's
-    numbers, and notes for its extra (not a steady state, a busy machine)."""
+    numbers, and notes for its extras (not a steady state, a busy machine)."""
     n = len(fns)
     bases = _baselines(ref, n) if ref.compile.enabled else []
     calls = [lambda f=f: models.call(f, ref.inputs) for f in [*bases, ref.module, *fns]]
@@ -151,15 +150,15 @@ def _timed(cfg: SweepConfig, ref: Reference, fns: list, window: measure.Window, 
                 noisy=m.noisy(cfg.policy), baseline_ms=base.median_ms, eager_ms=eager_m.median_ms,
                 speedup=speedup.value, speedup_lo=speedup.lo, speedup_hi=speedup.hi,
                 speedup_vs_eager=vs_eager.value, speedup_vs_eager_lo=vs_eager.lo, speedup_vs_eager_hi=vs_eager.hi,
-                sampling=window.what), {**({"not_steady": unsteady} if unsteady else {}), **_busy(load)}
+                sampling=window.what), TimingNotes(not_steady=unsteady, busy=_busy(load))
 
 
-def _busy(load: envmod.OtherLoad) -> dict[str, str]:
+def _busy(load: envmod.OtherLoad) -> str | None:
     """A note when other processes took a good share of the CPU while the cell was timed."""
     if load.share is None or load.share <= envmod.BUSY_SHARE:
-        return {}
-    return {"busy": f"other processes used {load.cores:.1f} cores ({load.share:.0%}) while this cell was timed: "
-                    "its numbers move with their load"}
+        return None
+    return (f"other processes used {load.cores:.1f} cores ({load.share:.0%}) while this cell was timed: "
+            "its numbers move with their load")
 
 
 def _not_steady(fn, other, per_call_ms: float, cfg: SweepConfig, window: measure.Window) -> str | None:
@@ -184,20 +183,17 @@ def _diagnose(cfg: SweepConfig, ref: Reference, model: nn.Module, fn) -> str:
     return table or "the profiler saw no kernel"
 
 
-def _compile_fields(first: compiling.CompileRecord, later: compiling.CompileRecord, extra: dict,
-                    device: str) -> dict[str, Any]:
-    """Compiler facts of the row; breaks, recompiles while timing and CUDA-graph skips are named in extra."""
-    if first.graph_breaks:
-        extra["graph_breaks"] = first.graph_breaks
-    if later.recompiles:
-        extra["recompiles_while_timing"] = later.recompiles
+def _compile_fields(first: compiling.CompileRecord, later: compiling.CompileRecord,
+                    device: str) -> tuple[dict[str, Any], CompileNotes]:
+    """Compiler facts of the row; breaks, recompiles while timing and CUDA-graph skips are named in its extras."""
     # On a CPU inductor always "skips" CUDA graphs: only a GPU's skips say something.
     skips = first.cudagraph_skips + later.cudagraph_skips if device == "cuda" else None
     log = first.log + later.log
-    if log and (first.graph_breaks or later.recompiles or skips):
-        extra["compile_log"] = log[-LOG_LINES:]
+    notes = CompileNotes(graph_breaks=first.graph_breaks or None, recompiles_while_timing=later.recompiles or None,
+                         compile_log=log[-LOG_LINES:] if log and (first.graph_breaks or later.recompiles or skips)
+                         else None)
     return dict(graph_breaks=len(first.graph_breaks), recompiles=len(later.recompiles), cudagraph_skips=skips,
-                fx_cache=first.fx_cache_text)
+                fx_cache=first.fx_cache_text), notes
 
 
 # ---- one cell ------------------------------------------------------------------------------------
@@ -233,16 +229,20 @@ def run_cell(cfg: SweepConfig, ref: Reference, mode: str, batch: int, clock=time
                                          sandbox=sandbox)
         report, quantize_s = measure.time_once(
             lambda: modes_mod.quantize(model, spec, info, cfg.dtype, ref.inputs, context), clock, sync)
-        extra = dict(report.extra)
-        if report.skipped_layers:
-            extra["layers_left_alone"] = report.skipped_layers
+        said = Extras.from_json(report.extra)  # the mode's own extras (autoquant's table, per-layer configs)
+        left = LayersLeftAlone(report.skipped_layers) if report.skipped_layers else None
+
+        def extra(*more) -> str:  # Row.extra: the mode's extras, then the cell's
+            return extra_text(said, left, *more)
+
         # A mode with its own search (autoquant) may rightly leave every layer alone: that is its result.
         if mode != "noquant" and report.layers_quantized == 0 and spec.apply is None:
             why = next(iter(report.skipped_layers.values()), "torchao changed no layer")
             return new_row(cfg, ref, mode, batch, "skipped", f"no Linear layer fits this mode ({why})",
-                           layers_quantized=0, recipe=json.dumps(report.recipe), extra=json.dumps(extra))
+                           layers_quantized=0, recipe=json.dumps(report.recipe), extra=extra())
+        search = said.of(Autoquant)
         common = dict(layers_quantized=report.layers_quantized, quantize_s=quantize_s,
-                      search_s=report.extra.get("search_s"), recipe=json.dumps(report.recipe))
+                      search_s=search and search.search_s, recipe=json.dumps(report.recipe))
         with torch.no_grad():
             on_phase("compiling" if ref.compile.enabled else "running")
             fn = compiling.compiled(model, ref.compile, mode)
@@ -266,34 +266,36 @@ def run_cell(cfg: SweepConfig, ref: Reference, mode: str, batch: int, clock=time
                 on_phase("timing")
                 replicas = _replicas(ref, model, fn, _copy_count(cfg, ref), mode)
                 numbers, notes = _timed(cfg, ref, replicas, _window(cfg, ref, clock, sync), clock, sync)
-                extra.update(notes)  # said in the row's note
                 del replicas[1:]
                 if cfg.device == "cuda":
                     numbers["synced_ms"] = measure.time_calls(lambda: models.call(fn, ref.inputs), SYNCED_POLICY,
                                                               clock, sync).median_ms
+            profile = None
             if cfg.diagnose:
                 on_phase("profiling")
-                extra["profile"] = _diagnose(cfg, ref, model, fn)
-            found = _saved(cfg, ref, model, extra, on_phase)  # first: an LM's quality rewrites the KV cache the output used
-            found.update(_quality(cfg, ref, model, fn, acc, extra, clock, sync, on_phase))
+                profile = Profile(_diagnose(cfg, ref, model, fn))
+            # first: an LM's quality rewrites the KV cache the output used
+            found, saved = _saved(cfg, ref, model, on_phase)
+            scored, quality_extras = _quality(cfg, ref, model, fn, acc, clock, sync, on_phase)
+        compile_fields, compile_notes = _compile_fields(first, later, cfg.device)
         median = numbers["median_ms"]
         fits = ref.cache_bytes is not None and step_bytes <= ref.cache_bytes
         achieved = step_bytes / (median / 1e3) / 1e9
-        fields = dict(sqnr_db=acc.sqnr_db, cosine=acc.cosine, max_abs_err=acc.max_abs_err) | found
+        fields = dict(sqnr_db=acc.sqnr_db, cosine=acc.cosine, max_abs_err=acc.max_abs_err) | found | scored
         return new_row(
-            cfg, ref, mode, batch, "ok", **numbers, **_compile_fields(first, later, extra, cfg.device),
+            cfg, ref, mode, batch, "ok", **numbers, **compile_fields,
             compile_s=compile_s if ref.compile.enabled else None, **fields,
             bytes_per_step=step_bytes, achieved_gbs=achieved, fits_in_cache=fits if ref.cache_bytes else None,
             roofline_pct=None if fits or not ref.copy_gbs else 100 * achieved / ref.copy_gbs,
             weight_bytes=wbytes, peak_mem_bytes=mem.peak_bytes, peak_reserved_bytes=mem.reserved_bytes,
             graphs=graphs, tokens_per_s=None if ref.tokens_per_call is None else ref.tokens_per_call / (median / 1e3),
-            extra=json.dumps(extra) if extra else "", **common,
+            extra=extra(notes, compile_notes, profile, saved, *quality_extras), **common,
         )
     except UserError as e:
         return new_row(cfg, ref, mode, batch, "error", str(e)[:500])
     except Exception as e:  # one failing cell must not end the sweep: it becomes an error row
-        return new_row(cfg, ref, mode, batch, "error", _failure_text(e, ref),
-                       extra=json.dumps({"compile_log": (first.log + later.log)[-LOG_LINES:]}) if first.log else "")
+        log = CompileNotes(compile_log=(first.log + later.log)[-LOG_LINES:]) if first.log else None
+        return new_row(cfg, ref, mode, batch, "error", _failure_text(e, ref), extra=extra_text(log))
     finally:
         free_memory(cfg.device)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from . import fields
+from .extras import LayerConfigs, SaveReload, TimingNotes
 from .fields import INFINITE, PANEL, REPORT, TERMINAL, Field  # noqa: F401  (the views; part of this module's API)
 from .results import KEY_FIELDS, Row
 
@@ -20,8 +21,8 @@ def no_clear_difference(row: Row) -> bool:
 def _reload_note(row: Row) -> str | None:
     if row.reload_equal is False:
         return "reloaded from disk, its output differs from the quantized model's"
-    if row.reload_equal is None and row.extra:
-        why = row.extra_dict.get("save_reload")
+    if row.reload_equal is None and (said := row.extra_of(SaveReload)):
+        why = said.save_reload
         return why if why and not why.startswith("torch.save") else None
     return None
 
@@ -33,9 +34,8 @@ def note(row: Row) -> str:
     notes = ["no clear difference (the 95 % interval holds 1.0)"] if no_clear_difference(row) else []
     if (reload := _reload_note(row)) is not None:
         notes.append(reload)
-    for key in ("not_steady", "busy"):
-        if row.extra and (said := row.extra_dict.get(key)):
-            notes.append(said)
+    if timing := row.extra_of(TimingNotes):
+        notes += [said for said in (timing.not_steady, timing.busy) if said]
     for count, what in ((row.graph_breaks, "graph break"), (row.recompiles, "recompile while timing"),
                         (row.cudagraph_skips, "CUDA-graph skip")):
         if count:
@@ -89,10 +89,10 @@ def machine_drift(rows) -> str | None:
 
 def layer_configs(row: Row) -> str | None:
     """How many layers took each per-layer config, e.g. int4's "group 64 ×121, group 128 ×90"."""
-    groups = row.extra_dict.get("layer_configs") if row.extra else None
-    if not groups:
+    configs = row.extra_of(LayerConfigs)
+    if configs is None or not configs.layer_configs:
         return None
-    return ", ".join(f"{label} ×{len(fqns)}" for label, fqns in sorted(groups.items(), key=lambda g: -len(g[1])))
+    return ", ".join(f"{label} ×{n}" for label, n in configs.counts())
 
 
 # The catalogue's fields and these two explaining columns, in the order every view shows them.

@@ -18,10 +18,11 @@ from . import autoquant  # noqa: F401  (registers the autoquant mode)
 from . import baseline as baseline_mod
 from . import config, executors, measure, models
 from . import modes as modes_mod
-from .cell import ModelSource, cell_key
+from .cell import ModelSource, cell_spec
 from .errors import Notice, UserError
 from .folder import ResultsFolder
 from .results import ResultSet, Row
+from .spec import CellSpec
 
 
 def resolve_models(model: Any, example_inputs: Any) -> list[ModelSource]:
@@ -101,35 +102,35 @@ def _progress(total: int, enabled: bool):
     return tqdm(total=total, unit="cell", dynamic_ncols=True, leave=True)
 
 
-def _cells(cfg: config.SweepConfig, sources: list[ModelSource]) -> list[tuple[ModelSource, int, str, tuple]]:
-    """Every (model, batch size, mode) of the sweep, in order, with the key its row will have."""
-    return [(source, batch, mode, cell_key(cfg, source, mode, batch))
+def _cells(cfg: config.SweepConfig, sources: list[ModelSource]) -> list[tuple[ModelSource, CellSpec]]:
+    """Every (model, batch size, mode) cell of the sweep, in order: its model and the spec its row will have."""
+    return [(source, cell_spec(cfg, source, mode, batch))
             for source in sources for batch in source.batch_sizes(cfg) for mode in cfg.modes]
 
 
 def _run_cells(cfg: config.SweepConfig, cells: list, executor: executors.Executor, folder: ResultsFolder | None,
-               done: dict[tuple, Row], keep: Callable[[Row], None], stop: threading.Event | None, bar) -> None:
+               done: dict[CellSpec, Row], keep: Callable[[Row], None], stop: threading.Event | None, bar) -> None:
     def finished(row: Row, saved: bool = False) -> None:
         if folder is not None and not saved:
             folder.append(row)
         keep(row)
         bar and bar.update(1)
 
-    groups: dict[tuple[int, int], list] = {}  # (model, batch) → its cells, in order
-    for source, batch, mode, key in cells:
-        groups.setdefault((id(source), batch), []).append((source, batch, mode, key))
-    for group in groups.values():
+    groups: dict[tuple[int, int], tuple[ModelSource, list[CellSpec]]] = {}  # (model, batch) → its cells, in order
+    for source, spec in cells:
+        groups.setdefault((id(source), spec.batch_size), (source, []))[1].append(spec)
+    for source, specs in groups.values():
         if stop is not None and stop.is_set():
             return
         todo = []
-        for source, batch, mode, key in group:
-            if key in done:
-                finished(done[key], saved=True)
+        for spec in specs:
+            if spec in done:
+                finished(done[spec], saved=True)
             else:
-                todo.append(mode)
+                todo.append(spec.mode)
         if not todo:
             continue
-        source, batch = group[0][0], group[0][1]
+        batch = specs[0].batch_size
 
         def phase(mode: str | None, what: str, name=source.name, batch=batch) -> None:
             bar and bar.set_description(f"{name} bs={batch}: {mode or 'reference'} ({what})", refresh=True)
@@ -186,11 +187,11 @@ def sweep(model: str | Sequence[str] | nn.Module | None = None, modes: str | Seq
     cells = _cells(cfg, sources)
     folder = ResultsFolder(out) if out is not None else None
     with folder or contextlib.nullcontext():
-        done = folder.start([key for *_, key in cells], resume, retry_errors) if folder is not None else {}
+        done = folder.start([spec for _, spec in cells], resume, retry_errors) if folder is not None else {}
         return _measure(cfg, cells, folder, done, stop, on_row, clock, progress)
 
 
-def _measure(cfg: config.SweepConfig, cells: list, folder: ResultsFolder | None, done: dict[tuple, Row],
+def _measure(cfg: config.SweepConfig, cells: list, folder: ResultsFolder | None, done: dict[CellSpec, Row],
              stop: threading.Event | None, on_row: Callable[[Row], None] | None, clock, progress: bool) -> ResultSet:
     """Run the cells not already done; this run's rows (re-used ones included) and its environment."""
     executor = executors.for_config(cfg, clock)

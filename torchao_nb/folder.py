@@ -15,11 +15,12 @@ import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from .errors import Notice, UserError
-from .results import (ENV_FILE, KEY_FIELDS, RESULTS_CSV, RESULTS_JSON, ROWS_FILE, SETTING_FIELDS, JsonlRead,
-                      ResultSet, Row, append_jsonl, atomic_write, read_rows)
+from .results import (ENV_FILE, RESULTS_CSV, RESULTS_JSON, ROWS_FILE, JsonlRead, ResultSet, Row, append_jsonl,
+                      atomic_write, read_rows, row_line)
+from .spec import SETTING_FIELDS, CellSpec, differences
 
 RESULT_FILES = (ROWS_FILE, RESULTS_CSV, RESULTS_JSON, ENV_FILE)
 LOCK_FILE = ".torchao_nb.lock"
@@ -159,60 +160,37 @@ class Lock:
 
 # ---- what a resumed sweep re-uses ------------------------------------------------------------------
 
-_CELL = tuple(KEY_FIELDS.index(f) for f in ("model", "mode", "batch_size"))
-_SETTINGS = tuple(KEY_FIELDS.index(f) for f in SETTING_FIELDS)
-_FIELD_WORDS = {"model_signature": "another module or other inputs of the same class",
-                "mode_settings": "other settings of the mode", "timing": "another timing policy"}
-
-
-def _show(value: Any) -> str:
-    if value is None or value == "":
-        return "not recorded"
-    return repr(value) if isinstance(value, str) else str(value)
-
-
-def differences(old: tuple, new: tuple, fields: Sequence[str] = KEY_FIELDS) -> str:
-    """How a row's key differs from this run's, in words: 'seq_len 16 (this run: 256)'."""
-    out = []
-    for f in fields:
-        i = KEY_FIELDS.index(f)
-        if old[i] != new[i]:
-            out.append(_FIELD_WORDS.get(f) or f"{f} {_show(old[i])} (this run: {_show(new[i])})")
-    return ", ".join(out)
-
-
 @dataclass
 class ResumePlan:
     """Rows of a folder sorted against the cells of this run."""
 
-    reuse: dict[tuple, Row] = field(default_factory=dict)  # this run's cells measured with the same settings
+    reuse: dict[CellSpec, Row] = field(default_factory=dict)  # this run's cells measured with the same settings
     keep: list[Row] = field(default_factory=list)  # what stays in rows.jsonl: the re-used rows and other cells'
     remeasured: list[tuple[Row, str]] = field(default_factory=list)  # this run's cells, measured again: why
     set_aside: list[tuple[Row, str]] = field(default_factory=list)  # other cells, measured under other settings
 
 
-def plan_resume(rows: Sequence[Row], keys: Sequence[tuple], retry_errors: bool) -> ResumePlan:
-    """Which rows a resumed sweep re-uses (exact key matches), measures again (and why), keeps or sets aside.
+def plan_resume(rows: Sequence[Row], specs: Sequence[CellSpec], retry_errors: bool) -> ResumePlan:
+    """Which rows a resumed sweep re-uses (equal specs), measures again (and why), keeps or sets aside.
 
     A folder holds one sweep: rows of other cells stay only when measured under this run's settings."""
     plan = ResumePlan()
-    wanted = set(keys)
-    mine = {tuple(k[i] for i in _CELL): k for k in keys}
-    settings = tuple(keys[0][i] for i in _SETTINGS)
-    last = {r.key: i for i, r in enumerate(rows)}
+    wanted = set(specs)
+    mine = {s.cell: s for s in specs}
+    last = {r.spec: i for i, r in enumerate(rows)}
     for i, r in enumerate(rows):
-        cell = tuple(r.key[j] for j in _CELL)
-        if last[r.key] != i:
-            (plan.remeasured if cell in mine else plan.set_aside).append((r, "an older row of the same cell"))
-        elif r.key in wanted and retry_errors and r.status == "error":
+        spec = r.spec
+        if last[spec] != i:
+            (plan.remeasured if spec.cell in mine else plan.set_aside).append((r, "an older row of the same cell"))
+        elif spec in wanted and retry_errors and r.status == "error":
             plan.remeasured.append((r, "failed before (--retry-errors)"))
-        elif r.key in wanted:
-            plan.reuse[r.key] = r
+        elif spec in wanted:
+            plan.reuse[spec] = r
             plan.keep.append(r)
-        elif cell in mine:
-            plan.remeasured.append((r, "measured with " + differences(r.key, mine[cell])))
-        elif tuple(r.key[j] for j in _SETTINGS) != settings:
-            plan.set_aside.append((r, "measured with " + differences(r.key, keys[0], SETTING_FIELDS)))
+        elif spec.cell in mine:
+            plan.remeasured.append((r, "measured with " + differences(spec, mine[spec.cell])))
+        elif spec.settings != specs[0].settings:
+            plan.set_aside.append((r, "measured with " + differences(spec, specs[0], SETTING_FIELDS)))
         else:
             plan.keep.append(r)
     return plan
@@ -226,7 +204,7 @@ def _counted(pairs: Sequence[tuple[Row, str]]) -> str:
 def resume_message(path: Path, plan: ResumePlan, cells: int, bad: JsonlRead | None, aside: Path | None) -> str:
     """One paragraph: how many cells are re-used, why the others are measured, what was kept aside and where."""
     todo = cells - len(plan.reuse)
-    again = len({tuple(r.key[j] for j in _CELL) for r, _ in plan.remeasured})
+    again = len({r.spec.cell for r, _ in plan.remeasured})
     parts = [f"resuming {path}: re-using {len(plan.reuse)} of {cells} cells (rows measured with the same settings)"]
     if todo:
         why = [_counted(plan.remeasured)] if plan.remeasured else []
@@ -277,38 +255,39 @@ class ResultsFolder:
         return dest
 
     def _earlier(self) -> tuple[list[Row], JsonlRead | None]:
-        if (self.path / ROWS_FILE).exists():
-            read = read_rows(self.path / ROWS_FILE)
-            return list(read.rows), read
-        if not any((self.path / n).exists() for n in RESULT_FILES):
-            return [], None
-        try:  # results files without rows.jsonl (an export, an older version): their rows
+        try:
+            if (self.path / ROWS_FILE).exists():
+                read = read_rows(self.path / ROWS_FILE)
+                return list(read.rows), read
+            if not any((self.path / n).exists() for n in RESULT_FILES):
+                return [], None
+            # results files without rows.jsonl (an export, an older version): their rows
             return list(ResultSet.load(self.path).rows), None
-        except (FileNotFoundError, ValueError) as e:
+        except (FileNotFoundError, ValueError) as e:  # ValueError: a SchemaError too (a newer version's files)
             raise UserError(f"cannot resume {self.path}: {e}. Run without --resume: the earlier files are then "
                             f"moved to {self.path / PREVIOUS}/.") from None
 
-    def start(self, keys: Sequence[tuple], resume: bool, retry_errors: bool) -> dict[tuple, Row]:
-        """Fresh: the earlier files are moved aside. Resumed: the rows this run re-uses (exact key matches); rows
+    def start(self, specs: Sequence[CellSpec], resume: bool, retry_errors: bool) -> dict[CellSpec, Row]:
+        """Fresh: the earlier files are moved aside. Resumed: the rows this run re-uses (equal specs); rows
         it measures again, rows of other settings and unreadable lines leave rows.jsonl, the earlier files are
         copied aside, and a Notice says what happened."""
         if not resume:
             self.set_aside(move=True)
             return {}
         earlier, read = self._earlier()
-        plan = plan_resume(earlier, keys, retry_errors)
+        plan = plan_resume(earlier, specs, retry_errors)
         changed = bool(plan.remeasured or plan.set_aside or (read is not None and read.bad))
         aside = self.set_aside(move=False) if changed else None
         if changed or read is None:
             self._write_rows(plan.keep)
         self.rows = list(plan.keep)
-        self.summary = resume_message(self.path, plan, len(set(keys)), read, aside)
+        self.summary = resume_message(self.path, plan, len(set(specs)), read, aside)
         warnings.warn(self.summary, Notice, stacklevel=3)
         return plan.reuse
 
     def _write_rows(self, rows: Sequence[Row]) -> None:
         if rows or (self.path / ROWS_FILE).exists():
-            atomic_write(self.path / ROWS_FILE, "".join(json.dumps(r.to_dict()) + "\n" for r in rows))
+            atomic_write(self.path / ROWS_FILE, b"".join(row_line(r) for r in rows))
 
     def write_environment(self, environment: dict) -> None:
         self.environment = environment

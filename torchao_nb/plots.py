@@ -19,6 +19,7 @@ from . import drawing as d
 from . import runs as runs_mod
 from .drawing import mode_color, to_png  # noqa: F401  (part of this module's API)
 from .errors import UserError
+from .extras import Autoquant
 from .fields import CATALOGUE
 from .registry import Registry
 from .results import ResultSet, Row
@@ -324,7 +325,7 @@ def _has(field: str) -> Callable[[ResultSet], bool]:
 
 
 def _autoquant_rows(rs: ResultSet) -> list[Row]:
-    return [r for r in rs.rows if r.status == "ok" and r.extra and "autoquant" in r.extra_dict]
+    return [r for r in rs.rows if r.status == "ok" and r.extra_of(Autoquant) is not None]
 
 
 def _last_autoquant(rs: ResultSet, ax: Axes | None = None, notes: bool = True) -> Figure:

@@ -6,7 +6,6 @@ import copy
 import dataclasses
 import functools
 import hashlib
-import json
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -19,7 +18,9 @@ from . import modes as modes_mod
 from ._torchao import torchao_version
 from .checks import nonfinite
 from .config import SweepConfig, mode_settings_text
+from .extras import extra_text
 from .results import Row
+from .spec import CellSpec
 
 Phase = Callable[[str], None]  # told what the cell is doing now, for progress and crash reports
 
@@ -170,29 +171,28 @@ def _where(device: str) -> dict[str, str]:
                 torchao_version=torchao_version() or "")
 
 
+def _spec(cfg: SweepConfig, name: str, mode: str, batch: int, seq_len: int | None, signature: str) -> CellSpec:
+    return CellSpec(model=name, mode=mode, batch_size=batch, seq_len=seq_len, model_signature=signature,
+                    mode_settings=mode_settings_text(cfg, mode), device=cfg.device,
+                    dtype=envmod.dtype_name(cfg.dtype), compile=cfg.compile.enabled, baseline=cfg.compile.baseline,
+                    compile_mode=cfg.compile.label, torchao_tuning=cfg.compile.enabled and cfg.compile.torchao_tuning,
+                    threads=cfg.threads, timing=measure.policy_name(cfg.policy), cache=cfg.cache, **_where(cfg.device))
+
+
+def cell_spec(cfg: SweepConfig, source: ModelSource, mode: str, batch: int) -> CellSpec:
+    """The spec of this cell (its row's `spec`, the resume key), known before it runs."""
+    return _spec(cfg, source.name, mode, batch, source.seq_len(cfg), source.signature)
+
+
 def new_row(cfg: SweepConfig, ref: Reference, mode: str, batch: int, status: str, reason: str = "", **kw) -> Row:
-    return Row(model=ref.name, mode=mode, batch_size=batch, device=cfg.device, dtype=envmod.dtype_name(cfg.dtype),
-               compile=cfg.compile.enabled, baseline=cfg.compile.baseline, status=status, reason=reason,
-               layers_total=ref.layers_total, threads=cfg.threads, compile_mode=cfg.compile.label,
-               seq_len=ref.seq_len, torchao_tuning=cfg.compile.enabled and cfg.compile.torchao_tuning,
-               timing=measure.policy_name(cfg.policy), cache=cfg.cache, mode_settings=mode_settings_text(cfg, mode),
-               model_signature=ref.signature, **_where(cfg.device), **kw)
-
-
-def _stub(cfg: SweepConfig, source: ModelSource) -> Reference:
-    """What a row needs to know about a model that was not (or could not be) built."""
-    return Reference(source.name, None, None, None, None, None, seq_len=source.seq_len(cfg),
-                     signature=source.signature, prequantized=source.prequantized)
-
-
-def cell_key(cfg: SweepConfig, source: ModelSource, mode: str, batch: int) -> tuple:
-    """The key the row of this cell will have (Row.key), known before it runs."""
-    return new_row(cfg, _stub(cfg, source), mode, batch, "ok").key
+    spec = _spec(cfg, ref.name, mode, batch, ref.seq_len, ref.signature)
+    return Row.of(spec, status, reason, layers_total=ref.layers_total, **kw)
 
 
 def error_row(cfg: SweepConfig, source: ModelSource, mode: str, batch: int, why: str, extra: dict | None = None) -> Row:
-    """A cell that failed before it could say anything about its model (a crash, a time limit)."""
-    return new_row(cfg, _stub(cfg, source), mode, batch, "error", why[:500], extra=json.dumps(extra) if extra else "")
+    """A cell that failed before it could say anything about its model (a crash, a time limit); `extra`: the
+    JSON of its extras (a worker's log: extras.WorkerLog)."""
+    return Row.of(cell_spec(cfg, source, mode, batch), "error", why[:500], extra=extra_text((), extra))
 
 
 def failed_reference_row(cfg: SweepConfig, source: ModelSource, mode: str, batch: int, why: str,

@@ -17,27 +17,21 @@ from typing import Any
 
 from . import fields
 from .errors import Notice
+from .extras import Extra, Extras
+from .spec import CELL_FIELDS, KEY_FIELDS, SETTING_FIELDS, CellSpec  # noqa: F401 (the names readers use)
 
 # ok: measured; skipped: can't run here (reason says why); error: failed or crashed (reason: what);
 # wrong: ran, but its output is not finite or far from the unquantized one (reason: the numbers), never timed.
 STATUSES = ("ok", "skipped", "error", "wrong")
-# Row.extra of a causal LM: {"prompts", "unquantized" (texts), "quantized" (texts), "new_tokens"}
-GENERATIONS_KEY = "generations"
-
-
-# What a cell is: the model (with its parameters and, for a user's module, its signature), the mode (with its
-# settings) and the batch size.
-CELL_FIELDS = ("model", "mode", "batch_size", "seq_len", "model_signature", "mode_settings")
-# What a sweep measured every cell under: the machine, the versions, how it compiled and timed.
-SETTING_FIELDS = ("device", "device_name", "dtype", "compile", "baseline", "compile_mode", "torchao_tuning", "threads",
-                  "timing", "cache", "torch_version", "torchao_version")
-# Everything that changes a measurement: a row is re-used by --resume only when all of these match.
-KEY_FIELDS = CELL_FIELDS + SETTING_FIELDS
+# The version of the results files' layout (results.json, rows.jsonl, results.csv). A file without one was
+# written before versions were recorded: version 1, the same layout.
+SCHEMA_VERSION = 1
+SCHEMA_KEY = "schema_version"
 
 
 @dataclass(frozen=True)
 class Row:
-    """One cell of a sweep: a model × mode × batch size × compile setting."""
+    """One cell of a sweep: its spec (CellSpec's fields, flat: `row.spec`) and what was measured."""
 
     model: str
     mode: str
@@ -105,7 +99,7 @@ class Row:
     mode_settings: str = ""  # JSON of the mode's own settings that change what it measures (autoquant's floor, ...)
     model_signature: str = ""  # a user's module: a hash of its structure, weights' shapes and inputs' shapes
     recipe: str = ""  # the exact torchao config, JSON
-    extra: str = ""  # JSON: layers left alone and why, autoquant's decision table, ...
+    extra: str = ""  # JSON of the row's extras (extras.py: one kind per detail); typed: `row.extras`
 
     def __post_init__(self):
         if self.status not in STATUSES:
@@ -122,10 +116,27 @@ class Row:
             if not isinstance(extra, dict):
                 raise ValueError("extra is not a JSON object")
 
+    @classmethod
+    def of(cls, spec: CellSpec, status: str, reason: str = "", **numbers: Any) -> "Row":
+        """The row of a cell: its spec and what was measured (or why not)."""
+        return cls(**spec.as_dict(), status=status, reason=reason, **numbers)
+
+    @property
+    def spec(self) -> CellSpec:
+        return CellSpec.of(self)
+
     @property
     def key(self) -> tuple:
-        """What identifies a cell, for --resume and for matching runs."""
-        return tuple(getattr(self, f) for f in KEY_FIELDS)
+        """What identifies a cell, for --resume and for matching runs (CellSpec.key)."""
+        return self.spec.key
+
+    @property
+    def extras(self) -> Extras:
+        """The extra JSON, typed: `row.extras.of(SaveReload)`; keys this version doesn't know are in .unknown."""
+        return Extras.parse(self.extra)
+
+    def extra_of(self, kind: type[E]) -> E | None:
+        return self.extras.of(kind) if self.extra else None
 
     @property
     def sqnr_value(self) -> float | None:
@@ -151,7 +162,11 @@ def sqnr_or_inf(sqnr_db: float | None) -> float:
     return math.inf if sqnr_db is None else sqnr_db
 
 
+E = typing.TypeVar("E", bound=Extra)
 _HINTS = typing.get_type_hints(Row)
+# A Row carries its spec flat: every CellSpec field, of the same type.
+_SPEC_HINTS = typing.get_type_hints(CellSpec)
+assert all(_HINTS.get(f) == _SPEC_HINTS[f] for f in KEY_FIELDS), "Row lacks a CellSpec field, or types it otherwise"
 
 
 def _kinds(hint) -> tuple[type, ...]:
@@ -164,7 +179,34 @@ _KIND_TEXT = {k: {bool: "true or false", int: "a whole number", str: "text"}.get
 FIELDS = [f.name for f in dataclasses.fields(Row)]
 # PyTorch's dynamo benchmark columns first, so its tooling can read our CSV.
 DYNAMO_COLUMNS = {"dev": "device", "name": "model", "batch_size": "batch_size", "speedup": "speedup", "abs_latency": "median_ms"}
-CSV_COLUMNS = list(DYNAMO_COLUMNS) + [f for f in FIELDS if f not in DYNAMO_COLUMNS.values()]
+CSV_COLUMNS = list(DYNAMO_COLUMNS) + [f for f in FIELDS if f not in DYNAMO_COLUMNS.values()] + [SCHEMA_KEY]
+
+
+class SchemaError(ValueError):
+    """A results file written by a newer torchao_nb, in a layout this one can't know."""
+
+
+def check_schema(version: Any, where: str) -> None:
+    """A file's (or line's) schema version: none = 1; a newer one is one clear line saying what to do."""
+    if version is None or version == "":
+        return
+    try:
+        v = int(version)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: schema version {version!r} is not a number") from None
+    if v > SCHEMA_VERSION:
+        raise SchemaError(f"{where} was written by a newer torchao_nb (results schema {v}; this one reads up to "
+                          f"{SCHEMA_VERSION}): upgrade torchao_nb to read it")
+
+
+def row_record(row: Row) -> dict[str, Any]:
+    """A row as written to rows.jsonl and results.json: its fields and the schema version."""
+    return {**row.to_dict(), SCHEMA_KEY: SCHEMA_VERSION}
+
+
+def row_line(row: Row) -> bytes:
+    """One line of rows.jsonl."""
+    return json.dumps(row_record(row)).encode() + b"\n"
 
 
 def csv_fields() -> list:
@@ -216,7 +258,7 @@ def append_jsonl(path: str | os.PathLike, row: Row) -> None:
         if f.tell():
             f.seek(-1, os.SEEK_END)
             start = b"" if f.read(1) == b"\n" else b"\n"
-        f.write(start + json.dumps(row.to_dict()).encode() + b"\n")
+        f.write(start + row_line(row))
         f.flush()
         os.fsync(f.fileno())
 
@@ -243,6 +285,7 @@ def _row_of_line(raw: bytes) -> Row:
         raise ValueError("not complete JSON: cut off mid-write?") from None
     if not isinstance(data, dict):
         raise ValueError(f"a JSON {type(data).__name__}, not a row")
+    check_schema(data.get(SCHEMA_KEY), "a row")
     try:
         return Row.from_dict(data)
     except (TypeError, ValueError) as e:
@@ -257,6 +300,8 @@ def parse_jsonl(data: bytes) -> JsonlRead:
             continue
         try:
             rows.append(_row_of_line(raw))
+        except SchemaError:  # not a damaged line: the whole file is newer than this version
+            raise
         except ValueError as e:
             bad.append((number, str(e)))
     return JsonlRead(tuple(rows), tuple(bad))
@@ -308,12 +353,13 @@ class ResultSet:
         derived = csv_fields()
         w.writerow(CSV_COLUMNS + [f.name for f in derived])
         for r in self.rows:
-            d = r.to_dict()
+            d = row_record(r)
             w.writerow([_csv_cell(d[DYNAMO_COLUMNS.get(c, c)]) for c in CSV_COLUMNS] + [_csv_cell(f.value(r)) for f in derived])
         return buf.getvalue()
 
     def to_json_text(self) -> str:
-        return json.dumps({"environment": self.environment, "rows": [r.to_dict() for r in self.rows]}, indent=1)
+        return json.dumps({SCHEMA_KEY: SCHEMA_VERSION, "environment": self.environment,
+                           "rows": [row_record(r) for r in self.rows]}, indent=1)
 
     def save(self, out_dir: str | os.PathLike) -> Path:
         out = Path(out_dir)
@@ -337,6 +383,8 @@ class ResultSet:
         for f in files:
             try:
                 rs = cls._load_file(f)
+            except SchemaError:  # the folder's other files are as new: no fall-back would read them
+                raise
             except ValueError as e:
                 failures.append(str(e))
                 continue
@@ -354,6 +402,8 @@ class ResultSet:
             rows, env = _READERS[p.suffix](p)
         except FileNotFoundError:
             raise
+        except SchemaError as e:
+            raise SchemaError(f"{p}: {e}") from None
         except (OSError, TypeError, ValueError, KeyError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
             raise ValueError(f"could not read {p}: {type(e).__name__}: {str(e)[:200]}") from None
         return cls(tuple(rows), _environment_beside(p) if env is None else env)
@@ -383,6 +433,7 @@ def _read_json(p: Path) -> tuple[list[Row], dict | None]:
     data = json.loads(text)
     if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
         raise ValueError(f"expected an object with a list of 'rows', found a JSON {type(data).__name__}")
+    check_schema(data.get(SCHEMA_KEY), "the file")
     env = data.get("environment")
     return [_row_of_dict(d) for d in data["rows"]], env if isinstance(env, dict) else {}
 
@@ -406,6 +457,7 @@ def _read_csv(p: Path) -> tuple[list[Row], None]:
     with open(p, newline="", encoding="utf-8") as f:
         rows = []
         for rec in csv.DictReader(f):
+            check_schema(rec.get(SCHEMA_KEY), "a row")
             data = {DYNAMO_COLUMNS.get(c, c): v for c, v in rec.items() if c is not None}
             rows.append(Row(**{k: _parse(k, v) for k, v in data.items() if k in _HINTS and v is not None}))
     return rows, None

@@ -8,6 +8,7 @@ from typing import Any, Mapping, Sequence
 
 from .errors import UserError
 from .results import ResultSet, Row
+from .spec import CELL
 
 
 def load_runs(paths: Sequence[str | Path], labels: Sequence[str] | None = None) -> dict[str, ResultSet]:
@@ -67,18 +68,15 @@ def as_runs(runs: Mapping[str, ResultSet] | Sequence[ResultSet]) -> dict[str, Re
     return split_devices(out)
 
 
-# How cells of different runs are matched: runs are one device each (split_devices), so comparing a CPU
-# folder with a GPU folder, or the two GPUs of a merged folder, lines up the same model, mode and batch.
-CELL = ("model", "mode", "batch_size")
-
-
+# How cells of different runs are matched (CellSpec.cell): runs are one device each (split_devices), so comparing
+# a CPU folder with a GPU folder, or the two GPUs of a merged folder, lines up the same model, mode and batch.
 def cells_of(runs: dict[str, ResultSet]) -> tuple[list[tuple], dict[str, dict[tuple, Row]]]:
     order: dict[tuple, None] = {}
     by_run: dict[str, dict[tuple, Row]] = {}
     for label, rs in runs.items():
         index: dict[tuple, Row] = {}
         for r in rs.rows:
-            cell = (r.model, r.mode, r.batch_size)
+            cell = r.spec.cell
             if cell in index:
                 raise UserError(f"run {label!r} has several rows for {r.model}/{r.mode}/batch {r.batch_size} "
                                 f"(different dtype or compile settings?); narrow it first, e.g. rs.where(dtype=...)")

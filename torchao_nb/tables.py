@@ -7,7 +7,8 @@ import json
 from typing import Any, Sequence
 
 from . import columns
-from .results import GENERATIONS_KEY, ResultSet, Row, sqnr_or_inf
+from .extras import Autoquant, Generations
+from .results import ResultSet, Row, sqnr_or_inf
 
 # Inline colours for where no stylesheet reaches (the panel); the report styles the same classes with CSS.
 STATUS_STYLE = {"error": "color:#b00020", "wrong": "color:#b00020", "skipped": "color:#777"}
@@ -64,18 +65,18 @@ def generations(results: ResultSet | Sequence[Row]) -> list[tuple[str, list[str]
     """Per model and batch size: (title, prompts, [(column, texts)]): the unquantized model's texts, then each mode's."""
     groups: dict[tuple, list[Row]] = {}
     for r in results:
-        if r.status == "ok" and r.extra and GENERATIONS_KEY in r.extra_dict:
-            groups.setdefault((r.model, r.batch_size), []).append(r)
+        if r.status == "ok" and (texts := r.extra_of(Generations)) is not None:
+            groups.setdefault((r.model, r.batch_size), []).append((r, texts))
     out = []
     for (model, batch), rows in groups.items():
-        first = rows[0].extra_dict[GENERATIONS_KEY]
-        how = first.get("unquantized_how")
-        cols = [(f"unquantized ({how})" if how else "unquantized", first["unquantized"])]
-        for r in rows:
+        first = rows[0][1]
+        how = first.unquantized_how
+        cols = [(f"unquantized ({how})" if how else "unquantized", first.unquantized)]
+        for r, texts in rows:
             agree = "" if r.agreement is None else f", {r.agreement:.0%} of tokens as unquantized"
-            cols.append((f"{r.mode}{agree}", r.extra_dict[GENERATIONS_KEY]["quantized"]))
-        title = f"{model}, batch {batch}: greedy continuations of {first['new_tokens']} tokens"
-        out.append((title, first["prompts"], cols))
+            cols.append((f"{r.mode}{agree}", texts.quantized))
+        title = f"{model}, batch {batch}: greedy continuations of {first.new_tokens} tokens"
+        out.append((title, first.prompts, cols))
     return out
 
 
@@ -121,7 +122,7 @@ def environment(results: ResultSet):
 
 # ---- autoquant's per-layer decisions ------------------------------------------------------------------
 
-AUTOQUANT_KEY = "autoquant"  # Row.extra key of the autoquant mode's per-layer decision table
+AUTOQUANT_KEY = "autoquant"  # the Row.extra key of the autoquant mode's per-layer decision table (extras.Autoquant)
 
 
 def autoquant_tables(results: Any) -> list[tuple[dict, dict]]:
@@ -131,7 +132,8 @@ def autoquant_tables(results: Any) -> list[tuple[dict, dict]]:
     rows = [results] if isinstance(results, Row) else list(results)
     out = []
     for r in rows:
-        table = r.extra_dict.get(AUTOQUANT_KEY) if r.extra else None
+        said = r.extra_of(Autoquant)
+        table = said and said.autoquant
         if table:
             out.append(({"model": r.model, "batch_size": r.batch_size, "device": r.device, "dtype": r.dtype,
                          "compile": r.compile}, table))

@@ -12,6 +12,7 @@ from torch import nn
 from .. import measure, models, modes
 from .._torchao import quiet_logs
 from ..env import DeviceInfo
+from ..extras import Autoquant
 from ..modes import ApplyContext, ApplyReport
 from ..results import sqnr_or_inf
 from .cache import CACHE_ENV, TimingCache, cache_entries, cache_root, clear_cache
@@ -97,7 +98,7 @@ def apply(model: nn.Module, info: DeviceInfo, dtype: torch.dtype, example_inputs
     recipe = {"_type": "torchao_nb.autoquant", "sqnr_floor_db": table["sqnr_floor_db"], "margin": table["margin"],
               "fqn_to_config": applied}
     return ApplyReport(_changed(model, applied), len(choices), left, recipe,
-                       {"autoquant": table, "search_s": table["search_s"]})
+                       Autoquant(table, table["search_s"]).to_json())
 
 
 

@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import UserError
-from ..results import GENERATIONS_KEY
+from ..extras import Generations, Perplexity
 from ._transformers import transformers
 from .spec import ModelSpec, Probe, Quality, Score
 
@@ -217,10 +217,10 @@ class CausalLMQuality(Quality):
                       ttft_ms=1e3 * statistics.median(g.ttft_s for g in gens), decode_ms=1e3 * statistics.median(steps),
                       gen_tokens_per_s=e2e)
         texts = [_decode(self.tokenizer(), g.token_ids) for g in gens]
-        extra = {"perplexity_text": self.metric, "perplexity_unquantized": reference.perplexity,
-                 GENERATIONS_KEY: {"prompts": list(self.prompts), "unquantized": reference.texts,
-                                   "unquantized_how": reference.how, "quantized": texts, "new_tokens": self.new_tokens}}
-        return Score(fields, extra)
+        said = (Perplexity(self.metric, reference.perplexity),
+                Generations(prompts=list(self.prompts), unquantized=reference.texts, quantized=texts,
+                            new_tokens=self.new_tokens, unquantized_how=reference.how))
+        return Score(fields, {k: v for x in said for k, v in x.to_json().items()})
 
 
 # ---- the registry entry of a causal LM ---------------------------------------------------------------

@@ -14,6 +14,7 @@ from torch import nn
 from .._torchao import quiet_logs, torchao
 from ..env import DeviceInfo
 from ..errors import UserError
+from ..extras import LayerConfigs
 from ..compiling import EAGER, CompileSettings
 from ..measure import TimingPolicy
 from ..registry import Registry
@@ -334,7 +335,7 @@ def quantize(model: nn.Module, mode: Mode, info: DeviceInfo, dtype: torch.dtype,
     if groups:  # the config most layers took is the row's recipe
         config = max(groups.values(), key=lambda g: len(g[1]))[0]
     done = sum(is_quantized(lin) for lin in linear_layers(model).values())
-    extra = {"layer_configs": {label: sorted(f) for label, (_, f) in groups.items()}} if len(groups) > 1 or (
+    extra = LayerConfigs({label: sorted(f) for label, (_, f) in groups.items()}).to_json() if len(groups) > 1 or (
         groups and "" not in groups) else {}
     return ApplyReport(done, len(layers), skipped, config_dict(config), extra)
 
