@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from torchao_nb import UserError, modes as modes_mod
+from torchao_nb import UserError, autoquant, modes as modes_mod  # noqa: F401  (autoquant, a plug-in, registers itself)
 from torchao_nb.env import DeviceInfo
 
 CPU = DeviceInfo("cpu", "test cpu", None, True)
