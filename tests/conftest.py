@@ -41,3 +41,14 @@ def two_linear():
 @pytest.fixture
 def fast():
     return measure.FAST_POLICY
+
+
+@pytest.fixture
+def ran(monkeypatch):
+    """The modes whose cells really ran (not re-used), in order."""
+    from torchao_nb import cell as cell_mod
+
+    seen = []
+    real = cell_mod.run_cell
+    monkeypatch.setattr(cell_mod, "run_cell", lambda cfg, ref, mode, *a: seen.append(mode) or real(cfg, ref, mode, *a))
+    return seen

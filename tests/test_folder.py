@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from torchao_nb import UserError, measure, sweep
-from torchao_nb import cell as cell_mod
 from torchao_nb.errors import Notice
 from torchao_nb.folder import LOCK_FILE, Lock, plan_resume
 from torchao_nb.results import ResultSet, append_jsonl, read_rows
@@ -33,15 +32,6 @@ def run(model, **kw):
     if not isinstance(model, str):
         kw.setdefault("example_inputs", X)
     return sweep(model=model, **kw)
-
-
-@pytest.fixture
-def ran(monkeypatch):
-    """The modes whose cells really ran (not re-used), in order."""
-    seen = []
-    real = cell_mod.run_cell
-    monkeypatch.setattr(cell_mod, "run_cell", lambda cfg, ref, mode, *a: seen.append(mode) or real(cfg, ref, mode, *a))
-    return seen
 
 
 def notices(record) -> str:

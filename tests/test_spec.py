@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from torchao_nb import UserError, extras, measure, reference, report, results, runs, spec, sweep, tables
-from torchao_nb import cell as cell_mod
 from torchao_nb.errors import Notice
 from torchao_nb.extras import (Autoquant, CompileNotes, EagerCheck, Extras, Generations, LayerConfigs, LayersLeftAlone,
                                Perplexity, Profile, SaveReload, TaskCosine, TimingNotes, WorkerLog, extra_text)
@@ -134,15 +133,6 @@ def test_the_old_folder_has_no_schema_version_and_every_file_of_it_loads_the_sam
     assert [(r.mode, r.status) for r in rows] == [("noquant", "ok"), ("int8weightonly", "ok")]
     assert all(r.extra_of(SaveReload) is not None for r in rows)  # its extras read into their kinds
     assert all(not r.extras.unknown for r in rows)
-
-
-@pytest.fixture
-def ran(monkeypatch):
-    """The modes whose cells really ran (not re-used), in order."""
-    seen = []
-    real = cell_mod.run_cell
-    monkeypatch.setattr(cell_mod, "run_cell", lambda cfg, ref, mode, *a: seen.append(mode) or real(cfg, ref, mode, *a))
-    return seen
 
 
 def test_the_old_folder_resumes_and_reports(tmp_path, monkeypatch, ran):
