@@ -246,7 +246,7 @@ def test_slurm_gets_one_array_job_with_the_settings_asked_for(tmp_path, monkeypa
 ])
 def test_user_errors_beyond_one_machine_are_one_line(argv, message, tmp_path, monkeypatch, capsys):
     pytest.importorskip("submitit")
-    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # no srun here
+    monkeypatch.setenv("PATH", str(tmp_path / "no-slurm"))  # no srun here (scripts/test.sh installs SLURM in /usr/bin)
     monkeypatch.delenv("SLURM_ARRAY_TASK_ID", raising=False)
     path = plan_mod.write_plan(jobs.make_plan("mlp", "noquant", **OPTIONS), tmp_path / "plan.jsonl")
     rc = main([a.replace("{tmp}", str(tmp_path)).replace("{plan}", str(path)) for a in argv])
