@@ -25,7 +25,8 @@ from pathlib import Path
 DAEMONS = ("munged", "mungekey", "slurmctld", "slurmd", "sinfo", "sbatch", "squeue", "scancel", "srun")
 SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
 START_TIMEOUT_S = 30.0
-MEM_PER_CPU_MB = 1024  # so array tasks share the node's 2 CPUs instead of each taking all its memory
+MEM_PER_CPU_MB = 1024
+CRED_EXPIRE_S = 10  # a requeued job waits this long (+1 s) before it may start again: SLURM's default is 120  # so array tasks share the node's 2 CPUs instead of each taking all its memory
 
 
 def missing_programs() -> list[str]:
@@ -53,7 +54,7 @@ def slurm_conf(folder: Path, host: str, ports: list[int]) -> str:
         f"SlurmctldPort={ports[0]}",
         f"SlurmdPort={ports[1]}",
         "SlurmUser=root", "SlurmdUser=root",
-        "AuthType=auth/munge", "CredType=cred/munge", f"AuthInfo=socket={folder / 'munge.socket'}",
+        "AuthType=auth/munge", "CredType=cred/munge", f"AuthInfo=socket={folder / 'munge.socket'},cred_expire={CRED_EXPIRE_S}",
         f"StateSaveLocation={folder / 'state'}", f"SlurmdSpoolDir={folder / 'spool'}",
         f"SlurmctldPidFile={folder / 'slurmctld.pid'}", f"SlurmdPidFile={folder / 'slurmd.pid'}",
         f"SlurmctldLogFile={folder / 'slurmctld.log'}", f"SlurmdLogFile={folder / 'slurmd.log'}",

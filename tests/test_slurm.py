@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests import slurm_cluster
-from tests.crashing_model import NAME as CRASHING_MODEL
+from tests.job_models import CRASHES, HANGS
 from torchao_nb import engine, jobs, measure
 from torchao_nb import plan as plan_mod
 from torchao_nb.cli import main
@@ -23,7 +23,10 @@ OPTIONS = dict(device="cpu", compile=False, policy=measure.FAST_POLICY, threads=
 FLAGS = ["--device", "cpu", "--no-compile", "--quick", "--threads", "1"]
 MODES = "noquant,int8dynamic"
 JOB = ["--executor", "slurm", "--gpus", "0", "--time-limit", "5"]
-SETTLE_S = 120  # longest a test waits for the cluster to do something
+SETTLE_S = 120
+# --setup lines making every Python of a job, the sweep's worker process among them, register tests/job_models.py
+WITH_TEST_MODELS = ["--setup", f"export PYTHONPATH={HERE / 'slurm_site'}:{HERE.parent}",
+                    "--setup", "export TORCHAO_NB_TEST_JOB_MODELS=1"]  # longest a test waits for the cluster to do something
 
 
 @pytest.fixture(scope="session")
@@ -145,10 +148,8 @@ def test_no_wait_status_then_a_cancelled_element_is_all_that_runs_again(cluster,
 
 
 def test_a_crashing_worker_is_an_error_row_not_a_lost_unit(cluster, tmp_path, capsys):
-    plan, root = write_plan(tmp_path / "plan.jsonl", model=CRASHING_MODEL, modes="noquant,int8weightonly"), tmp_path / "root"
-    # the jobs' Pythons, the sweep's worker process among them, register the crashing model (tests/slurm_site)
-    site = [f"export PYTHONPATH={HERE / 'slurm_site'}:{HERE.parent}", "export TORCHAO_NB_TEST_CRASH_MODEL=1"]
-    assert main(["run", "--plan", str(plan), *JOB, *[a for s in site for a in ("--setup", s)],
+    plan, root = write_plan(tmp_path / "plan.jsonl", model=CRASHES, modes="noquant,int8weightonly"), tmp_path / "root"
+    assert main(["run", "--plan", str(plan), *JOB, *WITH_TEST_MODELS,
                  "--out", str(root)]) == 0  # isolated, as by default
     out = capsys.readouterr().out
     assert "1/1 units, 2/2 cells" in out, out
@@ -181,3 +182,21 @@ def test_plan_sbatch_writes_the_array_script_that_sbatch_runs(cluster, tmp_path,
     merged = ResultSet.load(tmp_path / "merged")
     assert sorted((r.batch_size, r.mode) for r in merged) == [(b, m) for b in (1, 2) for m in sorted(MODES.split(","))]
     assert {r.status for r in merged} == {"ok"}
+
+
+def test_a_unit_past_its_time_limit_is_requeued_and_resumes(cluster, tmp_path, capsys):
+    # its quantized cell hangs until the one-minute limit, the first time the job runs
+    plan, root = write_plan(tmp_path / "plan.jsonl", model=HANGS), tmp_path / "root"
+    rc = main(["run", "--plan", str(plan), *JOB[:-1], "1", "--in-process", *WITH_TEST_MODELS, "--out", str(root)])
+    out = capsys.readouterr().out
+    (job,) = job_ids(root)[0]
+    logs = root / ".submitit" / job
+    log = (logs / f"{job}_0_log.out").read_text()
+    assert rc == 0 and "1/1 units, 2/2 cells" in out, out + log
+    # told to checkpoint before the limit, requeued by SLURM, started again on the rows already there
+    assert "this job is timed-out" in log and "Requeued job" in log and log.count("Starting with JobEnvironment") == 2
+    assert "re-using 1 of 2 cells" in (logs / f"{job}_0_log.err").read_text()
+    rows = jobs.unit_rows(root, plan_mod.read_plan(plan)[0])
+    assert [(r.mode, r.status) for r in rows] == [("noquant", "ok"), ("int8dynamic", "ok")]  # each cell once
+    with capsys.disabled():
+        print(f"\n[slurm] past its time limit: requeued once, resumed; {out.strip().splitlines()[-1]}")

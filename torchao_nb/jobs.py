@@ -9,12 +9,15 @@ follows them. The sweep loop knows nothing of any of this.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,7 +115,10 @@ def run_unit(plan_path: str | os.PathLike, root: str | os.PathLike, index: int |
              "command": shlex.join([sys.executable, *sys.argv])}
     atomic_write(folder / "unit.json", json.dumps(about, indent=1))
     options = {**sweep_options(unit), "isolate": isolate}  # a hand-written plan's own isolate gives way
-    results = engine.sweep(model=unit.model, modes=list(unit.modes), out=folder, resume=True,
+    # A job stopped before its first row (requeued at its time limit, say) leaves environment.json alone: nothing to
+    # resume, and the folder would refuse a resume without rows; start it afresh then.
+    resume = any((folder / name).exists() for name in (plan_mod.ROWS_FILE, plan_mod.RESULTS_FILE))
+    results = engine.sweep(model=unit.model, modes=list(unit.modes), out=folder, resume=resume,
                            retry_errors=retry_errors, progress=progress, on_row=on_row, **options)
     return UnitRun(i, unit, folder, results)
 
@@ -137,6 +143,35 @@ def missing_modes(root: str | os.PathLike, unit: plan_mod.Unit, retry_errors: bo
     return [m for m in unit.modes if m not in have]
 
 
+class JobStopped(BaseException):
+    """The job's checkpoint signal came and it will not be requeued (timed out too often): a BaseException, so
+    it passes the sweep's `except Exception` around each cell instead of making the cell in progress an error row."""
+
+
+@contextlib.contextmanager
+def _ends_the_job(signum: int = signal.SIGUSR2):
+    """submitit's handler of its checkpoint signal (USR2) raises its error where the signal lands, inside a cell
+    as often as not; carried past the cell, it ends the job with submitit's own message."""
+    handler = signal.getsignal(signum)
+    if not callable(handler) or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handle(sig, frame):
+        try:
+            handler(sig, frame)
+        except Exception as e:
+            raise JobStopped(e) from None
+
+    signal.signal(signum, handle)
+    try:
+        yield
+    except JobStopped as stopped:
+        raise stopped.args[0] from None
+    finally:
+        signal.signal(signum, handler)
+
+
 @dataclass(frozen=True)
 class RunUnit:
     """What one submitit job runs: a unit of the plan. Submitit calls `checkpoint` when SLURM preempts the
@@ -151,8 +186,9 @@ class RunUnit:
         def say(row: Row) -> None:  # one line per cell in the job's log
             print(f"{row.model} bs={row.batch_size} {row.mode}: {row.status} {row.reason[:200]}", flush=True)
 
-        run = run_unit(self.plan_path, self.root, index, isolate=self.isolate, retry_errors=self.retry_errors,
-                       on_row=say)
+        with _ends_the_job():
+            run = run_unit(self.plan_path, self.root, index, isolate=self.isolate, retry_errors=self.retry_errors,
+                           on_row=say)
         return {"index": run.index, "folder": str(run.folder), "statuses": [r.status for r in run.results]}
 
     def checkpoint(self, index: int):
