@@ -10,6 +10,7 @@ from torch import nn
 
 CRASHES = "crashes-quantized"  # reads address 0 (a real SIGSEGV, as a broken kernel gives) once quantized
 HANGS = "hangs-first-run"  # once quantized, hangs in the job's first run; runs once SLURM has requeued the job
+HELD = "held"  # once quantized, waits while the file $TORCHAO_NB_TEST_HOLD-bs<batch> exists: a cell the test ends
 
 
 def _quantized(layer: nn.Linear) -> bool:
@@ -30,6 +31,14 @@ class HangsFirstRun(nn.Linear):
         return super().forward(x)
 
 
+class Held(nn.Linear):
+    def forward(self, x):
+        hold = f"{os.environ.get('TORCHAO_NB_TEST_HOLD', '')}-bs{x.shape[0]}"
+        while _quantized(self) and os.path.exists(hold):
+            time.sleep(0.2)
+        return super().forward(x)
+
+
 def _builder(cls):
     def build(device, dtype, batch, seq):
         torch.manual_seed(0)
@@ -41,6 +50,7 @@ def register() -> None:
     from torchao_nb import models
 
     for name, cls, what in ((CRASHES, CrashesQuantized, "crashes once quantized"),
-                            (HANGS, HangsFirstRun, "hangs in a job's first run once quantized")):
+                            (HANGS, HangsFirstRun, "hangs in a job's first run once quantized"),
+                            (HELD, Held, "waits while the test holds it, once quantized")):
         if name not in models.MODELS:
             models.register(models.ModelSpec(name, "user", f"{what} (tests)", _builder(cls), params=None))

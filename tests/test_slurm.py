@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from tests import slurm_cluster
-from tests.job_models import CRASHES, HANGS
-from torchao_nb import engine, jobs, measure
+from tests.job_models import CRASHES, HANGS, HELD
+from torchao_nb import engine, jobs, measure, slurm
 from torchao_nb import plan as plan_mod
 from torchao_nb.cli import main
 from torchao_nb.results import ResultSet
@@ -107,44 +107,47 @@ def test_a_plan_runs_as_one_array_job_and_merges_as_the_sweep_here(cluster, tmp_
 
 
 def test_no_wait_status_then_a_cancelled_element_is_all_that_runs_again(cluster, tmp_path, capsys):
-    modes = "noquant,int8dynamic,int8weightonly,int4weightonly"
-    plan, root = write_plan(tmp_path / "plan.jsonl", modes=modes, batch_sizes="1,2"), tmp_path / "root"
-    # one element at a time, so unit 1 waits while unit 0 runs
+    plan, root = write_plan(tmp_path / "plan.jsonl", model=HELD, batch_sizes="1,2"), tmp_path / "root"
+    hold = tmp_path / "hold"
+    (tmp_path / "hold-bs2").touch()  # unit 1's quantized cell waits for the test, which cancels it there
+    flags = [*JOB, "--in-process", *WITH_TEST_MODELS, "--setup", f"export TORCHAO_NB_TEST_HOLD={hold}"]
     started = time.monotonic()
-    assert main(["run", "--plan", str(plan), *JOB, "--in-process", "--parallel", "1", "--no-wait",
-                 "--out", str(root)]) == 0
+    # one element at a time, so unit 1 waits while unit 0 runs
+    assert main(["run", "--plan", str(plan), *flags, "--parallel", "1", "--no-wait", "--out", str(root)]) == 0
     assert time.monotonic() - started < 30  # returned once submitted, long before a unit could end
     out = capsys.readouterr().out
     (first,), (second,) = job_ids(root)[0], job_ids(root)[1]
     assert f"unit 0 = job {first}, unit 1 = job {second}" in out and f"status {root}" in out
     lines = status_lines(root, capsys)
-    assert lines[1].startswith(f"unit 1 mlp-bs2: pending (job {second}, SLURM says PENDING; 0/4 cells)"), lines
+    assert lines[1].startswith(f"unit 1 held-bs2: pending (job {second}, SLURM says PENDING; 0/2 cells)"), lines
     assert " pending (" in lines[0] or " running (" in lines[0], lines
 
     unit = plan_mod.read_plan(plan)[1]
-    wait_for("running unit 1", lambda: len(jobs.unit_rows(root, unit)) >= 1)
-    cluster.sh("scancel", second)  # one element of the array, mid-unit
-    wait_for("cancelled", lambda: jobs.slurm_states([second]).get(second) == "CANCELLED")
+    wait_for("in unit 1's second cell", lambda: len(jobs.unit_rows(root, unit)) == 1)
+    assert status_lines(root, capsys)[1].startswith(f"unit 1 held-bs2: running (job {second}, SLURM says RUNNING; "
+                                                    "1/2 cells)")
+    cluster.sh("scancel", second)  # one element of the array, mid-cell
+    wait_for("cancelled", lambda: slurm.job_states([second]).get(second) == "CANCELLED")
     kept = jobs.unit_rows(root, unit)
-    assert 1 <= len(kept) < 4, [r.mode for r in kept]
+    assert [r.mode for r in kept] == ["noquant"]
     lines = status_lines(root, capsys)
-    assert lines[0] == f"unit 0 mlp-bs1: done (job {first}; 4/4 cells)", lines
+    assert lines[0] == f"unit 0 held-bs1: done (job {first}; 2/2 cells)", lines
     failed = lines[1]
-    assert failed.startswith(f"unit 1 mlp-bs2: failed (job {second}; {len(kept)}/4 cells): SLURM says CANCELLED; "
+    assert failed.startswith(f"unit 1 held-bs2: failed (job {second}; 1/2 cells): SLURM says CANCELLED; "
                              "the job ended without a result"), failed
-    assert "CANCELLED AT" in failed  # the log's last lines, slurmstepd's own among them
+    assert "no row yet for int8dynamic" in failed and "CANCELLED AT" in failed  # the log's last lines, slurmstepd's
 
     # the same command again, waiting this time: only unit 1 is submitted, and it resumes its folder
-    assert main(["run", "--plan", str(plan), *JOB, "--in-process", "--out", str(root)]) == 0
+    (tmp_path / "hold-bs2").unlink()
+    assert main(["run", "--plan", str(plan), *flags, "--out", str(root)]) == 0
     out = capsys.readouterr().out
-    assert "1 complete already; 1 to run as slurm jobs" in out and "2/2 units, 8/8 cells" in out, out
+    assert "1 complete already; 1 to run as slurm jobs" in out and "2/2 units, 4/4 cells" in out, out
     ids = job_ids(root)
     assert ids[0] == [first] and len(ids[1]) == 2 and ids[1][0] == second
     rows = jobs.unit_rows(root, unit)
-    assert sorted(r.mode for r in rows) == sorted(modes.split(",")) and rows[:len(kept)] == kept  # no cell twice
+    assert [r.mode for r in rows] == ["noquant", "int8dynamic"] and rows[0] == kept[0]  # no cell twice
     with capsys.disabled():
-        print(f"\n[slurm] cancelled {second} after {[r.mode for r in kept]}; resumed as {ids[1][1]}: "
-              f"{[r.mode for r in rows]}")
+        print(f"\n[slurm] {failed.splitlines()[0]}\n[slurm] run again: job {ids[1][1]}; {out.strip().splitlines()[-1]}")
 
 
 def test_a_crashing_worker_is_an_error_row_not_a_lost_unit(cluster, tmp_path, capsys):
@@ -174,9 +177,9 @@ def test_plan_sbatch_writes_the_array_script_that_sbatch_runs(cluster, tmp_path,
     (tmp_path / "sweep.sbatch").write_text(script)
     array = cluster.sh("sbatch", "--parsable", str(tmp_path / "sweep.sbatch")).strip()
     elements = [f"{array}_0", f"{array}_1"]
-    wait_for("ended", lambda: set((jobs.slurm_states(elements) or {}).values()) <= {"COMPLETED", "FAILED"}
-             and len(jobs.slurm_states(elements)) == 2, timeout_s=180)
-    assert jobs.slurm_states(elements) == dict.fromkeys(elements, "COMPLETED"), \
+    wait_for("ended", lambda: set((slurm.job_states(elements) or {}).values()) <= {"COMPLETED", "FAILED"}
+             and len(slurm.job_states(elements)) == 2, timeout_s=180)
+    assert slurm.job_states(elements) == dict.fromkeys(elements, "COMPLETED"), \
         "\n".join(p.read_text()[-2000:] for p in (root / ".sbatch").glob("*.log"))
     assert main(["merge", str(root), "--out", str(tmp_path / "merged")]) == 0
     merged = ResultSet.load(tmp_path / "merged")

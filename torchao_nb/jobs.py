@@ -9,15 +9,11 @@ follows them. The sweep loop knows nothing of any of this.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
 import shlex
-import signal
-import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +23,7 @@ from . import config, engine
 from . import env as envmod
 from . import modes as modes_mod
 from . import plan as plan_mod
+from . import slurm
 from .errors import UserError, error_text
 from .folder import check_writable
 from .results import ResultSet, Row, atomic_write, read_jsonl
@@ -36,8 +33,6 @@ NOT_IN_PLAN = ("isolate",)  # how a unit runs, not what it measures: given when 
 LOCAL_POLL_S = 0.2
 SLURM_POLL_S = 20.0  # one squeue call per poll: clusters ask users not to poll the controller often
 JOBS_FILE = "jobs.jsonl"  # ROOT/.submitit/jobs.jsonl: which job runs which unit, one line per submitted unit
-LOG_LINES = 8
-SIGNAL_BEFORE_S = 90  # submitit's default: how long before its time limit a job is told to checkpoint  # of a failed unit's job log, shown with its state
 EventFn = Callable[[str], None]
 
 
@@ -143,35 +138,6 @@ def missing_modes(root: str | os.PathLike, unit: plan_mod.Unit, retry_errors: bo
     return [m for m in unit.modes if m not in have]
 
 
-class JobStopped(BaseException):
-    """The job's checkpoint signal came and it will not be requeued (timed out too often): a BaseException, so
-    it passes the sweep's `except Exception` around each cell instead of making the cell in progress an error row."""
-
-
-@contextlib.contextmanager
-def _ends_the_job(signum: int = signal.SIGUSR2):
-    """submitit's handler of its checkpoint signal (USR2) raises its error where the signal lands, inside a cell
-    as often as not; carried past the cell, it ends the job with submitit's own message."""
-    handler = signal.getsignal(signum)
-    if not callable(handler) or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handle(sig, frame):
-        try:
-            handler(sig, frame)
-        except Exception as e:
-            raise JobStopped(e) from None
-
-    signal.signal(signum, handle)
-    try:
-        yield
-    except JobStopped as stopped:
-        raise stopped.args[0] from None
-    finally:
-        signal.signal(signum, handler)
-
-
 @dataclass(frozen=True)
 class RunUnit:
     """What one submitit job runs: a unit of the plan. Submitit calls `checkpoint` when SLURM preempts the
@@ -186,7 +152,7 @@ class RunUnit:
         def say(row: Row) -> None:  # one line per cell in the job's log
             print(f"{row.model} bs={row.batch_size} {row.mode}: {row.status} {row.reason[:200]}", flush=True)
 
-        with _ends_the_job():
+        with slurm.ends_the_job():
             run = run_unit(self.plan_path, self.root, index, isolate=self.isolate, retry_errors=self.retry_errors,
                            on_row=say)
         return {"index": run.index, "folder": str(run.folder), "statuses": [r.status for r in run.results]}
@@ -195,60 +161,6 @@ class RunUnit:
         from submitit.core.utils import DelayedSubmission
 
         return DelayedSubmission(self, index)
-
-
-# ---- SLURM's own account of its jobs -------------------------------------------------------------------
-
-# The states (as squeue and sacct name them) of a job that has not ended, and what its unit then is.
-LIVE_STATES = {
-    "PENDING": "pending", "CONFIGURING": "pending", "REQUEUED": "pending", "REQUEUE_HOLD": "pending",
-    "REQUEUE_FED": "pending", "RESV_DEL_HOLD": "pending", "SUSPENDED": "pending", "STOPPED": "pending",
-    "RUNNING": "running", "COMPLETING": "running", "SIGNALING": "running", "STAGE_OUT": "running",
-    "RESIZING": "running",
-}
-
-
-def _ask_slurm(argv: list[str]) -> dict[str, str] | None:
-    """{job id: state} from an squeue/sacct call printing `id|state` lines; None when the call failed (the
-    controller busy or unreachable: nothing can be concluded), {} when it knows none of the jobs."""
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if done.returncode:
-        return {} if "Invalid job id" in done.stderr else None
-    states = {}
-    for line in done.stdout.splitlines():
-        job_id, sep, state = line.strip().partition("|")
-        if sep and state.split():
-            states[job_id] = state.split()[0]  # sacct writes "CANCELLED by 0"
-    return states
-
-
-def slurm_states(job_ids: Sequence[str]) -> dict[str, str] | None:
-    """Each job's state in SLURM's words (PENDING, RUNNING, COMPLETED, CANCELLED, TIMEOUT, OUT_OF_MEMORY...).
-    squeue knows live jobs and those ended less than MinJobAge ago (no accounting daemon needed: submitit's
-    sacct-only watcher reads every job as UNKNOWN without one); sacct the older ones. A job neither knows any
-    more is left out; None when squeue could not be asked."""
-    ids = ",".join(job_ids)
-    states = _ask_slurm(["squeue", "--states=all", "--noheader", "--array", "--format=%i|%T", f"--jobs={ids}"])
-    if states is None:
-        return None
-    rest = [j for j in job_ids if j not in states]
-    if rest:
-        older = _ask_slurm(["sacct", "--noheader", "--parsable2", "--allocations", "--format=JobID,State",
-                            f"--jobs={','.join(rest)}"])
-        states.update({j: s for j, s in (older or {}).items() if j in rest})
-    return {j: states[j] for j in job_ids if j in states}
-
-
-def log_tail(path: str | os.PathLike, lines: int = LOG_LINES) -> str:
-    """The last non-blank lines of a job's log ("" when it has none yet)."""
-    try:
-        text = Path(path).read_text(errors="replace")
-    except OSError:
-        return ""
-    return "\n".join([line for line in text.splitlines() if line.strip()][-lines:])
 
 
 # ---- every unit, as submitit jobs ---------------------------------------------------------------------
@@ -307,10 +219,8 @@ def _executor(settings: JobSettings, folder: Path):
         ex = submitit.SlurmExecutor(folder)
     except RuntimeError as e:  # no srun on PATH
         raise UserError(f"--executor slurm: {e} Submit from a SLURM login node, or use --executor local.") from None
-    # submitit asks SLURM for USR2 90 s before the time limit, to checkpoint and requeue. Under a limit of 1 minute
-    # SLURM sends it at once (seen on 22.05), and the unit would be requeued before measuring anything: a quarter then
     params: dict[str, Any] = dict(job_name=settings.name, time=settings.time_limit_min,
-                                  signal_delay_s=min(SIGNAL_BEFORE_S, settings.time_limit_min * 60 // 4),
+                                  signal_delay_s=slurm.signal_delay_s(settings.time_limit_min),
                                   gpus_per_node=1 if settings.gpus is None else settings.gpus,
                                   setup=_setup_lines(settings))
     if settings.partition:
@@ -327,32 +237,9 @@ def _executor(settings: JobSettings, folder: Path):
     return ex
 
 
-def sbatch_script(plan_path: str | os.PathLike, root: str | os.PathLike, settings: JobSettings, n_units: int,
-                  python: str = sys.executable) -> str:
-    """An #SBATCH array script running the plan's units without submitit: element i runs unit i
-    ($SLURM_ARRAY_TASK_ID) into ROOT, resuming its folder when requeued (preemption) or submitted again (after a
-    time limit: finished units then end at once). Its logs go to ROOT/.sbatch/, made here: SLURM makes no folders."""
-    plan_path, root = Path(plan_path).resolve(), Path(root).resolve()
-    logs = root / ".sbatch"
-    logs.mkdir(parents=True, exist_ok=True)
-    gpus = 1 if settings.gpus is None else settings.gpus
-    options = [("job-name", settings.name),
-               ("array", f"0-{n_units - 1}" + (f"%{settings.parallel}" if settings.parallel else "")),
-               ("time", str(settings.time_limit_min)), ("requeue", ""), ("open-mode", "append"),
-               ("output", str(logs / "%A_%a.log")), ("partition", settings.partition),
-               ("gpus-per-node", str(gpus) if gpus else None), ("cpus-per-task", settings.cpus and str(settings.cpus)),
-               ("mem", settings.mem_gb and f"{settings.mem_gb}G"), *settings.slurm_args]
-    run = shlex.join([python, "-m", "torchao_nb", "run", "--plan", str(plan_path), "--out", str(root), "--quiet"])
-    return "\n".join([
-        "#!/bin/bash",
-        f"# The {n_units} unit(s) of {plan_path} as one SLURM array job: element i runs unit i into {root}.",
-        "# Written by `python -m torchao_nb plan --sbatch`. Submit it with sbatch; after a failure, submit it again:",
-        "# finished units end at once, the others resume their folders.",
-        *(f"#SBATCH --{key}" + (f"={value}" if value else "") for key, value in options if value is not None),
-        *_setup_lines(settings),
-        f"exec {run}",
-        "",
-    ])
+def sbatch_script(plan_path: str | os.PathLike, root: str | os.PathLike, settings: JobSettings, n_units: int) -> str:
+    """The #SBATCH array script running the plan's units without submitit (see slurm.sbatch_script)."""
+    return slurm.sbatch_script(plan_path, root, settings, n_units, _setup_lines(settings), sys.executable)
 
 
 @dataclass
@@ -445,14 +332,14 @@ class Submission:
         candidates = [u for u in self.units if u.state in kinds and u.index in recorded]
         if not candidates:
             return
-        states = slurm_states([recorded[u.index] for u in candidates])
+        states = slurm.job_states([recorded[u.index] for u in candidates])
         if states is None:
             raise UserError("squeue could not be asked whether this plan's earlier jobs still run, so they would "
                             "be submitted twice; try again when the SLURM controller answers.")
         submitit = _submitit()
         for u in candidates:
             state = states.get(recorded[u.index], "")
-            if live_only and state not in LIVE_STATES:
+            if live_only and state not in slurm.LIVE_STATES:
                 continue
             u.job = submitit.SlurmJob(folder=self.folder / "%j", job_id=recorded[u.index])
             u.cluster_state = state
@@ -500,7 +387,7 @@ class Submission:
             return
         u.state = "failed"
         state = f"SLURM says {u.cluster_state}; " if u.cluster_state and not self.local else ""
-        tail = log_tail(u.job.paths.stderr)
+        tail = slurm.log_tail(u.job.paths.stderr)
         u.message = (f"{state}{outcome or 'the job ended'}; no row yet for {', '.join(missing)}; "
                      f"log: {u.job.paths.stderr}" + ("".join(f"\n    {line}" for line in tail.splitlines())))
 
@@ -508,12 +395,12 @@ class Submission:
         if self.local:
             return [u for u in running if u.job.done()]
         # submitit's own watcher asks sacct, which reads UNKNOWN where the cluster keeps no accounting: ask squeue
-        states = slurm_states([u.job.job_id for u in running])
+        states = slurm.job_states([u.job.job_id for u in running])
         if states is None:  # the controller did not answer: nothing ended that we know of
             return [u for u in running if u.job.paths.result_pickle.exists()]
         for u in running:
             u.cluster_state = states.get(u.job.job_id, "")
-        return [u for u in running if u.job.paths.result_pickle.exists() or u.cluster_state not in LIVE_STATES]
+        return [u for u in running if u.job.paths.result_pickle.exists() or u.cluster_state not in slurm.LIVE_STATES]
 
     def poll(self) -> list[UnitJob]:
         """Check the running jobs; returns the units that just ended (and, locally, starts the next ones)."""
@@ -545,7 +432,7 @@ class Submission:
         cells = f"{have}/{len(u.unit.modes)} cells"
         job = f"job {u.job.job_id}" if u.job is not None else ""
         if u.state == "running":
-            word = LIVE_STATES.get(u.cluster_state, "running")
+            word = slurm.LIVE_STATES.get(u.cluster_state, "running")
             return f"unit {u.index} {u.unit.name}: {word} ({job}, SLURM says {u.cluster_state or 'nothing yet'}; {cells})"
         if u.state == "failed":
             return f"unit {u.index} {u.unit.name}: failed ({job}; {cells}): {u.message}"
