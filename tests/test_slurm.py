@@ -121,6 +121,11 @@ def test_no_wait_status_then_a_cancelled_element_is_all_that_runs_again(cluster,
     lines = status_lines(root, capsys)
     assert lines[1].startswith(f"unit 1 held-bs2: pending (job {second}, SLURM says PENDING; 0/2 cells)"), lines
     assert " pending (" in lines[0] or " running (" in lines[0], lines
+    # the same command while they wait or run: followed, not submitted twice
+    assert main(["run", "--plan", str(plan), *flags, "--parallel", "1", "--no-wait", "--out", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "2 still pending or running from before (followed, not submitted again); 0 to run" in out, out
+    assert "submitted: nothing" in out and job_ids(root) == {0: [first], 1: [second]}
 
     unit = plan_mod.read_plan(plan)[1]
     wait_for("in unit 1's second cell", lambda: len(jobs.unit_rows(root, unit)) == 1)

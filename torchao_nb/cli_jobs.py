@@ -156,13 +156,13 @@ def run_plan(args, options: dict, print_results) -> int:
     indices = None if args.index is None else [args.index]
     sub = jobs.submit(plan_path, args.out, _job_settings(args), indices, isolate=not args.in_process,
                       retry_errors=args.retry_errors)
-    followed = [u for u in sub.units if u.state == "running" and u not in sub.submitted]
+    followed = [u for u in sub.units if u.state == "running" and u not in sub.submitted]  # an earlier command's
+    to_run = [u for u in sub.units if u.state in ("waiting", "running") and u not in followed]
     already = len([u for u in sub.units if u.state == "complete already"])
     at_once = f"{args.parallel or 1} at a time" if sub.local else "one array job"
-    print(f"{len(sub.units)} unit(s) of {plan_path}: {already} complete already; "
-          + (f"{len(followed)} still pending or running from before (followed, not submitted again); "
-             if followed else "")
-          + f"{len([u for u in sub.units if u.state in ('waiting', 'running') and u not in followed])} to run as {args.executor} jobs ({at_once}); job logs in {sub.folder}")
+    before = f"{len(followed)} still pending or running from before (followed, not submitted again); " if followed else ""
+    print(f"{len(sub.units)} unit(s) of {plan_path}: {already} complete already; {before}{len(to_run)} to run as "
+          f"{args.executor} jobs ({at_once}); job logs in {sub.folder}")
     if args.no_wait:
         print("submitted: " + (", ".join(f"unit {u.index} = job {u.job.job_id}" for u in sub.submitted) or "nothing"))
         print(f"see how they are doing: python -m torchao_nb status {args.out}\n"
