@@ -246,7 +246,7 @@ def test_slurm_gets_one_array_job_with_the_settings_asked_for(tmp_path, monkeypa
 ])
 def test_user_errors_beyond_one_machine_are_one_line(argv, message, tmp_path, monkeypatch, capsys):
     pytest.importorskip("submitit")
-    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # no srun here
+    monkeypatch.setenv("PATH", str(tmp_path / "no-slurm"))  # no srun here (scripts/test.sh installs SLURM in /usr/bin)
     monkeypatch.delenv("SLURM_ARRAY_TASK_ID", raising=False)
     path = plan_mod.write_plan(jobs.make_plan("mlp", "noquant", **OPTIONS), tmp_path / "plan.jsonl")
     rc = main([a.replace("{tmp}", str(tmp_path)).replace("{plan}", str(path)) for a in argv])
@@ -260,3 +260,36 @@ def test_a_unit_is_complete_only_for_the_plan_that_wrote_it(demo_unit):
     assert jobs.missing_modes(root, unit) == []
     other = dataclasses.replace(unit, options={**unit.options, "dtype": "float32"})  # same folder name, other cells
     assert other.name == unit.name and jobs.missing_modes(root, other) == list(unit.modes)
+
+
+def test_a_job_told_it_wont_be_requeued_ends_without_an_error_row_for_the_cell_in_progress(tmp_path):
+    """submitit's checkpoint-signal handler raises (UncompletedJobError) when a unit timed out too often; landing
+    inside a cell, that must end the job with its message, not become the cell's error row."""
+    path = plan_mod.write_plan(jobs.make_plan("mlp", "noquant", **OPTIONS), tmp_path / "plan.jsonl")
+
+    def no_more_requeues(signum, frame):
+        raise RuntimeError("Job not requeued because: timed-out too many times.")
+
+    @dataclasses.dataclass(frozen=True)
+    class SignalledMidCell(jobs.RunUnit):
+        def __call__(self, index):
+            import torch
+
+            real = torch.nn.Linear.forward
+            def forward(module, x):  # the signal lands while the cell computes
+                torch.nn.Linear.forward = real
+                os.kill(os.getpid(), signal.SIGUSR2)
+                return real(module, x)
+            torch.nn.Linear.forward = forward
+            try:
+                return super().__call__(index)
+            finally:
+                torch.nn.Linear.forward = real
+
+    previous = signal.signal(signal.SIGUSR2, no_more_requeues)
+    try:
+        with pytest.raises(RuntimeError, match="timed-out too many times"):
+            SignalledMidCell(str(path), str(tmp_path / "root"), isolate=False)(0)
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert jobs.unit_rows(tmp_path / "root", plan_mod.read_plan(path)[0]) == []  # no error row left behind

@@ -1,4 +1,4 @@
-"""The command line beyond one machine: `plan`, `run --plan/--index/--executor`, `merge` and `export`."""
+"""The command line beyond one machine: `plan` (--sbatch), `run --plan/--index/--executor`, `status`, `merge`, `export`."""
 
 from __future__ import annotations
 
@@ -23,6 +23,13 @@ def add_job_flags(run: argparse.ArgumentParser) -> None:
     g.add_argument("--executor", choices=("local", "slurm"), default=None,
                    help="run every unit as a submitit job: local (on this machine, --parallel at a time) or slurm "
                         "(one array job; needs the `slurm` extra and a SLURM login node)")
+    add_cluster_flags(g)
+    g.add_argument("--no-wait", action="store_true",
+                   help="slurm: submit and return instead of following the jobs until they end")
+
+
+def add_cluster_flags(g) -> None:
+    """Where and with what each unit's job runs: `run --executor` and `plan --sbatch` take the same flags."""
     g.add_argument("--partition", default=None, help="slurm: the partition")
     g.add_argument("--gpus", type=int, default=None,
                    help="GPUs per unit (default: 1 on slurm; locally 1 when this machine has one, else 0)")
@@ -37,8 +44,6 @@ def add_job_flags(run: argparse.ArgumentParser) -> None:
                    help="another #SBATCH option, e.g. account=abc or qos=high (repeat for more)")
     g.add_argument("--setup", action="append", default=[], metavar="LINE",
                    help="a shell line each job runs first, e.g. 'module load cuda' (repeat for more)")
-    g.add_argument("--no-wait", action="store_true",
-                   help="slurm: submit and return instead of following the jobs until they end")
 
 
 def add_commands(sub, add_sweep_flags, sweep_options) -> None:
@@ -46,7 +51,19 @@ def add_commands(sub, add_sweep_flags, sweep_options) -> None:
     pl = sub.add_parser("plan", help="write the work units of a sweep (model x batch size, with its modes) to a plan file")
     add_sweep_flags(pl)
     pl.add_argument("--out", required=True, help="the plan file to write, e.g. plan.jsonl")
+    sb = pl.add_argument_group("an #SBATCH array script instead of submitit",
+                               "--sbatch prints a SLURM array script running the plan's units (element i runs unit i "
+                               "into ROOT, resuming its folder when requeued or submitted again): "
+                               "plan ... --out plan.jsonl --sbatch --root ROOT > sweep.sbatch; sbatch sweep.sbatch")
+    sb.add_argument("--sbatch", action="store_true", help="print the array script on stdout (the listing goes to stderr)")
+    sb.add_argument("--root", default=None, help="with --sbatch: the folder every unit writes under (as `run --out`)")
+    add_cluster_flags(sb)
     pl.set_defaults(func=lambda args: _plan(args, sweep_options(args)))
+
+    st = sub.add_parser("status", help="say, per unit of a plan run as SLURM jobs, pending, running, done or failed")
+    st.add_argument("root", help="the folder given to `run --plan ... --executor slurm --out`")
+    st.add_argument("--plan", default=None, help="the plan (default: the one last submitted under ROOT)")
+    st.set_defaults(func=_status)
 
     mg = sub.add_parser("merge", help="gather every unit folder under ROOT (from `run --plan`) into one results folder")
     mg.add_argument("root", help="the folder given to `run --plan ... --out`")
@@ -69,10 +86,18 @@ def _plan(args, options: dict) -> int:
     from . import jobs
     from . import plan as plan_mod
 
+    if args.sbatch and not args.root:
+        raise UserError("--sbatch needs --root ROOT: the folder the array's units write under (as `run --out`)")
     units = jobs.make_plan(**_plan_args(args, options))
     path = plan_mod.write_plan(units, args.out)
+    listing = sys.stderr if args.sbatch else sys.stdout  # with --sbatch, stdout is the script
     for i, u in enumerate(units):
-        print(f"  {i:3d}  {u.name:24s} {','.join(u.modes)}  (device {u.device})")
+        print(f"  {i:3d}  {u.name:24s} {','.join(u.modes)}  (device {u.device})", file=listing)
+    if args.sbatch:
+        print(jobs.sbatch_script(path, args.root, _job_settings(args, "slurm"), len(units)), end="")
+        print(f"plan: {len(units)} unit(s) in {path}; the script above runs them: sbatch it, then "
+              f"python -m torchao_nb merge {args.root} --out MERGED", file=listing)
+        return 0
     print(f"plan: {len(units)} unit(s) in {path}\n"
           f"run unit N here:    python -m torchao_nb run --plan {path} --index N --out ROOT\n"
           f"run every unit:     python -m torchao_nb run --plan {path} --executor local|slurm --out ROOT\n"
@@ -80,7 +105,18 @@ def _plan(args, options: dict) -> int:
     return 0
 
 
-def _job_settings(args):
+def _status(args) -> int:
+    from . import jobs
+
+    plan_path = args.plan or jobs.recorded_plan(args.root)
+    sub = jobs.status(plan_path, args.root)
+    for u in sub.units:
+        print(sub.describe(u))
+    print(f"{sub.progress()} (of {plan_path})")
+    return 0
+
+
+def _job_settings(args, cluster: str | None = None):
     from . import jobs
 
     pairs = []
@@ -89,7 +125,7 @@ def _job_settings(args):
         if not sep or not key.strip():
             raise UserError(f"--slurm-arg takes KEY=VALUE (an #SBATCH option without its dashes), got {item!r}")
         pairs.append((key.strip().lstrip("-"), value))
-    return jobs.JobSettings(cluster=args.executor, partition=args.partition, gpus=args.gpus, cpus=args.cpus,
+    return jobs.JobSettings(cluster=cluster or args.executor, partition=args.partition, gpus=args.gpus, cpus=args.cpus,
                             mem_gb=args.mem_gb, time_limit_min=args.time_limit, parallel=args.parallel,
                             slurm_args=tuple(pairs), setup=tuple(args.setup))
 
@@ -120,15 +156,17 @@ def run_plan(args, options: dict, print_results) -> int:
     indices = None if args.index is None else [args.index]
     sub = jobs.submit(plan_path, args.out, _job_settings(args), indices, isolate=not args.in_process,
                       retry_errors=args.retry_errors)
-    submitted = [u for u in sub.units if u.job is not None]
-    already = len(sub.units) - len([u for u in sub.units if u.state != "complete already"])
+    followed = [u for u in sub.units if u.state == "running" and u not in sub.submitted]  # an earlier command's
+    to_run = [u for u in sub.units if u.state in ("waiting", "running") and u not in followed]
+    already = len([u for u in sub.units if u.state == "complete already"])
     at_once = f"{args.parallel or 1} at a time" if sub.local else "one array job"
-    print(f"{len(sub.units)} unit(s) of {plan_path}: {already} complete already; "
-          f"{len([u for u in sub.units if u.state in ('waiting', 'running')])} to run as {args.executor} jobs "
-          f"({at_once}); job logs in {sub.folder}")
+    before = f"{len(followed)} still pending or running from before (followed, not submitted again); " if followed else ""
+    print(f"{len(sub.units)} unit(s) of {plan_path}: {already} complete already; {before}{len(to_run)} to run as "
+          f"{args.executor} jobs ({at_once}); job logs in {sub.folder}")
     if args.no_wait:
-        print("submitted: " + ", ".join(f"unit {u.index} = job {u.job.job_id}" for u in submitted))
-        print(f"when they have ended: python -m torchao_nb merge {args.out} --out MERGED")
+        print("submitted: " + (", ".join(f"unit {u.index} = job {u.job.job_id}" for u in sub.submitted) or "nothing"))
+        print(f"see how they are doing: python -m torchao_nb status {args.out}\n"
+              f"when they have ended:   python -m torchao_nb merge {args.out} --out MERGED")
         return 0
     try:
         units = sub.wait(lambda line: print(line, flush=True))

@@ -23,6 +23,7 @@ from . import config, engine
 from . import env as envmod
 from . import modes as modes_mod
 from . import plan as plan_mod
+from . import slurm
 from .errors import UserError, error_text
 from .folder import check_writable
 from .results import ROWS_FILE, ResultSet, Row, atomic_write, read_jsonl
@@ -30,7 +31,8 @@ from .results import ROWS_FILE, ResultSet, Row, atomic_write, read_jsonl
 CLUSTERS = ("local", "slurm")
 NOT_IN_PLAN = ("isolate",)  # how a unit runs, not what it measures: given when it runs
 LOCAL_POLL_S = 0.2
-SLURM_POLL_S = 20.0  # submitit asks sacct, which clusters ask users not to call often
+SLURM_POLL_S = 20.0  # one squeue call per poll: clusters ask users not to poll the controller often
+JOBS_FILE = "jobs.jsonl"  # ROOT/.submitit/jobs.jsonl: which job runs which unit, one line per submitted unit
 EventFn = Callable[[str], None]
 
 
@@ -106,7 +108,10 @@ def run_unit(plan_path: str | os.PathLike, root: str | os.PathLike, index: int |
              "command": shlex.join([sys.executable, *sys.argv])}
     atomic_write(folder / "unit.json", json.dumps(about, indent=1))
     options = {**sweep_options(unit), "isolate": isolate}  # a hand-written plan's own isolate gives way
-    results = engine.sweep(model=unit.model, modes=list(unit.modes), out=folder, resume=True,
+    # A job stopped before its first row (requeued at its time limit, say) leaves environment.json alone: nothing to
+    # resume, and the folder would refuse a resume without rows; start it afresh then.
+    resume = any((folder / name).exists() for name in (plan_mod.ROWS_FILE, plan_mod.RESULTS_FILE))
+    results = engine.sweep(model=unit.model, modes=list(unit.modes), out=folder, resume=resume,
                            retry_errors=retry_errors, progress=progress, on_row=on_row, **options)
     return UnitRun(i, unit, folder, results)
 
@@ -145,8 +150,9 @@ class RunUnit:
         def say(row: Row) -> None:  # one line per cell in the job's log
             print(f"{row.model} bs={row.batch_size} {row.mode}: {row.status} {row.reason[:200]}", flush=True)
 
-        run = run_unit(self.plan_path, self.root, index, isolate=self.isolate, retry_errors=self.retry_errors,
-                       on_row=say)
+        with slurm.ends_the_job():
+            run = run_unit(self.plan_path, self.root, index, isolate=self.isolate, retry_errors=self.retry_errors,
+                           on_row=say)
         return {"index": run.index, "folder": str(run.folder), "statuses": [r.status for r in run.results]}
 
     def checkpoint(self, index: int):
@@ -212,6 +218,7 @@ def _executor(settings: JobSettings, folder: Path):
     except RuntimeError as e:  # no srun on PATH
         raise UserError(f"--executor slurm: {e} Submit from a SLURM login node, or use --executor local.") from None
     params: dict[str, Any] = dict(job_name=settings.name, time=settings.time_limit_min,
+                                  signal_delay_s=slurm.signal_delay_s(settings.time_limit_min),
                                   gpus_per_node=1 if settings.gpus is None else settings.gpus,
                                   setup=_setup_lines(settings))
     if settings.partition:
@@ -228,6 +235,11 @@ def _executor(settings: JobSettings, folder: Path):
     return ex
 
 
+def sbatch_script(plan_path: str | os.PathLike, root: str | os.PathLike, settings: JobSettings, n_units: int) -> str:
+    """The #SBATCH array script running the plan's units without submitit (see slurm.sbatch_script)."""
+    return slurm.sbatch_script(plan_path, root, settings, n_units, _setup_lines(settings), sys.executable)
+
+
 @dataclass
 class UnitJob:
     """One unit and the job that runs it (None until submitted, or when the unit was already complete)."""
@@ -235,14 +247,17 @@ class UnitJob:
     index: int
     unit: plan_mod.Unit
     job: Any = None
-    state: str = "waiting"  # waiting | running | done | failed | complete already
+    state: str = "waiting"  # waiting (not submitted) | running (submitted, not ended) | done | failed | complete already
     message: str = ""
     slot: int | None = None  # local: which of the `parallel` places (and its GPUs) it runs in
+    cluster_state: str = ""  # SLURM's word for its job when last asked: PENDING, RUNNING, CANCELLED, TIMEOUT...
 
 
 class Submission:
     """The units of a plan as submitit jobs: SLURM gets one array job; locally, `parallel` units run at once
-    (submitit would start every local job together) and the next starts when one ends, so follow it with wait()."""
+    (submitit would start every local job together) and the next starts when one ends, so follow it with wait().
+    On SLURM, a unit whose job from an earlier command (ROOT/.submitit/jobs.jsonl) is still pending or running
+    is followed, not submitted again."""
 
     def __init__(self, plan_path, root, settings: JobSettings, indices: Sequence[int] | None = None, *,
                  isolate: bool = True, retry_errors: bool = False, task: Callable[[int], Any] | None = None):
@@ -255,10 +270,13 @@ class Submission:
         self.folder = self.root / ".submitit"
         self.executor = _executor(settings, self.folder / "%j")
         self.started = time.monotonic()
+        self.submitted: list[UnitJob] = []  # by this Submission's start()
         self._gpus = self._local_gpus()
         for u in self.units:
             if not missing_modes(self.root, u.unit, retry_errors):
                 u.state, u.message = "complete already", "every cell has a row"
+        if not self.local:
+            self.attach(live_only=True)
 
     def _local_gpus(self) -> int:
         if self.settings.cluster != "local":
@@ -276,6 +294,58 @@ class Submission:
     def local(self) -> bool:
         return self.settings.cluster == "local"
 
+    # ---- which job ran which unit (SLURM) ----
+
+    @property
+    def jobs_file(self) -> Path:
+        return self.folder / JOBS_FILE
+
+    def _record(self, units: Sequence[UnitJob]) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.jobs_file, "a") as f:
+            for u in units:
+                f.write(json.dumps({"plan": str(self.plan_path), "index": u.index, "unit": u.unit.to_dict(),
+                                    "job_id": u.job.job_id}) + "\n")
+
+    def recorded_jobs(self) -> dict[int, str]:
+        """unit index -> the job id last submitted for it by a command on this plan (this very unit)."""
+        found: dict[int, str] = {}
+        if not self.jobs_file.exists():
+            return found
+        ours = {u.index: u.unit.to_dict() for u in self.units}
+        for line in self.jobs_file.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(rec, dict) and rec.get("plan") == str(self.plan_path) and ours.get(rec.get("index")) == rec.get("unit"):
+                found[rec["index"]] = str(rec["job_id"])
+        return found
+
+    def attach(self, live_only: bool) -> None:
+        """Follow the recorded jobs of the units not complete yet: only those still pending or running
+        (live_only: the rest are submitted again), or every one, complete units' too (to say how each ended)."""
+        recorded = self.recorded_jobs()
+        kinds = ("waiting",) if live_only else ("waiting", "complete already")
+        candidates = [u for u in self.units if u.state in kinds and u.index in recorded]
+        if not candidates:
+            return
+        states = slurm.job_states([recorded[u.index] for u in candidates])
+        if states is None:
+            raise UserError("squeue could not be asked whether this plan's earlier jobs still run, so they would "
+                            "be submitted twice; try again when the SLURM controller answers.")
+        submitit = _submitit()
+        for u in candidates:
+            state = states.get(recorded[u.index], "")
+            if live_only and state not in slurm.LIVE_STATES:
+                continue
+            u.job = submitit.SlurmJob(folder=self.folder / "%j", job_id=recorded[u.index])
+            u.cluster_state = state
+            if u.state == "waiting":
+                u.state = "running"
+
+    # ---- starting and following ----
+
     def start(self) -> "Submission":
         waiting = [u for u in self.units if u.state == "waiting"]
         if not waiting:
@@ -286,6 +356,8 @@ class Submission:
             jobs = self.executor.map_array(self.task, [u.index for u in waiting])
             for u, job in zip(waiting, jobs):
                 u.job, u.state = job, "running"
+            self._record(waiting)
+        self.submitted = waiting
         return self
 
     def _fill_local_slots(self) -> None:
@@ -310,18 +382,30 @@ class Submission:
         missing = missing_modes(self.root, u.unit, self.retry_errors)
         if not missing:
             u.state, u.message = "done", ""
-        else:
-            u.state = "failed"
-            u.message = (f"{outcome or 'the job ended'}; no row yet for {', '.join(missing)}; "
-                         f"log: {u.job.paths.stderr}")
+            return
+        u.state = "failed"
+        state = f"SLURM says {u.cluster_state}; " if u.cluster_state and not self.local else ""
+        tail = slurm.log_tail(u.job.paths.stderr)
+        u.message = (f"{state}{outcome or 'the job ended'}; no row yet for {', '.join(missing)}; "
+                     f"log: {u.job.paths.stderr}" + ("".join(f"\n    {line}" for line in tail.splitlines())))
+
+    def _ended(self, running: list[UnitJob]) -> list[UnitJob]:
+        if self.local:
+            return [u for u in running if u.job.done()]
+        # submitit's own watcher asks sacct, which reads UNKNOWN where the cluster keeps no accounting: ask squeue
+        states = slurm.job_states([u.job.job_id for u in running])
+        if states is None:  # the controller did not answer: nothing ended that we know of
+            return [u for u in running if u.job.paths.result_pickle.exists()]
+        for u in running:
+            u.cluster_state = states.get(u.job.job_id, "")
+        return [u for u in running if u.job.paths.result_pickle.exists() or u.cluster_state not in slurm.LIVE_STATES]
 
     def poll(self) -> list[UnitJob]:
         """Check the running jobs; returns the units that just ended (and, locally, starts the next ones)."""
-        ended = []
-        for u in self.units:
-            if u.state == "running" and u.job.done():
-                self._finish(u)
-                ended.append(u)
+        running = [u for u in self.units if u.state == "running"]
+        ended = self._ended(running) if running else []
+        for u in ended:
+            self._finish(u)
         if ended and self.local:
             self._fill_local_slots()
         return ended
@@ -339,6 +423,20 @@ class Submission:
         done = sum(u.state in ("done", "complete already") for u in self.units)
         have, total = self.cells()
         return f"{done}/{len(self.units)} units, {have}/{total} cells"
+
+    def describe(self, u: UnitJob) -> str:
+        """The unit in one line (a failed one: with its log's last lines): pending, running, done, failed."""
+        have = len(u.unit.modes) - len(missing_modes(self.root, u.unit))
+        cells = f"{have}/{len(u.unit.modes)} cells"
+        job = f"job {u.job.job_id}" if u.job is not None else ""
+        if u.state == "running":
+            word = slurm.LIVE_STATES.get(u.cluster_state, "running")
+            return f"unit {u.index} {u.unit.name}: {word} ({job}, SLURM says {u.cluster_state or 'nothing yet'}; {cells})"
+        if u.state == "failed":
+            return f"unit {u.index} {u.unit.name}: failed ({job}; {cells}): {u.message}"
+        if u.state == "waiting":
+            return f"unit {u.index} {u.unit.name}: not submitted ({cells})"
+        return f"unit {u.index} {u.unit.name}: done ({job + '; ' if job else ''}{cells})"
 
     def wait(self, on_event: EventFn = print, poll_s: float | None = None) -> list[UnitJob]:
         """Follow the jobs until every unit ended, telling `on_event` what happened; returns the units."""
@@ -375,3 +473,25 @@ def submit(plan_path, root, settings: JobSettings, indices: Sequence[int] | None
     for every mode are not submitted again. Follow them with `.wait()` (locally, that also starts the next)."""
     return Submission(plan_path, root, settings, indices, isolate=isolate, retry_errors=retry_errors,
                       task=task).start()
+
+
+def status(plan_path, root, settings: JobSettings | None = None) -> Submission:
+    """The plan's units as their folders and SLURM tell it now, submitting nothing: each unit's last recorded
+    job is asked for its state; `describe` says pending, running, done or failed (with its log's last lines)."""
+    sub = Submission(plan_path, root, settings or JobSettings("slurm"))
+    sub.attach(live_only=False)
+    sub.poll()
+    return sub
+
+
+def recorded_plan(root: str | os.PathLike) -> Path:
+    """The plan of the last job submitted under ROOT (ROOT/.submitit/jobs.jsonl), for `status` without --plan."""
+    path = Path(root) / ".submitit" / JOBS_FILE
+    lines = path.read_text().splitlines() if path.exists() else []
+    for line in reversed(lines):
+        try:
+            return Path(json.loads(line)["plan"])
+        except (ValueError, KeyError, TypeError):
+            continue
+    raise UserError(f"no SLURM jobs recorded under {root} ({path} is missing): give --plan PLAN, or submit with "
+                    "`run --plan PLAN --executor slurm --out ROOT` first.")
