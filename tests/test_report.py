@@ -1,7 +1,3 @@
-def test_generated_texts_stand_side_by_side_escaped(tmp_path):
-    from tests.plot_fixtures import llm_run
-
-    llm_run().save(tmp_path / "r")
 import base64
 import html
 import re

@@ -26,7 +26,7 @@ from . import plan as plan_mod
 from . import slurm
 from .errors import UserError, error_text
 from .folder import check_writable
-from .results import ROWS_FILE, ResultSet, Row, atomic_write, read_jsonl
+from .results import RESULTS_JSON, ROWS_FILE, ResultSet, Row, atomic_write, read_jsonl
 
 CLUSTERS = ("local", "slurm")
 NOT_IN_PLAN = ("isolate",)  # how a unit runs, not what it measures: given when it runs
@@ -110,7 +110,7 @@ def run_unit(plan_path: str | os.PathLike, root: str | os.PathLike, index: int |
     options = {**sweep_options(unit), "isolate": isolate}  # a hand-written plan's own isolate gives way
     # A job stopped before its first row (requeued at its time limit, say) leaves environment.json alone: nothing to
     # resume, and the folder would refuse a resume without rows; start it afresh then.
-    resume = any((folder / name).exists() for name in (plan_mod.ROWS_FILE, plan_mod.RESULTS_FILE))
+    resume = any((folder / name).exists() for name in (ROWS_FILE, RESULTS_JSON))
     results = engine.sweep(model=unit.model, modes=list(unit.modes), out=folder, resume=resume,
                            retry_errors=retry_errors, progress=progress, on_row=on_row, **options)
     return UnitRun(i, unit, folder, results)
