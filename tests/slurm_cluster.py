@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -103,7 +104,14 @@ class Cluster:
                            f"{self.log_tails()}")
 
     def stop(self) -> None:
-        """Every daemon this cluster started, by its pid: SIGTERM, then SIGKILL after a few seconds."""
+        """Every job cancelled, every daemon this cluster started stopped by its pid (SIGTERM, then SIGKILL after a
+        few seconds), then whatever its jobs left: slurmstepd outlives slurmd, and a job step (srun, a sweep's
+        worker) outlives slurmstepd, so they would run on into later tests."""
+        if self.procs.get("slurmctld") is not None and self.procs["slurmctld"].poll() is None:
+            self.sh("scancel", "--full", "--partition=debug", check=False)
+            deadline = time.monotonic() + 15
+            while self.sh("squeue", "-h", check=False).strip() and time.monotonic() < deadline:
+                time.sleep(0.2)
         for p in reversed(list(self.procs.values())):
             if p.poll() is None:
                 p.terminate()
@@ -113,6 +121,19 @@ class Cluster:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+        for pid in self.leftovers():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    def leftovers(self) -> list[int]:
+        """Processes still carrying this cluster's SLURM_CONF (slurmstepd and job steps inherit it)."""
+        mark, found = f"SLURM_CONF={self.conf}".encode(), []
+        for proc in Path("/proc").iterdir():
+            if proc.name.isdigit() and int(proc.name) != os.getpid():
+                with contextlib.suppress(OSError):
+                    if mark in (proc / "environ").read_bytes().split(b"\0"):
+                        found.append(int(proc.name))
+        return found
 
 
 def start(folder: Path) -> Cluster:
