@@ -353,3 +353,14 @@ def test_plot_choices(fake_modes, tmp_path):
     plt.close(fig)
     with pytest.raises(ValueError, match="no autoquant decision table"):
         tables.decision_table([])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_chosen_int4_layer_gets_the_group_size_that_fits_it(dtype):
+    """The search quantizes each candidate with its per-layer config; applying the choice must do the same: a
+    192-wide layer (vit-tiny's) took group 128 and failed ("in_features=192 must be divisible by group_size=128")."""
+    model = nn.Sequential(nn.Linear(192, 64), nn.Linear(256, 64)).to(dtype)
+    applied = autoquant.apply_choices(model, {"0": "int4weightonly", "1": "int4weightonly"}, CPU, dtype)
+    assert modes_mod.is_quantized(model[0]) and modes_mod.is_quantized(model[1])
+    assert applied["0"] != applied["1"]  # two group sizes, each recorded with its layer
+    assert '64' in str(applied["0"]) and '128' in str(applied["1"])

@@ -34,13 +34,25 @@ def apply_choices(model: nn.Module, choices: dict[str, str], info: DeviceInfo, d
     for fqn, mode in choices.items():
         if mode != NOQUANT:
             by_mode.setdefault(mode, set()).add(fqn)
-    applied = {}
+    applied, layers = {}, dict(model.named_modules())
     for mode, fqns in by_mode.items():
-        config = modes.MODES[mode].config(info, dtype)
-        with quiet_logs():
-            quantize_(model, config, filter_fn=lambda mod, fqn, fqns=fqns: fqn in fqns)
-        applied.update({f: modes.config_dict(config) for f in fqns})
+        for config, group in _configs(modes.MODES[mode], layers, fqns, info, dtype):
+            with quiet_logs():
+                quantize_(model, config, filter_fn=lambda mod, fqn, group=group: fqn in group)
+            applied.update({f: modes.config_dict(config) for f in group})
     return applied
+
+
+def _configs(mode, layers: dict[str, nn.Module], fqns: set[str], info: DeviceInfo, dtype: torch.dtype):
+    """(config, its layers) for one chosen mode, as the search quantized them: a mode with a per-layer config
+    (int4's group size) gives each layer the one that fits it (a 192-wide layer takes group 64, not 128)."""
+    if mode.layer_config is None:
+        return [(mode.config(info, dtype), fqns)]
+    by_label: dict[str, tuple[Any, set[str]]] = {}
+    for fqn in sorted(fqns):
+        config, label = mode.layer_config(layers[fqn], info, dtype, None)
+        by_label.setdefault(label, (config, set()))[1].add(fqn)
+    return list(by_label.values())
 
 
 def _changed(model: nn.Module, fqns) -> int:
