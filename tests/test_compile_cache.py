@@ -24,9 +24,9 @@ def fresh_worker(monkeypatch, cache_dir):
 
 def rewritten(path, **valid_for):
     """The cache at `path` as another machine or version would have saved it (its checksum still right)."""
-    found = compile_cache.read(path)
-    header = json.dumps(found.valid_for | valid_for).encode()
-    path.write_bytes(compile_cache.MAGIC + header + b"\n" + found.artifacts)
+    header, _, body = path.read_bytes()[len(compile_cache.MAGIC):].partition(b"\n")
+    header = json.dumps(json.loads(header) | valid_for).encode()
+    path.write_bytes(compile_cache.MAGIC + header + b"\n" + body)
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +60,7 @@ def test_a_fresh_worker_compiles_from_the_carried_cache(saved, tmp_path, monkeyp
         assert "hit" in row.fx_cache and "miss" not in row.fx_cache, row.fx_cache
         note = Extras.parse(row.extra).of(CarriedCache)
         assert note is not None and note.compile_cache.startswith("loaded "), row.extra
+        assert re.search(r"and [1-9]\d* C\+\+ kernel", note.compile_cache), note  # gcc has nothing to do
     assert compile_cache.read(tmp_path / "out" / compile_cache.FILE_NAME).valid_for["artifacts"]["inductor"] >= 3
 
 
@@ -129,8 +130,10 @@ def test_saves_of_one_process_merge_into_one_loadable_entry_per_kind():
 def test_the_file_says_what_it_is_valid_for(saved):
     data = (saved[0] / compile_cache.FILE_NAME).read_bytes()
     assert data.startswith(compile_cache.MAGIC)
-    header, _, artifacts = data[len(compile_cache.MAGIC):].partition(b"\n")
+    header, _, body = data[len(compile_cache.MAGIC):].partition(b"\n")
     valid_for = json.loads(header)
-    assert valid_for | {"artifacts": None, "sha256": None} == compile_cache.here("cpu") | {"artifacts": None,
-                                                                                          "sha256": None}
-    assert valid_for["sha256"] == hashlib.sha256(artifacts).hexdigest()
+    assert {k: valid_for[k] for k in compile_cache.VALID_FOR} == compile_cache.here("cpu")
+    assert valid_for["sha256"] == hashlib.sha256(body).hexdigest()
+    found = compile_cache.read(saved[0] / compile_cache.FILE_NAME)
+    assert valid_for["artifacts"]["cpp_kernels"] == len(found.kernels) >= 1  # a CPU's compiled kernels travel too
+    assert all(name.endswith(".so") and data[:4] == b"\x7fELF" for name, data in found.kernels)

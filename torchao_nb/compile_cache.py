@@ -2,12 +2,13 @@
 
 `torch.compiler.save_cache_artifacts()` hands back every FX graph, AOT-autograd entry and inductor kernel (C++ on a
 CPU, Triton and autotune results on CUDA) this process compiled or found in its caches; `load_cache_artifacts()`
-writes them into another process's empty caches, so its next compile of the same graph is a cache hit. The file is
-one line saying what it is, one JSON line saying what it is valid for, then torch's bytes:
+writes them into another process's empty caches, so its next compile of the same graph is a cache hit. On a CPU
+the file also carries the compiled C++ kernel libraries (see _loaded_kernels). It is one line saying what it is,
+one JSON line saying what it is valid for and where each part starts, then the parts:
 
     TORCHAO_NB_COMPILE_CACHE 1
-    {"torch": "2.13.0+cpu", "torchao": "0.18.0", "python": "3.11", "device": "AMD EPYC 9B14", ...}
-    <torch.compiler.save_cache_artifacts() bytes>
+    {"torch": "2.13.0+cpu", "torchao": "0.18.0", "python": "3.11", "device": "AMD EPYC 9B14", "sha256": ...}
+    <torch.compiler.save_cache_artifacts() bytes><each kernel library>
 
 torch keys each artifact by the graph, its inputs and the compiler's settings, never by the machine: a cache from
 another torch, torchao, Python or device kind would miss or, worse, load kernels built for another machine, so it is
@@ -52,7 +53,8 @@ class CacheFile:
 
     path: Path
     valid_for: dict
-    artifacts: bytes
+    artifacts: bytes  # torch's save_cache_artifacts() bytes
+    kernels: tuple[tuple[str, bytes], ...] = ()  # (path in the inductor cache dir, the compiled C++ library)
 
     def mismatch(self, device: str) -> str | None:
         """Why this cache can't be used on this machine, in one line; None when it can."""
@@ -78,14 +80,21 @@ def read(path: str | os.PathLike) -> CacheFile:
     bad = UserError(f"{path} is not a whole torchao_nb compile cache (cut short or not one at all); {FIX}.")
     if not data.startswith(MAGIC):
         raise bad
-    header, sep, artifacts = data[len(MAGIC):].partition(b"\n")
+    header, sep, body = data[len(MAGIC):].partition(b"\n")
     try:
         valid_for = json.loads(header)
     except ValueError:
         raise bad from None
-    if not sep or not isinstance(valid_for, dict) or valid_for.get("sha256") != hashlib.sha256(artifacts).hexdigest():
+    if not sep or not isinstance(valid_for, dict) or valid_for.get("sha256") != hashlib.sha256(body).hexdigest():
         raise bad
-    return CacheFile(path, valid_for, artifacts)
+    end = at = valid_for.get("artifacts_bytes", len(body))
+    kernels = []
+    for name, size in valid_for.get("kernels", []):
+        kernels.append((name, body[at:at + size]))
+        at += size
+    if at != len(body):
+        raise bad
+    return CacheFile(path, valid_for, body[:end], tuple(kernels))
 
 
 def check(path: str | os.PathLike, device: str) -> str:
@@ -124,6 +133,38 @@ def merged(*blobs: bytes) -> tuple[bytes, dict[str, int]]:
     return out.to_bytes(), {kind: len(by_key) for kind, by_key in kinds.items()}
 
 
+def _kernel_cache_dir() -> Path:
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    return Path(cache_dir())
+
+
+def _loaded_kernels() -> dict[str, bytes]:
+    """The C++ kernels this process loaded, by their path in the inductor cache dir. torch's artifacts hold a graph's
+    source, not its compiled library, so on a CPU a cache hit would still run the C++ compiler for every kernel;
+    inductor skips that when the library is already at its path (named by a hash of its source and compile
+    command), so the file carries the libraries too."""
+    from torch._inductor.codecache import CppCodeCache
+
+    classes, keys = [CppCodeCache], set()
+    while classes:
+        cls = classes.pop()
+        classes += cls.__subclasses__()
+        keys.update(cls.cache)
+    root, out = _kernel_cache_dir(), {}
+    for key in keys:
+        for lib in (root / key[1:3]).glob(f"{key}*.so"):
+            with contextlib.suppress(OSError):
+                out[str(lib.relative_to(root))] = lib.read_bytes()
+    return out
+
+
+def _body(artifacts: bytes, kernels: dict[str, bytes]) -> tuple[bytes, dict]:
+    """torch's bytes, then each kernel library; the header's index says where each starts."""
+    index = {"artifacts_bytes": len(artifacts), "kernels": [[name, len(data)] for name, data in kernels.items()]}
+    return artifacts + b"".join(kernels.values()), index
+
+
 def save(path: str | os.PathLike, device: str) -> dict[str, int] | None:
     """Write what this process compiled (merged with a valid cache already at `path`: a worker that replaced a
     crashed one must not drop the graphs of its predecessor); the count per kind, None when nothing was compiled."""
@@ -133,14 +174,28 @@ def save(path: str | os.PathLike, device: str) -> dict[str, int] | None:
     if got is None:
         return None
     path = Path(path)
-    earlier = b""
+    earlier, kernels = b"", {}
     with contextlib.suppress(UserError):
         old = read(path)
-        earlier = b"" if old.mismatch(device) else old.artifacts
+        if not old.mismatch(device):
+            earlier, kernels = old.artifacts, dict(old.kernels)
     artifacts, counts = merged(*(b for b in (earlier, got[0]) if b))
-    valid_for = here(device) | {"artifacts": counts, "sha256": hashlib.sha256(artifacts).hexdigest()}
-    atomic_write(path, MAGIC + json.dumps(valid_for).encode() + b"\n" + artifacts)
+    kernels |= _loaded_kernels()
+    body, index = _body(artifacts, kernels)
+    counts["cpp_kernels"] = len(kernels)
+    valid_for = here(device) | {"artifacts": counts, "sha256": hashlib.sha256(body).hexdigest()} | index
+    atomic_write(path, MAGIC + json.dumps(valid_for).encode() + b"\n" + body)
     return counts
+
+
+def _put_kernels(kernels: tuple[tuple[str, bytes], ...]) -> None:
+    """Each carried kernel library where inductor looks for it, unless one is there already."""
+    root = _kernel_cache_dir()
+    for name, data in kernels:
+        target = root / name
+        if not target.exists() and ".." not in Path(name).parts:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(target, data)
 
 
 # ---- in the process that compiles the cells --------------------------------------------------------------------
@@ -158,6 +213,8 @@ def load(path: str, device: str) -> CarriedCache:
             found = read(path)
             why = found.mismatch(device)
             info = None if why else torch.compiler.load_cache_artifacts(found.artifacts)
+            if info is not None:
+                _put_kernels(found.kernels)
             if why is None and info is None:
                 why = f"{path}: torch could not read its artifacts; {FIX}"
         except UserError as e:
@@ -166,8 +223,8 @@ def load(path: str, device: str) -> CarriedCache:
             warnings.warn(f"compile cache not loaded, the cells compile cold: {why}", RuntimeWarning, stacklevel=2)
             _LOADED[path] = CarriedCache(compile_cache=f"not loaded: {why}")
         else:
-            n = len(info.inductor_artifacts)
-            _LOADED[path] = CarriedCache(compile_cache=f"loaded {n} inductor graph(s) from {path}")
+            n, k = len(info.inductor_artifacts), len(found.kernels)
+            _LOADED[path] = CarriedCache(compile_cache=f"loaded {n} inductor graph(s) and {k} C++ kernel(s) from {path}")
     return _LOADED[path]
 
 
