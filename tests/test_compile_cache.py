@@ -137,3 +137,13 @@ def test_the_file_says_what_it_is_valid_for(saved):
     found = compile_cache.read(saved[0] / compile_cache.FILE_NAME)
     assert valid_for["artifacts"]["cpp_kernels"] == len(found.kernels) >= 1  # a CPU's compiled kernels travel too
     assert all(name.endswith(".so") and data[:4] == b"\x7fELF" for name, data in found.kernels)
+
+
+def test_in_process_the_sweep_saves_its_cache_too_and_without_out_or_compile_nothing(tmp_path):
+    sweep(out=tmp_path / "a", isolate=False, **(SMALL | dict(modes="noquant")))
+    counts = compile_cache.read(tmp_path / "a" / compile_cache.FILE_NAME).valid_for["artifacts"]
+    assert counts["inductor"] >= 1 and counts["cpp_kernels"] >= 1  # noquant compiles the graph of its baseline
+    sweep(out=tmp_path / "b", isolate=False, save_compile_cache=False, **(SMALL | dict(modes="noquant")))
+    sweep(out=tmp_path / "c", isolate=False, compile=False, **(SMALL | dict(modes="noquant")))
+    assert not (tmp_path / "b" / compile_cache.FILE_NAME).exists()
+    assert not (tmp_path / "c" / compile_cache.FILE_NAME).exists()
