@@ -193,7 +193,7 @@ def _put_kernels(kernels: tuple[tuple[str, bytes], ...]) -> None:
     root = _kernel_cache_dir()
     for name, data in kernels:
         target = root / name
-        if not target.exists() and ".." not in Path(name).parts:
+        if not target.exists() and not Path(name).is_absolute() and ".." not in Path(name).parts:
             target.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(target, data)
 
@@ -217,7 +217,7 @@ def load(path: str, device: str) -> CarriedCache:
                 _put_kernels(found.kernels)
             if why is None and info is None:
                 why = f"{path}: torch could not read its artifacts; {FIX}"
-        except UserError as e:
+        except (UserError, OSError) as e:  # OSError: the inductor cache folder can't take the kernels
             why, info = str(e), None
         if why:
             warnings.warn(f"compile cache not loaded, the cells compile cold: {why}", RuntimeWarning, stacklevel=2)
