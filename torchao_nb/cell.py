@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import compiling, measure, models, profiling, saving
+from . import compile_cache, compiling, measure, models, profiling, saving
 from . import env as envmod
 from . import modes as modes_mod
 from .checks import wrongness
@@ -289,7 +289,8 @@ def run_cell(cfg: SweepConfig, ref: Reference, mode: str, batch: int, clock=time
             roofline_pct=None if fits or not ref.copy_gbs else 100 * achieved / ref.copy_gbs,
             weight_bytes=wbytes, peak_mem_bytes=mem.peak_bytes, peak_reserved_bytes=mem.reserved_bytes,
             graphs=graphs, tokens_per_s=None if ref.tokens_per_call is None else ref.tokens_per_call / (median / 1e3),
-            extra=extra(notes, compile_notes, profile, saved, *quality_extras), **common,
+            extra=extra(notes, compile_notes, profile, saved, compile_cache.carried(cfg.compile_cache), *quality_extras),
+            **common,
         )
     except UserError as e:
         return new_row(cfg, ref, mode, batch, "error", str(e)[:500])

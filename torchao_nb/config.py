@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import torch
 
-from . import compiling, measure
+from . import compile_cache, compiling, measure
 from . import env as envmod
 from . import modes as modes_mod
 from .errors import Notice, UserError
@@ -76,6 +76,13 @@ OPTIONS: tuple[Option, ...] = (
            "(a model that fits in the CPU's last-level cache or the GPU's L2 stays there); cold flushes that cache "
            "before each single call, so a small model reads its weights from memory as a large one does",
            "--cache", str, choices=measure.CACHES),
+    Option("compile_cache", None, "a compile-cache.bin an earlier sweep saved in its results folder: its compiled "
+           "graphs and kernels are loaded before the first compile, so the cells compile from it (a cache from "
+           "another torch, torchao, Python or device kind is refused)", "--compile-cache", str,
+           label="compile cache file", types="str | os.PathLike | None"),
+    Option("save_compile_cache", True, "save the sweep's compiled graphs and kernels into the results folder "
+           f"({compile_cache.FILE_NAME}), for --compile-cache of a later sweep (with out= only)",
+           "--save-compile-cache", bool),
     Option("policy", None, "a measure.TimingPolicy (default: measure.TimingPolicy(); --quick: measure.FAST_POLICY)",
            types="measure.TimingPolicy | None"),
 )
@@ -105,6 +112,9 @@ class SweepConfig:
     diagnose: bool = False
     save_reload: bool = True
     cache: str = "warm"  # one of measure.CACHES
+    compile_cache: str | None = None  # the carried cache to load before the first compile (an absolute path)
+    save_compile_cache: bool = True
+    compile_cache_to: str | None = None  # where the worker saves the compile artifacts: set by the sweep from out=
 
     def settings_for(self, mode: str) -> object | None:
         return dict(self.mode_settings).get(mode)
@@ -205,6 +215,8 @@ def build(mode_list: list[str], user_module: bool, progress: bool, **options: An
         mode_settings=tuple((name, modes_mod.MODES[name].parse_settings(value)) for name, value in settings.items()),
         isolate=bool(o["isolate"]), cell_timeout_s=float(timeout), diagnose=bool(o["diagnose"]),
         save_reload=bool(o["save_reload"]), cache=o["cache"],
+        compile_cache=None if o["compile_cache"] is None else compile_cache.check(o["compile_cache"], device),
+        save_compile_cache=bool(o["save_compile_cache"]),
     )
     _warn_unusual(cfg, opts)
     return cfg

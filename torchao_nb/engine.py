@@ -16,6 +16,7 @@ from torch import nn
 
 from . import autoquant  # noqa: F401  (registers the autoquant mode)
 from . import baseline as baseline_mod
+from . import compile_cache as compile_cache_mod
 from . import config, executors, measure, models
 from . import modes as modes_mod
 from .cell import ModelSource, cell_spec
@@ -159,6 +160,8 @@ def sweep(model: str | Sequence[str] | nn.Module | None = None, modes: str | Seq
           cell_timeout_s: float = config.DEFAULT_CELL_TIMEOUT_S,
           save_reload: bool = True,
           cache: str = "warm",
+          compile_cache: str | os.PathLike | None = None,
+          save_compile_cache: bool = True,
           policy: measure.TimingPolicy | None = None,
           **mode_settings: Any) -> ResultSet:
     """Measure every (model, batch size, mode) cell; returns the rows, also written to `out` if given.
@@ -186,6 +189,8 @@ def sweep(model: str | Sequence[str] | nn.Module | None = None, modes: str | Seq
     _warn_prequantized(sources)
     cells = _cells(cfg, sources)
     folder = ResultsFolder(out) if out is not None else None
+    if folder is not None and cfg.save_compile_cache and cfg.compile.enabled:
+        cfg = dataclasses.replace(cfg, compile_cache_to=str(folder.path / compile_cache_mod.FILE_NAME))
     with folder or contextlib.nullcontext():
         done = folder.start([spec for _, spec in cells], resume, retry_errors) if folder is not None else {}
         return _measure(cfg, cells, folder, done, stop, on_row, clock, progress)

@@ -99,13 +99,13 @@ class InProcess:
             stop: threading.Event | None = None) -> None:
         import torch
 
-        from . import cell, compiling, profiling
+        from . import cell, compile_cache, compiling, profiling
         from ._torchao import quiet_logs
 
         cfg = group.cfg
         if cfg.diagnose and cfg.device == "cuda":
             profiling.prepare_for_cuda_graphs()
-        with compiling.torch_threads(cfg.threads), torch.no_grad(), quiet_logs():
+        with compiling.torch_threads(cfg.threads), torch.no_grad(), quiet_logs(), compile_cache.around_group(cfg):
             try:
                 ref = cell.build_reference(cfg, group.source, group.batch, _copy_gbs(cfg.device, cfg.threads),
                                            lambda phase: on_phase(None, phase))

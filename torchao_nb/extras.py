@@ -134,12 +134,17 @@ class EagerCheck(Extra):
 
 
 @dataclass(frozen=True)
+class CarriedCache(Extra):
+    compile_cache: str  # the carried compile cache (--compile-cache) this cell compiled with: loaded, or why not
+
+
+@dataclass(frozen=True)
 class WorkerLog(Extra):
     worker_log: str  # what a crashed or stopped worker process wrote last
 
 
 KINDS: tuple[type[Extra], ...] = (SaveReload, LayersLeftAlone, LayerConfigs, Autoquant, Generations, Perplexity,
-                                  TaskCosine, CompileNotes, TimingNotes, Profile, EagerCheck, WorkerLog)
+                                  TaskCosine, CompileNotes, TimingNotes, Profile, EagerCheck, CarriedCache, WorkerLog)
 KIND_OF_KEY: dict[str, type[Extra]] = {}  # every top-level key → the one kind that owns it
 for _kind in KINDS:
     for _key in _kind.keys():
