@@ -30,7 +30,7 @@ def run(work: Path, name: str, extra: list[str], args) -> dict:
                 TORCHAO_NB_CACHE_DIR=str(caches / "torchao_nb"))
     out = work / name
     cmd = [sys.executable, "-m", "torchao_nb", "run", "--model", args.model, "--modes", args.modes, "--device", "cpu",
-           "--quiet", "--out", str(out), *(["--quick"] if args.quick else []), *extra]
+           "--quiet", "--save-compile-cache", "--out", str(out), *(["--quick"] if args.quick else []), *extra]
     load = Path("/proc/loadavg").read_text().split()[0]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, env=envv, stdout=subprocess.DEVNULL)

@@ -13,7 +13,7 @@ from torchao_nb.errors import UserError
 from torchao_nb.extras import CarriedCache, Extras
 
 SMALL = dict(model="mlp", modes="noquant,int8dynamic", device="cpu", dtype="float32", policy=measure.FAST_POLICY,
-             save_reload=False, progress=False)
+             save_reload=False, progress=False, save_compile_cache=True)
 
 
 def fresh_worker(monkeypatch, cache_dir):
@@ -143,7 +143,8 @@ def test_in_process_the_sweep_saves_its_cache_too_and_without_out_or_compile_not
     sweep(out=tmp_path / "a", isolate=False, **(SMALL | dict(modes="noquant")))
     counts = compile_cache.read(tmp_path / "a" / compile_cache.FILE_NAME).valid_for["artifacts"]
     assert counts["inductor"] >= 1 and counts["cpp_kernels"] >= 1  # noquant compiles the graph of its baseline
-    sweep(out=tmp_path / "b", isolate=False, save_compile_cache=False, **(SMALL | dict(modes="noquant")))
+    default = {k: v for k, v in SMALL.items() if k != "save_compile_cache"}  # saving is asked for, not the default
+    sweep(out=tmp_path / "b", isolate=False, **(default | dict(modes="noquant")))
     sweep(out=tmp_path / "c", isolate=False, compile=False, **(SMALL | dict(modes="noquant")))
     assert not (tmp_path / "b" / compile_cache.FILE_NAME).exists()
     assert not (tmp_path / "c" / compile_cache.FILE_NAME).exists()

@@ -80,7 +80,7 @@ OPTIONS: tuple[Option, ...] = (
            "graphs and kernels are loaded before the first compile, so the cells compile from it (a cache from "
            "another torch, torchao, Python or device kind is refused)", "--compile-cache", str,
            label="compile cache file", types="str | os.PathLike | None"),
-    Option("save_compile_cache", True, "save the sweep's compiled graphs and kernels into the results folder "
+    Option("save_compile_cache", False, "save the sweep's compiled graphs and kernels into the results folder "
            f"({compile_cache.FILE_NAME}), for --compile-cache of a later sweep (with out= only)",
            "--save-compile-cache", bool),
     Option("policy", None, "a measure.TimingPolicy (default: measure.TimingPolicy(); --quick: measure.FAST_POLICY)",
@@ -113,7 +113,7 @@ class SweepConfig:
     save_reload: bool = True
     cache: str = "warm"  # one of measure.CACHES
     compile_cache: str | None = None  # the carried cache to load before the first compile (an absolute path)
-    save_compile_cache: bool = True
+    save_compile_cache: bool = False
     compile_cache_to: str | None = None  # where the worker saves the compile artifacts: set by the sweep from out=
 
     def settings_for(self, mode: str) -> object | None:

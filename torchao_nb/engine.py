@@ -161,7 +161,7 @@ def sweep(model: str | Sequence[str] | nn.Module | None = None, modes: str | Seq
           save_reload: bool = True,
           cache: str = "warm",
           compile_cache: str | os.PathLike | None = None,
-          save_compile_cache: bool = True,
+          save_compile_cache: bool = False,
           policy: measure.TimingPolicy | None = None,
           **mode_settings: Any) -> ResultSet:
     """Measure every (model, batch size, mode) cell; returns the rows, also written to `out` if given.
