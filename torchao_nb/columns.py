@@ -8,9 +8,7 @@ from typing import Sequence
 from . import fields
 from .extras import LayerConfigs, SaveReload, TimingNotes
 from .fields import INFINITE, PANEL, REPORT, TERMINAL, Field  # noqa: F401  (the views; part of this module's API)
-from .results import KEY_FIELDS, Row
-
-_MODE_FIELDS = ("mode", "mode_settings")  # what differs between the cells of one group
+from .results import Row
 
 
 def no_clear_difference(row: Row) -> bool:
@@ -79,7 +77,7 @@ def machine_drift(rows) -> str | None:
     groups: dict[tuple, list[float]] = {}
     for r in rows:
         if r.status == "ok" and r.baseline_ms:
-            groups.setdefault(tuple(v for f, v in zip(KEY_FIELDS, r.key) if f not in _MODE_FIELDS), []).append(r.baseline_ms)
+            groups.setdefault(r.spec.group, []).append(r.baseline_ms)
     spreads = [(max(ms) / min(ms), min(ms), max(ms)) for ms in groups.values() if len(ms) > 1]
     if not spreads or (worst := max(spreads))[0] <= 1 + DRIFT_REL:
         return None

@@ -50,6 +50,11 @@ class CellSpec:
         return (self.model, self.mode, self.batch_size)
 
     @property
+    def group(self) -> tuple:
+        """The key without the mode: cells that share one unquantized reference and baseline in a sweep."""
+        return tuple(getattr(self, f) for f in KEY_FIELDS if f not in MODE_FIELDS)
+
+    @property
     def settings(self) -> tuple:
         return tuple(getattr(self, f) for f in SETTING_FIELDS)
 
@@ -65,6 +70,7 @@ class CellSpec:
 KEY_FIELDS = tuple(f.name for f in dataclasses.fields(CellSpec))
 CELL_FIELDS = tuple(f.name for f in dataclasses.fields(CellSpec) if f.metadata.get("cell"))
 SETTING_FIELDS = tuple(f for f in KEY_FIELDS if f not in CELL_FIELDS)
+MODE_FIELDS = ("mode", "mode_settings")  # what differs between the cells of one group
 CELL = ("model", "mode", "batch_size")  # the names of CellSpec.cell, as table columns
 
 _FIELD_WORDS = {"model_signature": "another module or other inputs of the same class",
