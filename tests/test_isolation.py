@@ -268,3 +268,31 @@ def test_a_candidate_that_crashes_on_one_layer_costs_that_candidate_there_only(t
     # The search went on there and on the other layer (what this CPU's kernels then did is theirs to say).
     assert layers["bomb"]["candidates"]["int8dynamic"]["status"] != "crashed"
     assert layers["safe"]["candidates"]["int8weightonly"]["status"] != "crashed"
+
+
+CALLS = {"n": 0}
+
+
+class CrashesWhileTimed(nn.Module):
+    """Fine while it is quantized, compiled, checked and copied; int8 weight-only's forward crashes on its 6th call
+    in a process, which falls inside the rounds that time a group's modes together."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(128, 128)
+
+    def forward(self, x):
+        if quantized_as(self.fc.weight) == "int8weightonly":
+            CALLS["n"] += 1
+            if CALLS["n"] >= 6:
+                ctypes.string_at(0)
+        return self.fc(x)
+
+
+def test_a_crash_while_the_group_is_timed_together_costs_one_row_and_the_others_are_timed_alone():
+    rows = by_mode(run(CrashesWhileTimed(), "noquant,int8weightonly,int8dynamic"))
+    assert rows["int8weightonly"].status == "error"
+    assert "worker crashed (SIGSEGV) while timing int8weightonly" in rows["int8weightonly"].reason
+    for mode in ("noquant", "int8dynamic"):
+        assert rows[mode].status == "ok" and rows[mode].speedup
+        assert "timed alone" in tables.text([rows[mode]])  # the note says why it was not timed with its group

@@ -317,3 +317,26 @@ def test_with_sides_what_settles_is_each_sides_median_over_copies():
     pooled = measure.time_interleaved([drifting, steady, steady], policy, clock=clock, sides=[[0, 1, 2]])
     assert len(pooled[0].samples_ms) < len(alone[0].samples_ms)
     assert len(pooled[0].samples_ms) == 21  # settled at the second check
+
+
+def test_rounds_that_drift_are_resampled_in_blocks_and_widen_the_interval():
+    """A ratio that moves with the machine for stretches of rounds (the demo on a shared 2-core VM) is not 60
+    independent rounds: the same values in a drifting order give a wider interval than shuffled."""
+    import random
+
+    ratios = [2.0 * (1 + 0.15 * math.sin(2 * math.pi * i / 30 + 0.3)) * (1 + 0.004 * ((i * 7) % 5 - 2)) for i in range(60)]
+    mixed = ratios[:]
+    random.Random(0).shuffle(mixed)
+    assert measure.block_length(ratios) > 5 and measure.block_length(mixed) == 1
+    same = measure.Measurement(tuple(1.0 for _ in range(60)), 1)
+    drifting = measure.paired_ratio(measure.Measurement(tuple(ratios), 1), same)
+    shuffled = measure.paired_ratio(measure.Measurement(tuple(mixed), 1), same)
+    assert drifting.value == pytest.approx(shuffled.value)
+    assert drifting.hi - drifting.lo > 1.5 * (shuffled.hi - shuffled.lo)
+    assert drifting.lo < 1.85 and drifting.hi > 2.2  # it admits most of what the rounds met
+
+
+def test_drift_is_the_spread_of_the_rounds_stretch_medians():
+    samples = [1.0] * 20 + [1.5] * 20
+    assert measure.drift(samples) == (1.0, 1.5)
+    assert measure.drift([1.0] * 19) is None  # too few rounds to say

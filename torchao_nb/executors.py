@@ -49,6 +49,7 @@ class Group:
     source: ModelSource
     batch: int
     modes: tuple[str, ...]
+    together: bool = True  # its modes timed in one set of rounds (off: each alone, as after a crash while timing)
 
 
 class Executor(Protocol):
@@ -116,11 +117,8 @@ class InProcess:
             try:
                 # One compiler state for the group: its baseline compiles once, for all its cells.
                 with compiling.maybe_compiled(ref.compile):
-                    for mode in group.modes:
-                        if stop is not None and stop.is_set():
-                            return
-                        on_row(cell.run_cell(cfg, ref, mode, group.batch, self.clock,
-                                             functools.partial(on_phase, mode), self.sandbox))
+                    cell.run_group(cfg, ref, group.modes, group.batch, on_row, self.clock, on_phase, self.sandbox,
+                                   stop, group.together)
             finally:
                 del ref
                 cell.free_memory(cfg.device)
@@ -361,6 +359,8 @@ class WorkerExecutor:
 
     def run(self, group: Group, on_row: OnRow, on_phase: OnPhase = _no_phase,
             stop: threading.Event | None = None) -> None:
+        from .cell import TOGETHER
+
         remaining = list(group.modes)  # the modes with no row yet
         while remaining and not (stop is not None and stop.is_set()):
             worker = self._ready_worker()
@@ -369,6 +369,10 @@ class WorkerExecutor:
             failure = self._follow(worker, watch, group, remaining, on_row, on_phase, stop)
             if failure is None:
                 return
+            if watch.mode == TOGETHER:  # which mode's calls crashed is unknown: each is timed alone now, so it costs one row
+                self._discard()
+                group = dataclasses.replace(group, together=False)
+                continue
             self._lost(worker, watch, failure, group, remaining, on_row)
 
     def _follow(self, worker: Worker, watch: _Watch, group: Group, remaining: list[str], on_row: OnRow,

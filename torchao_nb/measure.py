@@ -277,6 +277,47 @@ def per_round(copies: "Measurement | Sequence[Measurement]") -> Measurement:
     return Measurement(tuple(float(x) for x in samples), copies[0].calls_per_sample)
 
 
+def block_length(series: Sequence[float]) -> int:
+    """Rounds per block for the bootstrap of a per-round series: the first lag at which the series is no longer
+    correlated with itself (|autocorrelation| under 2/sqrt(n)), at most a third of the rounds. Drift that lasts
+    longer than a round makes neighbouring rounds alike; resampling single rounds would treat them as
+    independent and claim a precision the run does not have."""
+    import numpy as np
+
+    x = np.log(np.asarray(series, dtype=float))
+    n = len(x)
+    if n < 6 or not np.all(np.isfinite(x)):
+        return 1
+    x = x - x.mean()
+    var = float(x @ x)
+    if var == 0:
+        return 1
+    limit, cap = 2 / math.sqrt(n), max(1, n // 3)
+    for lag in range(1, cap + 1):
+        if abs(float(x[:-lag] @ x[lag:]) / var) < limit:
+            return lag
+    return cap
+
+
+def _block_rounds(rng, rounds: int, block: int, resamples: int):
+    """Circular moving-block resamples of round indices: (resamples, rounds)."""
+    import numpy as np
+
+    blocks = -(-rounds // block)
+    starts = rng.integers(rounds, size=(resamples, blocks, 1))
+    return ((starts + np.arange(block)) % rounds).reshape(resamples, blocks * block)[:, :rounds]
+
+
+def drift(samples_ms: Sequence[float], parts: int = 10) -> tuple[float, float] | None:
+    """(fastest, slowest) median of `parts` consecutive stretches of the rounds: how far the machine moved while
+    they were taken. None with fewer than two rounds per stretch."""
+    if len(samples_ms) < 2 * parts:
+        return None
+    size = len(samples_ms) / parts
+    meds = [statistics.median(samples_ms[round(i * size):round((i + 1) * size)]) for i in range(parts)]
+    return min(meds), max(meds)
+
+
 def paired_ratio(num: "Measurement | Sequence[Measurement]", den: "Measurement | Sequence[Measurement]",
                  confidence: float = 0.95, resamples: int = 2000, seed: int = 0) -> Ratio:
     """Round by round, num/den (both saw the same machine); the median of those, and a bootstrap
@@ -286,16 +327,19 @@ def paired_ratio(num: "Measurement | Sequence[Measurement]", den: "Measurement |
     of a side is the median over its copies, and the bootstrap resamples at both levels: each side's
     copies with replacement, then rounds. Copies that read differently (memory-placement luck: one of
     three compiled copies of the demo read 40 % slower than the other two, in 2 of 3 fresh processes)
-    so widen the interval; identical copies leave it as narrow as the rounds make it. A fixed seed: the
-    same samples give the same interval.
+    so widen the interval; identical copies leave it as narrow as the rounds make it. Rounds are resampled
+    in blocks of neighbours (`block_length` of the per-round ratios), so a ratio that drifts with the machine
+    widens the interval by as much as the drift the rounds saw. A fixed seed: the same samples give the same
+    interval.
     """
     import numpy as np
 
     sides = [np.stack([np.asarray(c.samples_ms, dtype=float) for c in _replicates(m)]) for m in (num, den)]
     rounds = sides[0].shape[1]
-    value = np.median(np.median(sides[0], axis=0) / np.median(sides[1], axis=0))
+    per_round = np.median(sides[0], axis=0) / np.median(sides[1], axis=0)
+    value = np.median(per_round)
     rng = np.random.default_rng(seed)
-    picked_rounds = rng.integers(rounds, size=(resamples, 1, rounds))
+    picked_rounds = _block_rounds(rng, rounds, block_length(per_round), resamples)[:, None, :]
     medians = []
     for side in sides:
         picked_copies = rng.integers(side.shape[0], size=(resamples, side.shape[0], 1))
