@@ -319,7 +319,7 @@ def drift(samples_ms: Sequence[float], parts: int = 10) -> tuple[float, float] |
 
 
 def paired_ratio(num: "Measurement | Sequence[Measurement]", den: "Measurement | Sequence[Measurement]",
-                 confidence: float = 0.95, resamples: int = 2000, seed: int = 0) -> Ratio:
+                 confidence: float = 0.95, resamples: int = 2000, seed: int = 0, min_block: int = 1) -> Ratio:
     """Round by round, num/den (both saw the same machine); the median of those, and a bootstrap
     interval of that median.
 
@@ -328,9 +328,9 @@ def paired_ratio(num: "Measurement | Sequence[Measurement]", den: "Measurement |
     copies with replacement, then rounds. Copies that read differently (memory-placement luck: one of
     three compiled copies of the demo read 40 % slower than the other two, in 2 of 3 fresh processes)
     so widen the interval; identical copies leave it as narrow as the rounds make it. Rounds are resampled
-    in blocks of neighbours (`block_length` of the per-round ratios), so a ratio that drifts with the machine
-    widens the interval by as much as the drift the rounds saw. A fixed seed: the same samples give the same
-    interval.
+    in blocks of neighbours (`block_length` of the per-round ratios, at least `min_block`), so a ratio that
+    drifts with the machine widens the interval by as much as the drift the rounds saw. A fixed seed: the same
+    samples give the same interval.
     """
     import numpy as np
 
@@ -339,7 +339,8 @@ def paired_ratio(num: "Measurement | Sequence[Measurement]", den: "Measurement |
     per_round = np.median(sides[0], axis=0) / np.median(sides[1], axis=0)
     value = np.median(per_round)
     rng = np.random.default_rng(seed)
-    picked_rounds = _block_rounds(rng, rounds, block_length(per_round), resamples)[:, None, :]
+    block = min(max(min_block, block_length(per_round)), max(1, rounds // 3))
+    picked_rounds = _block_rounds(rng, rounds, block, resamples)[:, None, :]
     medians = []
     for side in sides:
         picked_copies = rng.integers(side.shape[0], size=(resamples, side.shape[0], 1))

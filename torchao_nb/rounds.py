@@ -5,6 +5,7 @@ group's time rather than over one cell's seconds."""
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
 from torch import nn
@@ -20,6 +21,10 @@ from .reference import Reference
 # of that and claimed +-3 %, while the next cell or run met another machine. Timed together, each ratio is
 # sampled over the group's whole minute and its interval (a block bootstrap, measure.paired_ratio) widens with
 # the drift it saw.
+# The rounds are resampled in blocks of at least DRIFT_S (measure.paired_ratio): on that VM the machine's state
+# lasted 10-30 s (benchmarks/drift.py), so neighbouring rounds within it are not independent evidence, and
+# five fresh runs' intervals held their median in 3 of 5 with blocks chosen from the autocorrelation alone.
+DRIFT_S = 15.0
 MIN_TOGETHER_COPIES = 2  # fewer copies per side than this (memory): each cell is timed alone, with more copies
 
 
@@ -91,7 +96,10 @@ def time_modes(cfg: SweepConfig, ref: Reference, sides: dict[str, list], clock,
         groups.append(list(range(start, start + len(copies_))))
         start += len(copies_)
     with envmod.OtherLoad() as load:
+        began = clock()
         timed = measure.time_interleaved(calls, cfg.policy, clock, sync, win, [g for g in groups if g])
+        per_round = (clock() - began) / max(1, len(timed[0].samples_ms))
+    block = max(1, math.ceil(DRIFT_S / per_round)) if per_round > 0 else 1
     eager_m = timed[len(bases)]
     base_ms = timed[:len(bases)] or [eager_m]
     base = measure.per_round(base_ms)
@@ -99,7 +107,7 @@ def time_modes(cfg: SweepConfig, ref: Reference, sides: dict[str, list], clock,
     out = {}
     for mode, members in zip(sides, groups[2:]):
         ms = [timed[i] for i in members]
-        speedup, vs_eager = measure.paired_ratio(base_ms, ms), measure.paired_ratio(eager_m, ms)
+        speedup, vs_eager = (measure.paired_ratio(den, ms, min_block=block) for den in (base_ms, eager_m))
         m = measure.per_round(ms)
         unsteady = _not_steady(calls[members[-1]], calls[0], m.median_ms, cfg, win)
         out[mode] = (dict(median_ms=m.median_ms, iqr_ms=m.iqr_ms, samples=len(m.samples_ms), replicates=len(ms),
