@@ -279,7 +279,7 @@ def per_round(copies: "Measurement | Sequence[Measurement]") -> Measurement:
 
 def block_length(series: Sequence[float]) -> int:
     """Rounds per block for the bootstrap of a per-round series: the first lag at which the series is no longer
-    correlated with itself (|autocorrelation| under 2/sqrt(n)), at most a third of the rounds. Drift that lasts
+    correlated with itself (autocorrelation under 2/sqrt(n)), at most a third of the rounds. Drift that lasts
     longer than a round makes neighbouring rounds alike; resampling single rounds would treat them as
     independent and claim a precision the run does not have."""
     import numpy as np
@@ -294,7 +294,7 @@ def block_length(series: Sequence[float]) -> int:
         return 1
     limit, cap = 2 / math.sqrt(n), max(1, n // 3)
     for lag in range(1, cap + 1):
-        if abs(float(x[:-lag] @ x[lag:]) / var) < limit:
+        if float(x[:-lag] @ x[lag:]) / var < limit:  # only persistence widens: alternation is no drift
             return lag
     return cap
 
