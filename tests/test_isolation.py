@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 import torchao_nb
-from torchao_nb import executors, measure, tables
+from torchao_nb import executors, measure, sending, tables
 from torchao_nb.results import read_jsonl
 
 X = (torch.randn(2, 128),)
@@ -232,10 +232,10 @@ def test_a_users_main_script_survives_a_crashing_kernel(tmp_path):
 
 def test_an_error_from_sending_the_model_says_how_to_get_around_it():
     row = by_mode(run(Misbehaves("none", "nan"), "noquant")).get("noquant")
-    broken = executors._with_sending_help(
+    broken = sending.with_sending_help(
         __import__("dataclasses").replace(row, status="error", reason="AttributeError: module '__main__' has no attribute 'F'"))
     assert "isolate=False (--in-process)" in broken.reason and "importable file" in broken.reason
-    assert executors._with_sending_help(row) is row  # an ok row is left as it is
+    assert sending.with_sending_help(row) is row  # an ok row is left as it is
 
 
 class Bomb(nn.Linear):

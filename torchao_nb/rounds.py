@@ -10,7 +10,7 @@ from typing import Any
 
 from torch import nn
 
-from . import compiling, measure, models
+from . import compiling, measure, models, ratios
 from . import env as envmod
 from .config import SweepConfig
 from .extras import TimingNotes
@@ -19,9 +19,9 @@ from .reference import Reference
 # A shared VM's speed moves over tens of seconds (on the 2-core AMD EPYC the baseline read 2.7-4.0 ms across
 # 140 s in one process, and every speedup over it moved with it, docs/timing.md): a cell timed alone saw ~10 s
 # of that and claimed +-3 %, while the next cell or run met another machine. Timed together, each ratio is
-# sampled over the group's whole minute and its interval (a block bootstrap, measure.paired_ratio) widens with
+# sampled over the group's whole minute and its interval (a block bootstrap, ratios.paired_ratio) widens with
 # the drift it saw.
-# The rounds are resampled in blocks of at least DRIFT_S (measure.paired_ratio): on that VM the machine's state
+# The rounds are resampled in blocks of at least DRIFT_S (ratios.paired_ratio): on that VM the machine's state
 # lasted 10-30 s (benchmarks/drift.py), so neighbouring rounds within it are not independent evidence, and
 # five fresh runs' intervals held their median in 3 of 5 with blocks chosen from the autocorrelation alone.
 DRIFT_S = 15.0
@@ -102,13 +102,13 @@ def time_modes(cfg: SweepConfig, ref: Reference, sides: dict[str, list], clock,
     block = max(1, math.ceil(DRIFT_S / per_round)) if per_round > 0 else 1
     eager_m = timed[len(bases)]
     base_ms = timed[:len(bases)] or [eager_m]
-    base = measure.per_round(base_ms)
-    moved = measure.drift(base.samples_ms)
+    base = ratios.per_round(base_ms)
+    moved = ratios.drift(base.samples_ms)
     out = {}
     for mode, members in zip(sides, groups[2:]):
         ms = [timed[i] for i in members]
-        speedup, vs_eager = (measure.paired_ratio(den, ms, min_block=block) for den in (base_ms, eager_m))
-        m = measure.per_round(ms)
+        speedup, vs_eager = (ratios.paired_ratio(den, ms, min_block=block) for den in (base_ms, eager_m))
+        m = ratios.per_round(ms)
         unsteady = _not_steady(calls[members[-1]], calls[0], m.median_ms, cfg, win)
         out[mode] = (dict(median_ms=m.median_ms, iqr_ms=m.iqr_ms, samples=len(m.samples_ms), replicates=len(ms),
                           noisy=m.noisy(cfg.policy), baseline_ms=base.median_ms, eager_ms=eager_m.median_ms,
