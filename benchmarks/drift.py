@@ -4,7 +4,7 @@
 
 Builds the demo MLP, five compiled copies of the unquantized model and five of each mode, then measures each
 mode against the baseline exactly as a cell does (`measure.time_interleaved` over both sides' copies,
-`measure.paired_ratio`), in turn, `--repeats` times. Nothing changes between repeats but time, so a spread of the
+`ratios.paired_ratio`), in turn, `--repeats` times. Nothing changes between repeats but time, so a spread of the
 speedups wider than their intervals is the machine moving on a time scale longer than a cell (other tenants of a
 shared last-level cache, clocks): no single cell's interval can cover that. Prints each measurement and, per
 mode, the spread of the speedups and of the baseline's ms. On a 2-core AMD EPYC VM (32 MiB L3) on 2026-12-03:
@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from torchao_nb import compiling, env, measure, modes  # noqa: E402
+from torchao_nb import compiling, env, measure, modes, ratios  # noqa: E402
 from torchao_nb.models import mlp  # noqa: E402
 
 COPIES = measure.TimingPolicy().replicates
@@ -59,11 +59,11 @@ def main() -> int:
             for name in names:
                 calls = [lambda f=f: f(x) for f in base + quantized[name]]
                 t = measure.time_interleaved(calls, policy, sides=[list(range(COPIES)), list(range(COPIES, 2 * COPIES))])
-                r = measure.paired_ratio(t[:COPIES], t[COPIES:])
-                base_ms = measure.per_round(t[:COPIES]).median_ms
+                r = ratios.paired_ratio(t[:COPIES], t[COPIES:])
+                base_ms = ratios.per_round(t[:COPIES]).median_ms
                 seen[name].append((r.value, base_ms))
                 print(f"{time.perf_counter() - start:6.1f} s  {name:16s} base {base_ms:.3f} ms  "
-                      f"mode {measure.per_round(t[COPIES:]).median_ms:.3f} ms  speedup {r.value:.3f} [{r.lo:.3f}-{r.hi:.3f}]",
+                      f"mode {ratios.per_round(t[COPIES:]).median_ms:.3f} ms  speedup {r.value:.3f} [{r.lo:.3f}-{r.hi:.3f}]",
                       flush=True)
     for name, got in seen.items():
         sp, ms = [g[0] for g in got], [g[1] for g in got]

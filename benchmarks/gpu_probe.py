@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from torchao_nb import compiling, env, measure, models  # noqa: E402
+from torchao_nb import compiling, env, measure, models, ratios  # noqa: E402
 from torchao_nb import modes as modes_mod  # noqa: E402
 from torchao_nb._torchao import quiet_logs  # noqa: E402
 
@@ -65,7 +65,7 @@ def paired(fns: list, warm: bool) -> list[float]:
         window = measure.Window(run, what="warm call, then CUDA events")
     timed = measure.time_interleaved(fns, measure.TimingPolicy(max_time_s=1.0), sync=torch.cuda.synchronize,
                                      window=window)
-    r = measure.paired_ratio(timed[0], timed[-1])
+    r = ratios.paired_ratio(timed[0], timed[-1])
     return [round(r.value, 4), round(r.lo, 4), round(r.hi, 4), round(timed[0].median_ms, 4), round(timed[-1].median_ms, 4)]
 
 

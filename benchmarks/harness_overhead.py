@@ -21,7 +21,7 @@ import statistics
 import torch
 from torch.utils import benchmark
 
-from torchao_nb import env, measure, models
+from torchao_nb import env, measure, models, ratios
 from torchao_nb._torchao import quiet_logs
 
 
@@ -67,7 +67,7 @@ def main() -> None:
         aa, intervals = [], []
         for _ in range(5):
             a, b = measure.time_paired(call, lambda: models.call(twin, inputs), measure.TimingPolicy(), sync=sync)
-            r = measure.paired_ratio(a, b)  # round-by-round ratios, as the sweep's speedups
+            r = ratios.paired_ratio(a, b)  # round-by-round ratios, as the sweep's speedups
             aa.append(r.value)
             intervals.append(f"{r.lo:.3f}-{r.hi:.3f}")
     rel_iqr = _rel_iqr(ours)

@@ -165,6 +165,7 @@ def main() -> int:
         print(json.dumps(independent(Path(args.independent), args.min_run_time)))
         return 0
     from torchao_nb import env
+    from torchao_nb.extras import TimingNotes
 
     root = Path(args.out or tempfile.mkdtemp(prefix="repro-"))
     stop = multiprocessing.Event()
@@ -177,7 +178,10 @@ def main() -> int:
             rows, indep, wall = _run(i, root, args)
             runs.append((rows, indep))
             base = [r.baseline_ms for r in rows.values() if r.baseline_ms]
-            print(f"run {i}: sweep {wall:.0f} s, base ms {min(base):.3f}-{max(base):.3f} across its cells; " + ", ".join(
+            seen = [x for r in rows.values() if (t := r.extra_of(TimingNotes)) and t.base_range_ms
+                    for x in t.base_range_ms] + base
+            print(f"run {i}: sweep {wall:.0f} s, base ms {min(base):.3f}-{max(base):.3f} across its cells "
+                  f"({min(seen):.3f}-{max(seen):.3f} over its rounds); " + ", ".join(
                 f"{m} {r.speedup:.3f} (indep {indep['baseline'] / indep[m]:.3f})" for m, r in rows.items()), flush=True)
     finally:
         stop.set()

@@ -49,6 +49,6 @@ def ran(monkeypatch):
     from torchao_nb import cell as cell_mod
 
     seen = []
-    real = cell_mod.run_cell
-    monkeypatch.setattr(cell_mod, "run_cell", lambda cfg, ref, mode, *a: seen.append(mode) or real(cfg, ref, mode, *a))
+    real = cell_mod.prepare_cell
+    monkeypatch.setattr(cell_mod, "prepare_cell", lambda cfg, ref, mode, *a: seen.append(mode) or real(cfg, ref, mode, *a))
     return seen

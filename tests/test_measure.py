@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from torchao_nb import measure, modes as modes_mod
+from torchao_nb import measure, modes as modes_mod, ratios
 from torchao_nb.env import DeviceInfo
 
 
@@ -185,7 +185,7 @@ def test_a_position_bias_cancels_in_the_paired_ratio():
 
     a, b = measure.time_interleaved([fn, fn], measure.TimingPolicy(warmup_s=0.0, min_warmup=1, lead_s=0.0, burst_s=0.0),
                                     clock=clock)
-    r = measure.paired_ratio(a, b)
+    r = ratios.paired_ratio(a, b)
     assert r.lo <= 1.0 <= r.hi and not r.clear
     assert a.median_ms == pytest.approx(b.median_ms, rel=0.06)
 
@@ -193,12 +193,12 @@ def test_a_position_bias_cancels_in_the_paired_ratio():
 def test_paired_ratio_and_its_interval():
     base = measure.Measurement(tuple(2.0 + 0.01 * (i % 7) for i in range(60)), 1)
     fast = measure.Measurement(tuple(1.0 + 0.005 * (i % 7) for i in range(60)), 1)
-    r = measure.paired_ratio(base, fast)
+    r = ratios.paired_ratio(base, fast)
     assert r.value == pytest.approx(2.0, rel=1e-6) and r.lo <= r.value <= r.hi and r.clear
-    assert measure.paired_ratio(base, fast) == r  # seeded: the same samples give the same interval
+    assert ratios.paired_ratio(base, fast) == r  # seeded: the same samples give the same interval
     noisy = measure.Measurement(tuple(1.0 + (0.3 if i % 2 else -0.3) for i in range(60)), 1)
     same = measure.Measurement(tuple(1.0 for _ in range(60)), 1)
-    wide = measure.paired_ratio(noisy, same)
+    wide = ratios.paired_ratio(noisy, same)
     assert wide.lo < 1.0 < wide.hi and not wide.clear
 
 
@@ -228,14 +228,14 @@ def _replicate(median: float, n: int = 40) -> measure.Measurement:
 
 def test_replicates_that_differ_widen_the_interval_and_identical_ones_do_not():
     base = [_replicate(2.0), _replicate(2.0), _replicate(2.0)]
-    same = measure.paired_ratio(base, [_replicate(1.0), _replicate(1.0), _replicate(1.0)])
-    alone = measure.paired_ratio(base[0], _replicate(1.0))
+    same = ratios.paired_ratio(base, [_replicate(1.0), _replicate(1.0), _replicate(1.0)])
+    alone = ratios.paired_ratio(base[0], _replicate(1.0))
     assert same.value == pytest.approx(2.0, rel=1e-3)
     assert same.hi - same.lo == pytest.approx(alone.hi - alone.lo, rel=0.5)  # no wider than one copy's rounds
-    differ = measure.paired_ratio(base, [_replicate(0.96), _replicate(1.0), _replicate(1.04)])
+    differ = ratios.paired_ratio(base, [_replicate(0.96), _replicate(1.0), _replicate(1.04)])
     assert differ.hi - differ.lo > 3 * (same.hi - same.lo)
     assert differ.lo < 2.0 / 1.02 and differ.hi > 2.0 / 0.98  # spans most of what the copies read
-    assert measure.paired_ratio(base, [_replicate(0.96), _replicate(1.0), _replicate(1.04)]) == differ  # seeded
+    assert ratios.paired_ratio(base, [_replicate(0.96), _replicate(1.0), _replicate(1.04)]) == differ  # seeded
 
 
 def test_a_cold_window_flushes_before_each_single_call():
@@ -256,10 +256,10 @@ def test_a_cold_window_flushes_before_each_single_call():
 def test_one_unlucky_copy_widens_the_interval_but_does_not_move_the_value():
     """Measured: one of three compiled copies of the demo read 40 % slower (memory placement) in 2 of 3 processes."""
     same = [_replicate(1.0), _replicate(1.0), _replicate(1.0)]
-    r = measure.paired_ratio([_replicate(1.0), _replicate(1.0), _replicate(1.4)], same)
+    r = ratios.paired_ratio([_replicate(1.0), _replicate(1.0), _replicate(1.4)], same)
     assert r.value == pytest.approx(1.0, rel=0.01)  # the A/A still reads 1.00
     assert r.hi > 1.3  # but the interval admits what the unlucky copy read
-    assert measure.per_round([_replicate(1.0), _replicate(1.0), _replicate(1.4)]).median_ms == pytest.approx(1.0, rel=0.01)
+    assert ratios.per_round([_replicate(1.0), _replicate(1.0), _replicate(1.4)]).median_ms == pytest.approx(1.0, rel=0.01)
 
 
 def test_a_function_still_settling_after_a_switch_is_told_apart_from_a_steady_one():
@@ -317,3 +317,26 @@ def test_with_sides_what_settles_is_each_sides_median_over_copies():
     pooled = measure.time_interleaved([drifting, steady, steady], policy, clock=clock, sides=[[0, 1, 2]])
     assert len(pooled[0].samples_ms) < len(alone[0].samples_ms)
     assert len(pooled[0].samples_ms) == 21  # settled at the second check
+
+
+def test_rounds_that_drift_are_resampled_in_blocks_and_widen_the_interval():
+    """A ratio that moves with the machine for stretches of rounds (the demo on a shared 2-core VM) is not 60
+    independent rounds: the same values in a drifting order give a wider interval than shuffled."""
+    import random
+
+    series = [2.0 * (1 + 0.15 * math.sin(2 * math.pi * i / 30 + 0.3)) * (1 + 0.004 * ((i * 7) % 5 - 2)) for i in range(60)]
+    mixed = series[:]
+    random.Random(0).shuffle(mixed)
+    assert ratios.block_length(series) > 5 and ratios.block_length(mixed) == 1
+    same = measure.Measurement(tuple(1.0 for _ in range(60)), 1)
+    drifting = ratios.paired_ratio(measure.Measurement(tuple(series), 1), same)
+    shuffled = ratios.paired_ratio(measure.Measurement(tuple(mixed), 1), same)
+    assert drifting.value == pytest.approx(shuffled.value)
+    assert drifting.hi - drifting.lo > 1.5 * (shuffled.hi - shuffled.lo)
+    assert drifting.lo < 1.85 and drifting.hi > 2.2  # it admits most of what the rounds met
+
+
+def test_drift_is_the_spread_of_the_rounds_stretch_medians():
+    samples = [1.0] * 20 + [1.5] * 20
+    assert ratios.drift(samples) == (1.0, 1.5)
+    assert ratios.drift([1.0] * 19) is None  # too few rounds to say

@@ -1,4 +1,5 @@
 import base64
+import dataclasses
 import html
 import re
 import stat
@@ -190,3 +191,13 @@ def test_the_timing_line_says_when_the_machine_moved_during_a_sweep():
     said = columns.machine_drift(moved)
     assert "1.78-3.79" in said and "2.13x" in said
     assert said in columns.timing_note(moved)
+    # rows timed together share one base ms: the drift is what the rounds saw
+    from torchao_nb.extras import TimingNotes, extra_text
+
+    together = [row(m, 1, median_ms=1.0, speedup=2.0, baseline_ms=2.0, replicates=5,
+                    extra=extra_text(TimingNotes(together=2, base_range_ms=[1.9, 2.9]))) for m in ("noquant", "int4weightonly")]
+    said = columns.machine_drift(together)
+    assert "1.9-2.9 ms" in said and "1.53x" in said
+    assert "every mode of its group" in columns.timing_note(together)
+    calm = [dataclasses.replace(r, extra=extra_text(TimingNotes(together=2, base_range_ms=[1.95, 2.05]))) for r in together]
+    assert columns.machine_drift(calm) is None

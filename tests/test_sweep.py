@@ -153,8 +153,8 @@ def test_rows_are_saved_as_they_finish_and_resume_skips_them(two_linear, tmp_pat
     assert ResultSet.load(tmp_path) == first
 
     ran = []
-    real = cell_mod.run_cell
-    monkeypatch.setattr(cell_mod, "run_cell", lambda cfg, ref, mode, *a: ran.append(mode) or real(cfg, ref, mode, *a))
+    real = cell_mod.prepare_cell
+    monkeypatch.setattr(cell_mod, "prepare_cell", lambda cfg, ref, mode, *a: ran.append(mode) or real(cfg, ref, mode, *a))
     second = run(two_linear, modes="noquant,int8dynamic,int8weightonly", out=tmp_path, resume=True)
     assert ran == ["int8dynamic", "int8weightonly"]
     assert [r.mode for r in second] == ["noquant", "int8dynamic", "int8weightonly"]
@@ -344,3 +344,18 @@ def test_settings_that_do_nothing_here_are_a_notice_not_an_error():
 def test_numbers_that_would_be_replaced_by_defaults_are_refused(kwargs, message):
     with pytest.raises(UserError, match=message):
         run("llama-tiny", **kwargs)
+
+
+def test_a_groups_modes_are_timed_together_against_one_baseline(two_linear):
+    """Every row of a group divides the same baseline samples, so the table adds up across its rows."""
+    from torchao_nb import columns
+    from torchao_nb.extras import TimingNotes
+
+    rows = [r for r in run(two_linear, modes="noquant,int8weightonly,int8dynamic") if r.status == "ok"]
+    assert len(rows) >= 2
+    assert len({r.baseline_ms for r in rows}) == 1
+    assert all(r.extra_of(TimingNotes).together == 3 and r.extra_of(TimingNotes).alone is None for r in rows)
+    assert "every mode of its group" in columns.timing_note(rows)
+    alone = by_mode(run(two_linear, modes="noquant"))["noquant"]
+    assert alone.extra_of(TimingNotes) is None or alone.extra_of(TimingNotes).together is None
+    assert "every mode of its group" not in columns.timing_note([alone])

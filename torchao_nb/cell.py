@@ -4,22 +4,23 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import gc
 import json
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
-from . import compile_cache, compiling, measure, models, profiling, saving
+from . import compile_cache, compiling, measure, models, profiling, rounds, saving
 from . import env as envmod
 from . import modes as modes_mod
 from .checks import wrongness
 from .config import SweepConfig
 from .errors import UserError, error_text
-from .extras import Autoquant, CompileNotes, EagerCheck, Extras, LayersLeftAlone, Profile, SaveReload, TimingNotes, \
-    extra_text
+from .extras import Autoquant, CompileNotes, EagerCheck, Extras, LayersLeftAlone, Profile, SaveReload, extra_text
 from .reference import (ModelSource, Phase, Reference, build_reference, cell_spec, error_row,  # noqa: F401
                         failed_reference_row, new_row, no_phase)
 from .results import Row
@@ -76,101 +77,10 @@ def _quality(cfg: SweepConfig, ref: Reference, model: nn.Module, fn, acc: measur
     if ref.quality is None:
         return {}, []
     probe = models.Probe(step=fn, output_cosine=acc.cosine, clock=clock, sync=sync, on_phase=on_phase,
-                         unquantized=ref.module, unquantized_step=_baseline_fn(ref) if ref.compile.enabled else ref.module)
+                         unquantized=ref.module, unquantized_step=rounds.baselines(ref, 1)[0] if ref.compile.enabled else ref.module)
     with compiling.watch() as watched:
         score = ref.quality.score(ref.quality_reference, model, probe)
     return score.fields, [CompileNotes(recompiles_while_scoring=watched.recompiles or None), score.extra]
-
-
-# ---- timing ------------------------------------------------------------------------------------
-
-def _window(cfg: SweepConfig, ref: Reference, clock, sync) -> measure.Window:
-    """Warm: bursts of back-to-back calls, as a generation loop runs a model. Cold: the last-level cache (CPU)
-    or L2 (CUDA) flushed before each single call, so a model that fits there reads its weights from memory."""
-    flush = 2 * ref.cache_bytes if cfg.cache == "cold" and ref.cache_bytes else 0
-    if cfg.device == "cuda":
-        return measure.cuda_window(flush)
-    return measure.host_cold_window(flush, clock, sync) if flush else measure.host_window(clock, sync)
-
-
-def _copy_count(cfg: SweepConfig, ref: Reference) -> int:
-    """The policy's copies per side, fewer when both sides' copies would take more than half the free memory
-    (a large model on a small machine times fewer copies, and its row's `replicates` says how many)."""
-    free = envmod.free_memory_bytes(cfg.device)
-    side = 2 * measure.weight_bytes(ref.module)  # a mode copy is at most as large as a baseline copy
-    made = len(ref.compiled_baselines)  # already in memory
-    if free is None or side == 0:
-        return cfg.policy.replicates
-    return max(1, min(cfg.policy.replicates, made + int(free // 2 // side)))
-
-
-def _baselines(ref: Reference, n: int) -> list:
-    """`n` compiled unquantized models, each from a copy of its own, made once per group (later cells and the
-    quality measure get them back from the group)."""
-    # A copy of its own, as every mode gets: sharing the eager reference's memory made the A/A read
-    # 0.95-0.99 on a 2-core CPU (the mode's copy was the one paying for fresh memory).
-    while len(ref.compiled_baselines) < n:
-        ref.compiled_baselines.append(_compiled_copy(ref, ref.module, "baseline"))
-    return ref.compiled_baselines[:n]
-
-
-def _baseline_fn(ref: Reference):
-    return _baselines(ref, 1)[0]
-
-
-def _compiled_copy(ref: Reference, module: nn.Module, label: str):
-    """`module` deep-copied into memory of its own (torchao's packed tensors are copied too), compiled, called once."""
-    fn = compiling.compiled(copy.deepcopy(module), ref.compile, label)
-    models.call(fn, ref.inputs)
-    return fn
-
-
-def _replicas(ref: Reference, model: nn.Module, fn, n: int, label: str) -> list:
-    """`fn` and n-1 more compiled copies of the quantized model, ready before timing starts."""
-    return [fn] + [_compiled_copy(ref, model, label) for _ in range(n - 1)]
-
-
-def _timed(cfg: SweepConfig, ref: Reference, fns: list, window: measure.Window, clock,
-           sync) -> tuple[dict[str, Any], TimingNotes]:
-    """The mode's copies timed in rounds with the unquantized model (as many compiled baseline copies, the eager
-    model), so both speedups come from samples taken under the same machine state, round by round: the row's
-    numbers, and notes for its extras (not a steady state, a busy machine)."""
-    n = len(fns)
-    bases = _baselines(ref, n) if ref.compile.enabled else []
-    calls = [lambda f=f: models.call(f, ref.inputs) for f in [*bases, ref.module, *fns]]
-    sides = [list(range(len(bases))), [len(bases)], list(range(len(bases) + 1, len(calls)))]  # base, eager, mode
-    with envmod.OtherLoad() as load:
-        timed = measure.time_interleaved(calls, cfg.policy, clock, sync, window, [x for x in sides if x])
-    eager_m, ms = timed[len(bases)], timed[len(bases) + 1:]
-    base_ms = timed[:len(bases)] or [eager_m]
-    speedup, vs_eager = measure.paired_ratio(base_ms, ms), measure.paired_ratio(eager_m, ms)
-    m, base = measure.per_round(ms), measure.per_round(base_ms)
-    unsteady = _not_steady(calls[-1], calls[0], m.median_ms, cfg, window)
-    return dict(median_ms=m.median_ms, iqr_ms=m.iqr_ms, samples=len(m.samples_ms), replicates=n,
-                noisy=m.noisy(cfg.policy), baseline_ms=base.median_ms, eager_ms=eager_m.median_ms,
-                speedup=speedup.value, speedup_lo=speedup.lo, speedup_hi=speedup.hi,
-                speedup_vs_eager=vs_eager.value, speedup_vs_eager_lo=vs_eager.lo, speedup_vs_eager_hi=vs_eager.hi,
-                sampling=window.what), TimingNotes(not_steady=unsteady, busy=_busy(load))
-
-
-def _busy(load: envmod.OtherLoad) -> str | None:
-    """A note when other processes took a good share of the CPU while the cell was timed."""
-    if load.share is None or load.share <= envmod.BUSY_SHARE:
-        return None
-    return (f"other processes used {load.cores:.1f} cores ({load.share:.0%}) while this cell was timed: "
-            "its numbers move with their load")
-
-
-def _not_steady(fn, other, per_call_ms: float, cfg: SweepConfig, window: measure.Window) -> str | None:
-    """Why the mode's bursts are not its steady state, or None when they are (see measure.after_switch)."""
-    if window.one_call:  # a cold window flushes before every call: there is no steady state to reach
-        return None
-    switched, settled = measure.after_switch(fn, other, per_call_ms, cfg.policy, window)
-    if switched <= settled * (1 + measure.STEADY_REL):
-        return None
-    return (f"not a steady state: a burst right after the unquantized model read {switched:.3f} ms per call, "
-            f"{settled:.3f} ms after {measure.SETTLE_S:g} s more of its calls; its speed depends on what ran "
-            "before it, and the speedup with it")
 
 
 def _diagnose(cfg: SweepConfig, ref: Reference, model: nn.Module, fn) -> str:
@@ -210,9 +120,81 @@ def _not_here(cfg: SweepConfig, ref: Reference, mode: str, spec: modes_mod.Mode,
         None if most is None else spec.input_reason(info, cfg.dtype, most))
 
 
-def run_cell(cfg: SweepConfig, ref: Reference, mode: str, batch: int, clock=time.perf_counter,
-             on_phase: Phase = no_phase, sandbox=None) -> Row:
-    """Quantize a fresh copy, compile, check the output, time: one Row, never an exception."""
+@dataclass
+class Prepared:
+    """A cell quantized, compiled, checked and copied: what its row needs once its group's rounds have timed it."""
+
+    mode: str
+    model: nn.Module  # the quantized model (eager)
+    copies: list  # its compiled copies, the first the one that was checked
+    acc: measure.Accuracy
+    compile_s: float
+    graphs: int | None
+    weight_bytes: int
+    step_bytes: int
+    memory: measure.PeakMemory
+    first: compiling.CompileRecord  # the compile and first call
+    later: compiling.CompileRecord  # the calls after it, before timing
+    common: dict[str, Any]  # the row fields every outcome of this cell has
+    said: Extras  # the mode's own extras
+    left: LayersLeftAlone | None
+
+    def extra(self, *more) -> str:  # Row.extra: the mode's extras, then the cell's
+        return extra_text(self.said, self.left, *more)
+
+
+TOGETHER = "every mode"  # the `mode` of the phase in which a group's modes are timed together
+
+
+def run_group(cfg: SweepConfig, ref: Reference, modes: Sequence[str], batch: int, on_row: Callable[[Row], None],
+              clock=time.perf_counter, on_phase: Callable[[str | None, str], None] = lambda mode, what: None,
+              sandbox=None, stop=None, together: bool = True) -> None:
+    """The cells of one group: each quantized, compiled and checked in turn; then the ones that ran timed together
+    in one set of rounds with the unquantized model (each alone when `together` is off, or memory says so);
+    then each measured for the rest of its row. A failed, skipped or wrong cell's row comes at once."""
+    alone = None if together else "timed alone, not with its group's other modes (asked for, or after a crash)"
+    alone = alone or rounds.together(cfg, ref, len(modes))
+    n = rounds.copies(cfg, ref, 1 if alone else len(modes))
+    sync = measure.sync_for(cfg.device)
+    ready: list[Prepared] = []
+    for mode in modes:
+        if stop is not None and stop.is_set():
+            return
+        done = prepare_cell(cfg, ref, mode, batch, n, clock, functools.partial(on_phase, mode), sandbox)
+        if isinstance(done, Row):
+            on_row(done)
+        elif alone:
+            on_row(finish_cell(cfg, ref, done, batch, _time(cfg, ref, [done], clock, sync, on_phase, alone)[mode],
+                               clock, functools.partial(on_phase, mode)))
+        else:
+            ready.append(done)
+    if not ready or (stop is not None and stop.is_set()):
+        return
+    timed = _time(cfg, ref, ready, clock, sync, on_phase, alone)
+    while ready and not (stop is not None and stop.is_set()):  # each row done frees its copies before the next
+        done = ready.pop(0)
+        on_row(finish_cell(cfg, ref, done, batch, timed.pop(done.mode), clock, functools.partial(on_phase, done.mode)))
+
+
+def _time(cfg: SweepConfig, ref: Reference, ready: list[Prepared], clock, sync, on_phase,
+          alone: str | None) -> dict[str, Any]:
+    """The rounds of `ready`'s cells: per mode its numbers and notes, or the exception that stopped them."""
+    label = ready[0].mode if len(ready) == 1 else TOGETHER
+    on_phase(label, "timing" if len(ready) == 1 else f"timing {len(ready)} modes together")
+    try:
+        with compiling.watch() as during:
+            timed = rounds.time_modes(cfg, ref, {p.mode: p.copies for p in ready}, clock, sync)
+    except Exception as e:  # a failure of one cell's calls: every cell of these rounds says it
+        return {p.mode: e for p in ready}
+    recompiles = during.recompiles or None
+    return {mode: (numbers, dataclasses.replace(notes, alone=alone), recompiles)
+            for mode, (numbers, notes) in timed.items()}
+
+
+def prepare_cell(cfg: SweepConfig, ref: Reference, mode: str, batch: int, copies: int, clock=time.perf_counter,
+                 on_phase: Phase = no_phase, sandbox=None) -> "Row | Prepared":
+    """Quantize a fresh copy, compile, check the output, make its copies: ready to be timed, or its final Row
+    (skipped, wrong, error), never an exception."""
     spec = modes_mod.get(mode)
     info = envmod.device_info(cfg.device)
     reason = _not_here(cfg, ref, mode, spec, info)
@@ -231,15 +213,11 @@ def run_cell(cfg: SweepConfig, ref: Reference, mode: str, batch: int, clock=time
             lambda: modes_mod.quantize(model, spec, info, cfg.dtype, ref.inputs, context), clock, sync)
         said = Extras.from_json(report.extra)  # the mode's own extras (autoquant's table, per-layer configs)
         left = LayersLeftAlone(report.skipped_layers) if report.skipped_layers else None
-
-        def extra(*more) -> str:  # Row.extra: the mode's extras, then the cell's
-            return extra_text(said, left, *more)
-
         # A mode with its own search (autoquant) may rightly leave every layer alone: that is its result.
         if mode != "noquant" and report.layers_quantized == 0 and spec.apply is None:
             why = next(iter(report.skipped_layers.values()), "torchao changed no layer")
             return new_row(cfg, ref, mode, batch, "skipped", f"no Linear layer fits this mode ({why})",
-                           layers_quantized=0, recipe=json.dumps(report.recipe), extra=extra())
+                           layers_quantized=0, recipe=json.dumps(report.recipe), extra=extra_text(said, left))
         search = said.of(Autoquant)
         common = dict(layers_quantized=report.layers_quantized, quantize_s=quantize_s,
                       search_s=search and search.search_s, recipe=json.dumps(report.recipe))
@@ -255,7 +233,8 @@ def run_cell(cfg: SweepConfig, ref: Reference, mode: str, batch: int, clock=time
             on_phase("checking the output")
             why, acc = wrongness(ref.output, out)  # before another call: a CUDA-graph replay reuses `out`
             if why is not None:
-                return _wrong_row(cfg, ref, mode, batch, model, why, acc, extra, common)
+                return _wrong_row(cfg, ref, mode, batch, model, why, acc, lambda *more: extra_text(said, left, *more),
+                                  common)
             wbytes = measure.weight_bytes(model)
             step_bytes = measure.streamed_weight_bytes(model) + measure.activation_bytes(ref.inputs, out)
             with compiling.watch() as later:
@@ -263,42 +242,67 @@ def run_cell(cfg: SweepConfig, ref: Reference, mode: str, batch: int, clock=time
                 with measure.PeakMemory(cfg.device) as mem:  # the mode alone, before the baseline is called
                     for _ in range(3):
                         models.call(fn, ref.inputs)
-                on_phase("timing")
-                replicas = _replicas(ref, model, fn, _copy_count(cfg, ref), mode)
-                numbers, notes = _timed(cfg, ref, replicas, _window(cfg, ref, clock, sync), clock, sync)
-                del replicas[1:]
-                if cfg.device == "cuda":
-                    numbers["synced_ms"] = measure.time_calls(lambda: models.call(fn, ref.inputs), SYNCED_POLICY,
-                                                              clock, sync).median_ms
+                on_phase("making copies")
+                made = rounds.replicas(ref, model, fn, copies, mode)
+        return Prepared(mode, model, made, acc, compile_s, graphs, wbytes, step_bytes, mem, first, later, common,
+                        said, left)
+    except Exception as e:
+        return _error_row(cfg, ref, mode, batch, e, first, later)
+
+
+def finish_cell(cfg: SweepConfig, ref: Reference, p: Prepared, batch: int, timed, clock=time.perf_counter,
+                on_phase: Phase = no_phase) -> Row:
+    """A timed cell's row: its numbers, then what is measured after timing (profile, save and reload, quality)."""
+    sync = measure.sync_for(cfg.device)
+    try:
+        if isinstance(timed, Exception):
+            raise timed
+        numbers, notes, recompiles = timed
+        fn = p.copies[0]
+        del p.copies[1:]
+        with torch.no_grad():
+            if cfg.device == "cuda":
+                numbers["synced_ms"] = measure.time_calls(lambda: models.call(fn, ref.inputs), SYNCED_POLICY,
+                                                          clock, sync).median_ms
             profile = None
             if cfg.diagnose:
                 on_phase("profiling")
-                profile = Profile(_diagnose(cfg, ref, model, fn))
+                profile = Profile(_diagnose(cfg, ref, p.model, fn))
             # first: an LM's quality rewrites the KV cache the output used
-            found, saved = _saved(cfg, ref, model, on_phase)
-            scored, quality_extras = _quality(cfg, ref, model, fn, acc, clock, sync, on_phase)
-        compile_fields, compile_notes = _compile_fields(first, later, cfg.device)
+            found, saved = _saved(cfg, ref, p.model, on_phase)
+            scored, quality_extras = _quality(cfg, ref, p.model, fn, p.acc, clock, sync, on_phase)
+        later = dataclasses.replace(p.later, recompiles=p.later.recompiles + (recompiles or []))
+        compile_fields, compile_notes = _compile_fields(p.first, later, cfg.device)
         median = numbers["median_ms"]
-        fits = ref.cache_bytes is not None and step_bytes <= ref.cache_bytes
-        achieved = step_bytes / (median / 1e3) / 1e9
-        fields = dict(sqnr_db=acc.sqnr_db, cosine=acc.cosine, max_abs_err=acc.max_abs_err) | found | scored
+        fits = ref.cache_bytes is not None and p.step_bytes <= ref.cache_bytes
+        achieved = p.step_bytes / (median / 1e3) / 1e9
+        fields = dict(sqnr_db=p.acc.sqnr_db, cosine=p.acc.cosine, max_abs_err=p.acc.max_abs_err) | found | scored
         return new_row(
-            cfg, ref, mode, batch, "ok", **numbers, **compile_fields,
-            compile_s=compile_s if ref.compile.enabled else None, **fields,
-            bytes_per_step=step_bytes, achieved_gbs=achieved, fits_in_cache=fits if ref.cache_bytes else None,
+            cfg, ref, p.mode, batch, "ok", **numbers, **compile_fields,
+            compile_s=p.compile_s if ref.compile.enabled else None, **fields,
+            bytes_per_step=p.step_bytes, achieved_gbs=achieved, fits_in_cache=fits if ref.cache_bytes else None,
             roofline_pct=None if fits or not ref.copy_gbs else 100 * achieved / ref.copy_gbs,
-            weight_bytes=wbytes, peak_mem_bytes=mem.peak_bytes, peak_reserved_bytes=mem.reserved_bytes,
-            graphs=graphs, tokens_per_s=None if ref.tokens_per_call is None else ref.tokens_per_call / (median / 1e3),
-            extra=extra(notes, compile_notes, profile, saved, compile_cache.carried(cfg.compile_cache), *quality_extras),
-            **common,
+            weight_bytes=p.weight_bytes, peak_mem_bytes=p.memory.peak_bytes,
+            peak_reserved_bytes=p.memory.reserved_bytes, graphs=p.graphs,
+            tokens_per_s=None if ref.tokens_per_call is None else ref.tokens_per_call / (median / 1e3),
+            extra=p.extra(notes, compile_notes, profile, saved, compile_cache.carried(cfg.compile_cache),
+                          *quality_extras),
+            **p.common,
         )
-    except UserError as e:
-        return new_row(cfg, ref, mode, batch, "error", str(e)[:500])
-    except Exception as e:  # one failing cell must not end the sweep: it becomes an error row
-        log = CompileNotes(compile_log=(first.log + later.log)[-LOG_LINES:]) if first.log else None
-        return new_row(cfg, ref, mode, batch, "error", _failure_text(e, ref), extra=extra_text(log))
+    except Exception as e:
+        return _error_row(cfg, ref, p.mode, batch, e, p.first, p.later)
     finally:
+        p.copies.clear()
         free_memory(cfg.device)
+
+
+def _error_row(cfg: SweepConfig, ref: Reference, mode: str, batch: int, e: Exception,
+               first: compiling.CompileRecord, later: compiling.CompileRecord) -> Row:
+    """One failing cell must not end the sweep: it becomes an error row (a user's mistake: its own line)."""
+    if isinstance(e, UserError):
+        return new_row(cfg, ref, mode, batch, "error", str(e)[:500])
+    log = CompileNotes(compile_log=(first.log + later.log)[-LOG_LINES:]) if first.log else None
+    return new_row(cfg, ref, mode, batch, "error", _failure_text(e, ref), extra=extra_text(log))
 
 
 def graph_break_text(message: str) -> str:

@@ -17,7 +17,7 @@ from torch import nn
 from . import autoquant  # noqa: F401  (registers the autoquant mode)
 from . import baseline as baseline_mod
 from . import compile_cache as compile_cache_mod
-from . import config, executors, measure, models
+from . import config, executors, measure, models, sending
 from . import modes as modes_mod
 from .cell import ModelSource, cell_spec
 from .errors import Notice, UserError
@@ -72,7 +72,7 @@ def _isolation(cfg: config.SweepConfig, sources: list[ModelSource]) -> config.Sw
     """A module that can't be sent to a worker process runs in this process, with a visible warning."""
     if not cfg.isolate:
         return cfg
-    why = executors.check_sendable(sources)
+    why = sending.check_sendable(sources)
     if why is None:
         return cfg
     warnings.warn(f"{why}; its cells run in this process instead, so a crash in one of them ends this process too. "
@@ -184,7 +184,7 @@ def sweep(model: str | Sequence[str] | nn.Module | None = None, modes: str | Seq
     options = {o.name: given[o.name] for o in config.OPTIONS if o.name in given} | mode_settings
     sources = resolve_models(model, example_inputs)
     cfg = config.build(modes_mod.resolve_modes(modes), sources[0].module is not None, progress, **options)
-    executors.check_copyable(sources)
+    sending.check_copyable(sources)
     cfg = _isolation(cfg, sources)
     _warn_prequantized(sources)
     cells = _cells(cfg, sources)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from .errors import UserError, error_text
 from .sandbox import _signal_name
+from .sending import SENDING_HELP, with_sending_help
 from .results import Row
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ class Group:
     source: ModelSource
     batch: int
     modes: tuple[str, ...]
+    together: bool = True  # its modes timed in one set of rounds (off: each alone, as after a crash while timing)
 
 
 class Executor(Protocol):
@@ -116,11 +118,8 @@ class InProcess:
             try:
                 # One compiler state for the group: its baseline compiles once, for all its cells.
                 with compiling.maybe_compiled(ref.compile):
-                    for mode in group.modes:
-                        if stop is not None and stop.is_set():
-                            return
-                        on_row(cell.run_cell(cfg, ref, mode, group.batch, self.clock,
-                                             functools.partial(on_phase, mode), self.sandbox))
+                    cell.run_group(cfg, ref, group.modes, group.batch, on_row, self.clock, on_phase, self.sandbox,
+                                   stop, group.together)
             finally:
                 del ref
                 cell.free_memory(cfg.device)
@@ -361,6 +360,8 @@ class WorkerExecutor:
 
     def run(self, group: Group, on_row: OnRow, on_phase: OnPhase = _no_phase,
             stop: threading.Event | None = None) -> None:
+        from . import cell as cell_mod
+
         remaining = list(group.modes)  # the modes with no row yet
         while remaining and not (stop is not None and stop.is_set()):
             worker = self._ready_worker()
@@ -369,6 +370,10 @@ class WorkerExecutor:
             failure = self._follow(worker, watch, group, remaining, on_row, on_phase, stop)
             if failure is None:
                 return
+            if watch.mode == cell_mod.TOGETHER:  # whose calls crashed is unknown: time each alone, so it costs one row
+                self._discard()
+                group = dataclasses.replace(group, together=False)
+                continue
             self._lost(worker, watch, failure, group, remaining, on_row)
 
     def _follow(self, worker: Worker, watch: _Watch, group: Group, remaining: list[str], on_row: OnRow,
@@ -390,7 +395,7 @@ class WorkerExecutor:
                 watch.progress(message)
                 on_phase(message.mode, message.phase)
             elif isinstance(message, RowDone):
-                row = _with_sending_help(Row.from_dict(message.row))
+                row = with_sending_help(Row.from_dict(message.row))
                 remaining.remove(row.mode)
                 watch.between_cells()
                 on_row(row)
@@ -436,62 +441,3 @@ def for_config(cfg, clock: Callable[[], float] | None = None) -> Executor:
     if clock is not None:
         raise UserError("clock= measures with a clock of this process: pass isolate=False with it.")
     return WorkerExecutor(cfg.cell_timeout_s)
-
-
-SENDING_HELP = ("this is how the model was sent to the worker process, not torch or torchao: define its class in an "
-                "importable file, or run its cells in this process with isolate=False (--in-process)")
-
-
-def _with_sending_help(row: Row) -> Row:
-    """An error that names the worker's `__main__` comes from sending the model there: the row says how around it."""
-    if row.status == "error" and "'__main__'" in row.reason and SENDING_HELP not in row.reason:
-        return dataclasses.replace(row, reason=f"{row.reason} ({SENDING_HELP})")
-    return row
-
-
-def _unsendable_part(module) -> str:
-    """The first attribute of `module` (or of a submodule) that can't be pickled, as `path (type)`; "" if none found."""
-    import cloudpickle
-
-    for prefix, sub in module.named_modules():
-        for name, value in vars(sub).items():
-            if name in ("_parameters", "_buffers", "_modules"):
-                continue
-            try:
-                cloudpickle.dumps(value)
-            except Exception:
-                return f"{prefix + '.' if prefix else ''}{name} ({type(value).__name__})"
-    return ""
-
-
-def check_copyable(sources) -> None:
-    """Each cell quantizes a copy of a user's module: one that can't be deep-copied can't be measured at all,
-    in a worker or not. A UserError naming the attribute, never a promised fallback that fails in every cell."""
-    import copy
-
-    for source in sources:
-        if source.module is None:
-            continue
-        try:
-            copy.deepcopy(source.module)
-        except Exception as e:
-            part = _unsendable_part(source.module)
-            raise UserError(
-                f"{source.name} can't be copied ({error_text(e, 120)}), and each cell quantizes a copy: "
-                f"move {part or 'that attribute'} out of the module (keep it outside, or make it in forward)."
-            ) from None
-
-
-def check_sendable(sources) -> str | None:
-    """Why the sources can't be sent to a worker process, or None when they can."""
-    import cloudpickle
-
-    for source in sources:
-        if source.module is None:
-            continue
-        try:
-            cloudpickle.dumps(source)
-        except Exception as e:
-            part = _unsendable_part(source.module)
-            return f"{source.name} can't be sent to a worker process ({error_text(e, 200)}; {part or 'an attribute'})"
-    return None

@@ -118,6 +118,9 @@ class TimingNotes(Extra):
 
     not_steady: str | None = None  # its bursts are not its steady state
     busy: str | None = None  # other processes took a share of the CPU while it was timed
+    together: int | None = None  # how many modes were timed in the same rounds (the group's), when more than one
+    alone: str | None = None  # why it was timed alone rather than with its group's other modes
+    base_range_ms: list[float] | None = None  # the baseline's fastest and slowest tenth of the rounds (medians)
 
 
 @dataclass(frozen=True)

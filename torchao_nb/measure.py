@@ -249,68 +249,6 @@ def time_paired(fn_a: Callable[[], Any], fn_b: Callable[[], Any], policy: Timing
     return a, b
 
 
-@dataclass(frozen=True)
-class Ratio:
-    """A ratio of two timings from paired samples, with a bootstrap confidence interval."""
-
-    value: float  # the median, over rounds (and replicates), of (numerator sample / denominator sample)
-    lo: float
-    hi: float
-
-    @property
-    def clear(self) -> bool:
-        """False when the interval holds 1.0: no clear difference between the two."""
-        return not self.lo <= 1.0 <= self.hi
-
-
-def _replicates(m: "Measurement | Sequence[Measurement]") -> list[Measurement]:
-    return [m] if isinstance(m, Measurement) else list(m)
-
-
-def per_round(copies: "Measurement | Sequence[Measurement]") -> Measurement:
-    """Copies of one function timed in the same rounds, as one: round by round, the median over the copies
-    (one copy that landed on unlucky memory moves it less than a mean would)."""
-    import numpy as np
-
-    copies = _replicates(copies)
-    samples = np.median(np.stack([np.asarray(c.samples_ms, dtype=float) for c in copies]), axis=0)
-    return Measurement(tuple(float(x) for x in samples), copies[0].calls_per_sample)
-
-
-def paired_ratio(num: "Measurement | Sequence[Measurement]", den: "Measurement | Sequence[Measurement]",
-                 confidence: float = 0.95, resamples: int = 2000, seed: int = 0) -> Ratio:
-    """Round by round, num/den (both saw the same machine); the median of those, and a bootstrap
-    interval of that median.
-
-    With copies (independently allocated replicates of a side, timed in the same rounds), a round's value
-    of a side is the median over its copies, and the bootstrap resamples at both levels: each side's
-    copies with replacement, then rounds. Copies that read differently (memory-placement luck: one of
-    three compiled copies of the demo read 40 % slower than the other two, in 2 of 3 fresh processes)
-    so widen the interval; identical copies leave it as narrow as the rounds make it. A fixed seed: the
-    same samples give the same interval.
-    """
-    import numpy as np
-
-    sides = [np.stack([np.asarray(c.samples_ms, dtype=float) for c in _replicates(m)]) for m in (num, den)]
-    rounds = sides[0].shape[1]
-    value = np.median(np.median(sides[0], axis=0) / np.median(sides[1], axis=0))
-    rng = np.random.default_rng(seed)
-    picked_rounds = rng.integers(rounds, size=(resamples, 1, rounds))
-    medians = []
-    for side in sides:
-        picked_copies = rng.integers(side.shape[0], size=(resamples, side.shape[0], 1))
-        medians.append(np.median(side[picked_copies, picked_rounds], axis=1))  # (resamples, rounds)
-    estimates = np.median(medians[0] / medians[1], axis=1)
-    tail = (1 - confidence) / 2
-    lo, hi = np.quantile(estimates, [tail, 1 - tail])
-    # Resampling n copies underestimates the spread between them by (n-1)/n in variance (the plug-in
-    # estimate): with three copies, 5 fresh processes' int8 weight-only intervals held their median in 3 of
-    # 5 runs, each missing it by < 0.5 %. Widen the half-widths by the usual sqrt(n / (n-1)).
-    copies = max(side.shape[0] for side in sides)
-    widen = math.sqrt(copies / (copies - 1)) if copies > 1 else 1.0
-    return Ratio(float(value), float(value - widen * (value - lo)), float(value + widen * (hi - value)))
-
-
 def time_once(fn: Callable[[], Any], clock: Clock = time.perf_counter, sync: Callable[[], None] = no_sync) -> tuple[Any, float]:
     """One call's result and its seconds (used for compile + first call)."""
     sync()

@@ -98,7 +98,7 @@ class ModelSource:
 class Reference:
     """The unquantized model of one (model, batch size) and its output, shared by its cells.
 
-    It is not timed here: each cell times it again, interleaved with the mode (see cell.run_cell); its
+    It is not timed here: a group's cells time it again, in the same rounds as their modes (see rounds.time_modes); its
     compiled form is made once, by the first cell that needs it, and kept for the group.
     """
 

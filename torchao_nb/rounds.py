@@ -1,0 +1,140 @@
+"""Timing a group's cells: the unquantized model's compiled copies, the eager model and every mode's copies, in
+one set of rotated rounds, so every row's speedup divides the same baseline samples, taken over the whole
+group's time rather than over one cell's seconds."""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+from torch import nn
+
+from . import compiling, measure, models, ratios
+from . import env as envmod
+from .config import SweepConfig
+from .extras import TimingNotes
+from .reference import Reference
+
+# A shared VM's speed moves over tens of seconds (on the 2-core AMD EPYC the baseline read 2.7-4.0 ms across
+# 140 s in one process, and every speedup over it moved with it, docs/timing.md): a cell timed alone saw ~10 s
+# of that and claimed +-3 %, while the next cell or run met another machine. Timed together, each ratio is
+# sampled over the group's whole minute and its interval (a block bootstrap, ratios.paired_ratio) widens with
+# the drift it saw.
+# The rounds are resampled in blocks of at least DRIFT_S (ratios.paired_ratio): on that VM the machine's state
+# lasted 10-30 s (benchmarks/drift.py), so neighbouring rounds within it are not independent evidence, and
+# five fresh runs' intervals held their median in 3 of 5 with blocks chosen from the autocorrelation alone.
+DRIFT_S = 15.0
+MIN_TOGETHER_COPIES = 2  # fewer copies per side than this (memory): each cell is timed alone, with more copies
+
+
+def window(cfg: SweepConfig, ref: Reference, clock, sync) -> measure.Window:
+    """Warm: bursts of back-to-back calls, as a generation loop runs a model. Cold: the last-level cache (CPU)
+    or L2 (CUDA) flushed before each single call, so a model that fits there reads its weights from memory."""
+    flush = 2 * ref.cache_bytes if cfg.cache == "cold" and ref.cache_bytes else 0
+    if cfg.device == "cuda":
+        return measure.cuda_window(flush)
+    return measure.host_cold_window(flush, clock, sync) if flush else measure.host_window(clock, sync)
+
+
+def copies(cfg: SweepConfig, ref: Reference, modes: int) -> int:
+    """Copies per side when `modes` modes' copies and the baseline's are in memory at once: the policy's, fewer
+    when they would take more than half the free memory (a row's `replicates` says how many)."""
+    free = envmod.free_memory_bytes(cfg.device)
+    one = measure.weight_bytes(ref.module)  # a mode's copy is at most as large as a baseline copy
+    if free is None or one == 0:
+        return cfg.policy.replicates
+    made = len(ref.compiled_baselines) * one  # already in memory
+    return max(1, min(cfg.policy.replicates, int((free // 2 + made) // (one * (modes + 1)))))
+
+
+def together(cfg: SweepConfig, ref: Reference, modes: int) -> str | None:
+    """None when the group's modes can be timed together; else why each cell is timed alone."""
+    if modes < 2:
+        return None
+    n = copies(cfg, ref, modes)
+    if n >= min(MIN_TOGETHER_COPIES, cfg.policy.replicates):
+        return None
+    return (f"timed alone, not with its group's other modes: {modes} modes' copies would not fit in half the free "
+            "memory")
+
+
+def baselines(ref: Reference, n: int) -> list:
+    """`n` compiled unquantized models, each from a copy of its own, made once per group (later cells and the
+    quality measure get them back from the group)."""
+    # A copy of its own, as every mode gets: sharing the eager reference's memory made the A/A read
+    # 0.95-0.99 on a 2-core CPU (the mode's copy was the one paying for fresh memory).
+    while len(ref.compiled_baselines) < n:
+        ref.compiled_baselines.append(compiled_copy(ref, ref.module, "baseline"))
+    return ref.compiled_baselines[:n]
+
+
+def compiled_copy(ref: Reference, module: nn.Module, label: str):
+    """`module` deep-copied into memory of its own (torchao's packed tensors are copied too), compiled, called once."""
+    fn = compiling.compiled(copy.deepcopy(module), ref.compile, label)
+    models.call(fn, ref.inputs)
+    return fn
+
+
+def replicas(ref: Reference, model: nn.Module, fn, n: int, label: str) -> list:
+    """`fn` and n-1 more compiled copies of the quantized model, ready before timing starts."""
+    return [fn] + [compiled_copy(ref, model, label) for _ in range(n - 1)]
+
+
+def time_modes(cfg: SweepConfig, ref: Reference, sides: dict[str, list], clock,
+               sync) -> dict[str, tuple[dict[str, Any], TimingNotes]]:
+    """Each mode's copies (`sides`: mode → its compiled copies) timed in the same rounds as the unquantized model
+    (as many compiled baseline copies as the most copied mode, and the eager model): per mode, the row's numbers
+    and the notes for its extras (not a steady state, a busy machine)."""
+    win = window(cfg, ref, clock, sync)
+    n = max(len(fns) for fns in sides.values())
+    bases = baselines(ref, n) if ref.compile.enabled else []
+    fns = [*bases, ref.module, *(f for copies_ in sides.values() for f in copies_)]
+    calls = [lambda f=f: models.call(f, ref.inputs) for f in fns]
+    groups, start = [list(range(len(bases))), [len(bases)]], len(bases) + 1  # base, eager, then each mode
+    for copies_ in sides.values():
+        groups.append(list(range(start, start + len(copies_))))
+        start += len(copies_)
+    with envmod.OtherLoad() as load:
+        began = clock()
+        timed = measure.time_interleaved(calls, cfg.policy, clock, sync, win, [g for g in groups if g])
+        per_round = (clock() - began) / max(1, len(timed[0].samples_ms))
+    block = max(1, math.ceil(DRIFT_S / per_round)) if per_round > 0 else 1
+    eager_m = timed[len(bases)]
+    base_ms = timed[:len(bases)] or [eager_m]
+    base = ratios.per_round(base_ms)
+    moved = ratios.drift(base.samples_ms)
+    out = {}
+    for mode, members in zip(sides, groups[2:]):
+        ms = [timed[i] for i in members]
+        speedup, vs_eager = (ratios.paired_ratio(den, ms, min_block=block) for den in (base_ms, eager_m))
+        m = ratios.per_round(ms)
+        unsteady = _not_steady(calls[members[-1]], calls[0], m.median_ms, cfg, win)
+        out[mode] = (dict(median_ms=m.median_ms, iqr_ms=m.iqr_ms, samples=len(m.samples_ms), replicates=len(ms),
+                          noisy=m.noisy(cfg.policy), baseline_ms=base.median_ms, eager_ms=eager_m.median_ms,
+                          speedup=speedup.value, speedup_lo=speedup.lo, speedup_hi=speedup.hi,
+                          speedup_vs_eager=vs_eager.value, speedup_vs_eager_lo=vs_eager.lo,
+                          speedup_vs_eager_hi=vs_eager.hi, sampling=win.what),
+                     TimingNotes(not_steady=unsteady, busy=_busy(load), together=len(sides) if len(sides) > 1 else None,
+                                 base_range_ms=None if moved is None else [round(x, 6) for x in moved]))
+    return out
+
+
+def _busy(load: envmod.OtherLoad) -> str | None:
+    """A note when other processes took a good share of the CPU while the cell was timed."""
+    if load.share is None or load.share <= envmod.BUSY_SHARE:
+        return None
+    return (f"other processes used {load.cores:.1f} cores ({load.share:.0%}) while this cell was timed: "
+            "its numbers move with their load")
+
+
+def _not_steady(fn, other, per_call_ms: float, cfg: SweepConfig, win: measure.Window) -> str | None:
+    """Why the mode's bursts are not its steady state, or None when they are (see measure.after_switch)."""
+    if win.one_call:  # a cold window flushes before every call: there is no steady state to reach
+        return None
+    switched, settled = measure.after_switch(fn, other, per_call_ms, cfg.policy, win)
+    if switched <= settled * (1 + measure.STEADY_REL):
+        return None
+    return (f"not a steady state: a burst right after the unquantized model read {switched:.3f} ms per call, "
+            f"{settled:.3f} ms after {measure.SETTLE_S:g} s more of its calls; its speed depends on what ran "
+            "before it, and the speedup with it")
