@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import compile_cache, compiling, measure, models, profiling, saving
+from . import compile_cache, compiling, measure, models, profiling, repro, saving
 from . import env as envmod
 from . import modes as modes_mod
 from .checks import wrongness
@@ -55,8 +55,9 @@ def _wrong_row(cfg, ref, mode, batch, model, why, acc, extra, common) -> Row:
         eager_why, eager = wrongness(ref.output, models.call(model, ref.inputs))
         check = EagerCheck(None if eager is None else eager.sqnr_db)
     numbers = {} if acc is None else dict(sqnr_db=acc.sqnr_db, cosine=acc.cosine, max_abs_err=acc.max_abs_err)
-    return new_row(cfg, ref, mode, batch, "wrong", _wrong_reason(ref.compile, mode, why, eager_why, eager),
-                   extra=extra(check), **numbers, **common)
+    row = new_row(cfg, ref, mode, batch, "wrong", _wrong_reason(ref.compile, mode, why, eager_why, eager),
+                  extra=extra(check), **numbers, **common)
+    return repro.for_reference(cfg, ref, row, "wrong")
 
 
 def _saved(cfg: SweepConfig, ref: Reference, model: nn.Module,
@@ -296,7 +297,8 @@ def run_cell(cfg: SweepConfig, ref: Reference, mode: str, batch: int, clock=time
         return new_row(cfg, ref, mode, batch, "error", str(e)[:500])
     except Exception as e:  # one failing cell must not end the sweep: it becomes an error row
         log = CompileNotes(compile_log=(first.log + later.log)[-LOG_LINES:]) if first.log else None
-        return new_row(cfg, ref, mode, batch, "error", _failure_text(e, ref), extra=extra_text(log))
+        row = new_row(cfg, ref, mode, batch, "error", _failure_text(e, ref), extra=extra_text(log))
+        return repro.for_reference(cfg, ref, row, "error") if repro.inside_torch(e) else row
     finally:
         free_memory(cfg.device)
 
