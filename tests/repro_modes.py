@@ -3,8 +3,6 @@ code (Mode.repro_code) how a standalone script breaks a layer the same way, with
 
 import ctypes
 
-from torch import nn
-
 from torchao_nb import modes
 
 SEGFAULTS = "test-segfaults-one-layer"  # the quantized layer's kernel reads address 0: a real SIGSEGV

@@ -105,6 +105,50 @@ def test_the_repro_command_says_which_scripts_still_reproduce_and_writes_a_bug_r
     assert "PyTorch version:" in report  # collect_env's report
 
 
+NET = '''
+import torch
+from torch import nn
+
+SIGN = -1
+
+
+class Net(nn.Module):
+    """Right layer by layer, wrong as a whole once int8 weight-only has quantized it."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(128, 256), nn.Linear(256, 128)
+
+    def forward(self, x):
+        y = self.fc2(torch.relu(self.fc1(x)))
+        return SIGN * y if type(self.fc1.weight).__name__ != "Parameter" else y
+
+
+if __name__ == "__main__":
+    raise SystemExit("a repro never runs this")
+'''
+
+
+def test_when_no_single_layer_fails_the_repro_is_the_whole_model_from_its_source(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCHAO_NB_REPRO_S", "300")
+    (tmp_path / "user_net.py").write_text(NET)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import user_net
+
+    rows = {r.mode: r for r in torchao_nb.sweep(
+        model=user_net.Net(), example_inputs=X, modes="noquant,int8weightonly", out=tmp_path / "out", device="cpu",
+        dtype="float32", compile=False, isolate=False, progress=False, policy=measure.FAST_POLICY)}
+    row = rows["int8weightonly"]
+    said = row.extra_of(Repro)
+    assert row.status == "wrong" and said.reproduces is True, said
+    assert said.repro_note.startswith("the whole model: Net from its source") and "3 of 3 pieces tried" in said.repro_note
+    text = (tmp_path / "out" / said.repro).read_text()
+    assert "class Net(nn.Module):" in text and "SIGN = -1" in text and "SystemExit" not in text
+    assert "quantize_(model, config, filter_fn=" in text and "['fc1', 'fc2']" in text
+    done = run_plain(tmp_path / "out" / said.repro)
+    assert done.returncode == 1 and "SQNR -6.0 dB" in done.stdout
+
+
 def test_a_correct_sweep_writes_no_repro_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCHAO_NB_REPRO_S", "300")
     rows = sweep(tmp_path, "noquant,int8weightonly")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 import re
 import signal
@@ -23,7 +24,8 @@ from . import compiling, models
 from . import env as envmod
 from . import modes as modes_mod
 from .extras import Extras, Repro, extra_text
-from .repro_script import KIND_LINE, KINDS, Capture, Kind, Piece, Tried, one_line, quantize_code, script
+from .repro_script import (KIND_LINE, KINDS, Capture, Kind, Tried, linear_piece, one_line, quantize_code, script,
+                           standalone_source, whole_piece)
 from .results import Row
 
 BUDGET_S = 60.0
@@ -68,26 +70,17 @@ def _input_shapes(module: nn.Module, inputs: models.Inputs) -> dict[str, tuple[t
     return seen
 
 
-def _linear_piece(fqn: str, lin: nn.Linear, shape: tuple[int, ...], in_dtype: torch.dtype, device: str,
-                  quantize: tuple[str, list[str]]) -> Piece:
-    bias = lin.bias is not None
-    build = (f"model = torch.nn.Linear({lin.in_features}, {lin.out_features}, bias={bias}, device={device!r}, "
-             f"dtype={lin.weight.dtype})\n"
-             f"inputs = (torch.randn({', '.join(map(str, shape))}, device={device!r}, dtype={in_dtype}),)")
-    what = f"{fqn or 'the model'}: nn.Linear({lin.in_features}, {lin.out_features}, bias={bias}) on an input of shape {shape}"
-    return Piece(what, build, quantize[0], tuple(quantize[1]))
-
-
 def capture(cfg, name: str, module: nn.Module, inputs: models.Inputs, mode: str, batch: int,
-            compile: compiling.CompileSettings, kind: str, found: str,
-            layer_rows: tuple[tuple[str, int], ...] = ()) -> Capture:
-    """The pieces to try, smallest first: each Linear the mode quantizes, once per distinct shape and input."""
+            compile: compiling.CompileSettings, kind: str, found: str) -> Capture:
+    """The pieces to try, smallest first: each Linear the mode quantizes, once per distinct shape and input; then
+    the whole model, when its class's source stands alone."""
     info = envmod.device_info(cfg.device)
     spec = modes_mod.get(mode)
     layers = modes_mod.linear_layers(module)
-    context = modes_mod.ApplyContext(device=cfg.device, layer_rows=layer_rows)
-    left_alone = modes_mod.layers_left_alone(layers, spec, info, cfg.dtype, context) if spec.apply is None else {}
     shapes = _input_shapes(module, inputs)
+    rows = tuple((fqn, math.prod(shape[:-1])) for fqn, (shape, _) in shapes.items())  # as Reference.layer_rows
+    context = modes_mod.ApplyContext(device=cfg.device, layer_rows=rows)
+    left_alone = modes_mod.layers_left_alone(layers, spec, info, cfg.dtype, context) if spec.apply is None else {}
     pieces, seen = [], set()
     for fqn, lin in layers.items():
         if fqn in left_alone or fqn not in shapes:
@@ -97,9 +90,25 @@ def capture(cfg, name: str, module: nn.Module, inputs: models.Inputs, mode: str,
             continue
         seen.add(key)
         code = quantize_code(mode, {"": lin}, info, cfg.dtype, cfg.settings_for(mode))
-        pieces.append(_linear_piece(fqn, lin, *shapes[fqn], cfg.device, code))
+        pieces.append(linear_piece(fqn, lin, *shapes[fqn], cfg.device, code))
+    fitting = {fqn: lin for fqn, lin in layers.items() if fqn not in left_alone}
+    if fitting and standalone_source(type(module)) and _rebuilds(module):  # tried last: when no single layer fails
+        whole = whole_piece(module, inputs, cfg.device, cfg.dtype,
+                            quantize_code(mode, fitting, info, cfg.dtype, cfg.settings_for(mode)))
+        pieces += [whole] if whole is not None else []
     return Capture(name, mode, batch, cfg.device, envmod.dtype_name(cfg.dtype), cfg.threads, compile, kind, found,
                    tuple(pieces))
+
+
+def _rebuilds(module: nn.Module) -> bool:
+    """Whether the model's class, called with no arguments, builds the same architecture (its tensors' names and
+    shapes): then a script can rebuild it from its source."""
+    try:
+        made = type(module)()
+    except Exception:
+        return False
+    shapes = lambda m: {k: tuple(t.shape) for k, t in m.state_dict().items()}  # noqa: E731
+    return shapes(made) == shapes(module)
 
 
 # ---- running scripts -----------------------------------------------------------------------------------------
@@ -124,10 +133,11 @@ def file_name(model: str, mode: str, batch: int) -> str:
     return re.sub(r"[^0-9A-Za-z_.-]", "_", f"{model}-{mode}-bs{batch}") + ".py"
 
 
-def hunt(cap: Capture, folder: Path, budget_s: float) -> Repro:
+def hunt(cap: Capture, folder: Path, budget_s: float, start: float | None = None) -> Repro:
     """Try each piece, smallest first, each in a fresh process, until one fails the way the cell did or the budget
-    is spent; the script of the one that did is kept as folder/<model>-<mode>-bs<b>.py."""
-    start = time.monotonic()
+    (counted from `start`: the capture is part of it) is spent; the script of the one that did is kept as
+    folder/<model>-<mode>-bs<b>.py."""
+    start = time.monotonic() if start is None else start
     target = folder / file_name(cap.model, cap.mode, cap.batch)
     kind = KINDS[cap.kind]
     if not cap.pieces:
@@ -148,10 +158,12 @@ def hunt(cap: Capture, folder: Path, budget_s: float) -> Repro:
                 target.write_text(text)
                 return Repro(_shown_path(target), f"{piece.what}; {result.exit_text()}; found in "
                              f"{time.monotonic() - start:.0f} s ({tried} of {len(cap.pieces)} pieces tried)", True)
-    target.write_text(script(cap, cap.pieces[0]))
-    return Repro(_shown_path(target), f"did not reproduce standalone: {tried} of {len(cap.pieces)} single layers "
-                 f"tried in {time.monotonic() - start:.0f} s (budget {budget_s:g} s, {BUDGET_ENV}); the failure may "
-                 "need the whole model", False)
+    whole = cap.pieces[-1].whole
+    target.write_text(script(cap, cap.pieces[-1] if whole else cap.pieces[0]))
+    missing = "" if whole else ("; the whole model is not among them (its class's source does not stand alone, or "
+                                "its class needs arguments)")
+    return Repro(_shown_path(target), f"did not reproduce standalone: {tried} of {len(cap.pieces)} pieces tried in "
+                 f"{time.monotonic() - start:.0f} s (budget {budget_s:g} s, {BUDGET_ENV}){missing}", False)
 
 
 def _shown_path(path: Path) -> str:
@@ -179,24 +191,26 @@ def _with(row: Row, repro: Repro) -> Row:
     return dataclasses.replace(row, extra=extra_text(Extras.parse(row.extra), repro))
 
 
-def _attached(cfg, row: Row, make: Callable[[], Capture]) -> Row:
+def _attached(cfg, row: Row, make: Callable[[], Capture], in_cell: bool = False) -> Row:
     """The row with its repro (or why it has none); never an exception, as a cell never raises."""
     seconds = budget()
     if seconds == 0 or not getattr(cfg, "repro_to", None):
         return row
     if isinstance(seconds, str):
         return _with(row, Repro(None, f"no repro: {seconds}"))
+    if in_cell and cfg.isolate:  # the hunt is then part of a worker's cell, whose time limit must not end it
+        seconds = min(seconds, cfg.cell_timeout_s / 4)
+    start = time.monotonic()
     try:
-        return _with(row, hunt(make(), Path(cfg.repro_to), seconds))
+        return _with(row, hunt(make(), Path(cfg.repro_to), seconds, start))
     except Exception as e:  # a repro is a courtesy: its failure must not cost the row
         return _with(row, Repro(None, f"no repro: {type(e).__name__}: {one_line(str(e), 300)}"))
 
 
-def for_reference(cfg, ref, row: Row, kind: str, on_phase: Callable[[str], None] = lambda _: None) -> Row:
+def for_reference(cfg, ref, row: Row, kind: str) -> Row:
     """A cell that still has its model (a wrong output, an exception inside torch or torchao): its repro."""
-    on_phase("writing a repro script")
     return _attached(cfg, row, lambda: capture(cfg, ref.name, ref.module, ref.inputs, row.mode, row.batch_size,
-                                               ref.compile, kind, row.reason, ref.layer_rows))
+                                               ref.compile, kind, row.reason), in_cell=True)
 
 
 def after_crash(cfg, source, row: Row) -> Row:

@@ -3,13 +3,16 @@ as lines, the pieces of a model and the template that runs one and judges it as 
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import enum
 import importlib
+import inspect
 import math
 import signal
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -22,6 +25,7 @@ from ._torchao import torchao_version
 from .checks import WRONG_BELOW_DB
 
 REPRODUCES = "reproduces:"  # what a script prints before it exits 1 for a wrong output
+BUILT = "quantizing"  # printed once the unquantized piece ran: a failure before it is the script's, not the bug
 KIND_LINE = "# kind: "  # the script's own line saying what failure it shows (read back by `repro OUT --issue`)
 
 # ---- what failed, and how a try shows it --------------------------------------------------------------------
@@ -57,11 +61,11 @@ KINDS: dict[str, Kind] = {
                   f"an output close to the unquantized model's (SQNR at least {WRONG_BELOW_DB:g} dB; int8 reads "
                   "30-45 dB, int4 10-20 dB)", lambda t: t.returncode == 1 and REPRODUCES in t.stdout),
     "crash": Kind("the process crashes", "the quantized model runs and returns its output",
-                  lambda t: t.returncode is not None and t.returncode < 0),
+                  lambda t: BUILT in t.stdout and t.returncode is not None and t.returncode < 0),
     "error": Kind("torch or torchao raises an exception", "the quantized model runs and returns its output",
-                  lambda t: t.returncode == 1 and "Traceback" in t.stderr),
+                  lambda t: BUILT in t.stdout and t.returncode == 1 and "Traceback" in t.stderr),
     "hang": Kind("the quantized model does not finish", "the quantized model returns within seconds",
-                 lambda t: t.returncode is None),
+                 lambda t: BUILT in t.stdout and t.returncode is None),
 }
 
 
@@ -192,12 +196,81 @@ def compile_lines(settings: compiling.CompileSettings, device: str) -> list[str]
 
 @dataclass(frozen=True)
 class Piece:
-    """A part of the failing model a script builds: one Linear at the input it saw, with the mode's quantize code."""
+    """A part of the failing model a script builds (one Linear at the input it saw, or the whole model), with the
+    mode's quantize code."""
 
     what: str  # "fc2: nn.Linear(1000, 3000) on an input of shape (2, 1000)"
     build: str  # code that defines `model` and `inputs`
     quantize: str  # code that quantizes `model` in place
     imports: tuple[str, ...]
+    whole: bool = False  # the whole model, from its class's source
+
+
+def tensor_code(t: torch.Tensor, device: str) -> str:
+    """A seeded tensor of `t`'s shape and dtype: normal values, or integers below t's largest (token ids)."""
+    shape = tuple(t.shape)
+    if t.is_floating_point():
+        return f"torch.randn({shape}, device={device!r}, dtype={t.dtype})"
+    if t.dtype == torch.bool:
+        return f"torch.ones({shape}, device={device!r}, dtype=torch.bool)"
+    high = int(t.max()) + 1 if t.numel() else 1
+    return f"torch.randint(0, {high}, {shape}, device={device!r}, dtype={t.dtype})"
+
+
+def inputs_code(inputs: Any, device: str) -> str:
+    """`inputs = (...)` and `kwargs = {...}`: a model's positional or keyword inputs, tensors seeded anew."""
+    def value(v):
+        return tensor_code(v, device) if isinstance(v, torch.Tensor) else code_of(v, set())
+    if isinstance(inputs, dict):
+        return "inputs = ()\nkwargs = {" + ", ".join(f"{k!r}: {value(v)}" for k, v in inputs.items()) + "}"
+    return f"inputs = ({''.join(value(v) + ', ' for v in inputs).rstrip()})\nkwargs = {{}}"
+
+
+def linear_piece(fqn: str, lin: nn.Linear, shape: tuple[int, ...], in_dtype: torch.dtype, device: str,
+                 quantize: tuple[str, list[str]]) -> Piece:
+    bias = lin.bias is not None
+    build = (f"model = torch.nn.Linear({lin.in_features}, {lin.out_features}, bias={bias}, device={device!r}, "
+             f"dtype={lin.weight.dtype})\n"
+             + inputs_code((torch.empty(shape, dtype=in_dtype, device="meta"),), device))
+    what = f"{fqn or 'the model'}: nn.Linear({lin.in_features}, {lin.out_features}, bias={bias}) on an input of shape {shape}"
+    return Piece(what, build, quantize[0], tuple(quantize[1]))
+
+
+def standalone_source(cls: type) -> str | None:
+    """The file that defines a user's model class, kept to its definitions (imports, functions, classes, plain
+    assignments; no `__main__` block), when it stands alone: None when it imports relatively or from torchao_nb."""
+    try:
+        text = Path(inspect.getsourcefile(cls) or "").read_text()
+        tree = ast.parse(text)
+    except (TypeError, OSError, SyntaxError):
+        return None
+    lines, kept = text.splitlines(), []
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").split(".")[0] == "torchao_nb"):
+            return None
+        if isinstance(node, ast.Import) and any(a.name.split(".")[0] == "torchao_nb" for a in node.names):
+            return None
+        plain = isinstance(node, (ast.Assign, ast.AnnAssign)) and not any(isinstance(n, ast.Call) for n in ast.walk(node))
+        if plain or isinstance(node, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            start = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
+            kept.append("\n".join(lines[start - 1:node.end_lineno]))
+    return "\n\n".join(kept) if any(f"class {cls.__name__}" in k for k in kept) else None
+
+
+def whole_piece(module: nn.Module, inputs: Any, device: str, dtype: torch.dtype,
+                quantize: tuple[str, list[str]]) -> Piece | None:
+    """The whole model from its class's source file, built with no arguments (seeded weights), on seeded inputs."""
+    cls = type(module)
+    source = standalone_source(cls)
+    if source is None:
+        return None
+    try:
+        given = inputs_code(inputs, device)
+    except ValueError:  # an input that is not code
+        return None
+    build = (f"# ---- the model's own source ({Path(inspect.getsourcefile(cls)).name}) ----\n{source}\n# ----\n\n"
+             f"model = {cls.__qualname__}().to(device={device!r}, dtype={dtype}).eval()\n{given}")
+    return Piece(f"the whole model: {cls.__qualname__} from its source", build, quantize[0], tuple(quantize[1]), True)
 
 
 @dataclass(frozen=True)
@@ -238,15 +311,23 @@ torch.set_grad_enabled(False)
 torch.manual_seed(0)  # seeded weights and inputs of the captured shapes (never the user's data)
 
 {build}
-expected = model(*inputs)  # the unquantized output: the reference
+expected = model(*inputs, **kwargs)  # the unquantized output: the reference
 
-print("quantizing", flush=True)
+print("{built}", flush=True)
 {quantize}
 {compiled}
-out = fn(*inputs)
+out = fn(*inputs, **kwargs)
+
+
+def flat(x):  # every floating tensor of an output (a tensor, tuple, list or dict) as one vector
+    if isinstance(x, torch.Tensor):
+        return [x.detach().double().flatten().cpu()] if x.is_floating_point() else []
+    values = x.values() if isinstance(x, dict) else x if isinstance(x, (list, tuple)) else []
+    return [t for v in values for t in flat(v)]
+
 
 WRONG_BELOW_DB = {threshold}  # torchao_nb's line: an SQNR below it is a wrong output, not an inaccurate one
-ref, got = expected.float().flatten(), out.float().flatten()
+ref, got = torch.cat(flat(expected)), torch.cat(flat(out))
 noise, signal = torch.linalg.vector_norm(ref - got).item(), torch.linalg.vector_norm(ref).item()
 sqnr = math.inf if noise == 0 else (20 * math.log10(signal / noise) if signal > 0 else -math.inf)
 bad = int((~torch.isfinite(got)).sum())
@@ -289,7 +370,7 @@ def script(cap: Capture, piece: Piece) -> str:
         kind_line=KIND_LINE, kind=cap.kind, imports="".join(f"{i}\n" for i in imports if i != "import torch"),
         settings="\n" + "".join(f"{line}\n" for line in settings) if settings else "", build=piece.build,
         quantize=piece.quantize or "pass  # this mode leaves the model as it is", compiled=compiled,
-        threshold=WRONG_BELOW_DB, reproduces=REPRODUCES)
+        threshold=WRONG_BELOW_DB, reproduces=REPRODUCES, built=BUILT)
 
 
 def _title(cap: Capture, piece: Piece) -> str:
