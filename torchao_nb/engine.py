@@ -191,7 +191,8 @@ def sweep(model: str | Sequence[str] | nn.Module | None = None, modes: str | Seq
     folder = ResultsFolder(out) if out is not None else None
     if folder is not None and cfg.save_compile_cache and cfg.compile.enabled:
         cfg = dataclasses.replace(cfg, compile_cache_to=str(folder.path / compile_cache_mod.FILE_NAME))
-    cfg = dataclasses.replace(cfg, repro_to=str(folder.path / repro.FOLDER) if folder is not None else repro.default_folder())
+    repro_to = folder.path / repro.FOLDER if folder is not None else repro.default_folder()  # made on a first failure
+    cfg = dataclasses.replace(cfg, repro_to=str(repro_to))
     with folder or contextlib.nullcontext():
         done = folder.start([spec for _, spec in cells], resume, retry_errors) if folder is not None else {}
         return _measure(cfg, cells, folder, done, stop, on_row, clock, progress)
