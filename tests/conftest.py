@@ -30,6 +30,8 @@ class NoLinear(nn.Module):
 def _autoquant_cache_in_tmp(tmp_path_factory, monkeypatch):
     """autoquant's timing cache never touches ~/.cache during tests, and no test sees another's timings."""
     monkeypatch.setenv("TORCHAO_NB_CACHE_DIR", str(tmp_path_factory.mktemp("torchao_nb_cache")))
+    # A wrong or crashed cell spends up to a minute finding its repro script (repro.py): only tests/test_repro.py asks.
+    monkeypatch.setenv("TORCHAO_NB_REPRO_S", "0")
 
 
 @pytest.fixture

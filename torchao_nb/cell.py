@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from . import compile_cache, compiling, measure, models, profiling, rounds, saving
+from . import compile_cache, compiling, measure, models, profiling, repro, rounds, saving
 from . import env as envmod
 from . import modes as modes_mod
 from .checks import wrongness
@@ -56,8 +56,9 @@ def _wrong_row(cfg, ref, mode, batch, model, why, acc, extra, common) -> Row:
         eager_why, eager = wrongness(ref.output, models.call(model, ref.inputs))
         check = EagerCheck(None if eager is None else eager.sqnr_db)
     numbers = {} if acc is None else dict(sqnr_db=acc.sqnr_db, cosine=acc.cosine, max_abs_err=acc.max_abs_err)
-    return new_row(cfg, ref, mode, batch, "wrong", _wrong_reason(ref.compile, mode, why, eager_why, eager),
-                   extra=extra(check), **numbers, **common)
+    row = new_row(cfg, ref, mode, batch, "wrong", _wrong_reason(ref.compile, mode, why, eager_why, eager),
+                  extra=extra(check), **numbers, **common)
+    return repro.for_reference(cfg, ref, row, "wrong")
 
 
 def _saved(cfg: SweepConfig, ref: Reference, model: nn.Module,
@@ -302,7 +303,8 @@ def _error_row(cfg: SweepConfig, ref: Reference, mode: str, batch: int, e: Excep
     if isinstance(e, UserError):
         return new_row(cfg, ref, mode, batch, "error", str(e)[:500])
     log = CompileNotes(compile_log=(first.log + later.log)[-LOG_LINES:]) if first.log else None
-    return new_row(cfg, ref, mode, batch, "error", _failure_text(e, ref), extra=extra_text(log))
+    row = new_row(cfg, ref, mode, batch, "error", _failure_text(e, ref), extra=extra_text(log))
+    return repro.for_reference(cfg, ref, row, "error") if repro.inside_torch(e) else row
 
 
 def graph_break_text(message: str) -> str:

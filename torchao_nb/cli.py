@@ -1,4 +1,4 @@
-"""The headless command line: `python -m torchao_nb run | plan | merge | export | list-modes | list-models | report | notebook | autoquant-cache`."""
+"""The headless command line: `python -m torchao_nb run | plan | merge | export | list-modes | list-models | report | notebook | repro | autoquant-cache`."""
 
 from __future__ import annotations
 
@@ -153,6 +153,22 @@ def _report(args) -> int:
     return 0
 
 
+def _repro(args) -> int:
+    """Re-run every repro script of a results folder: which still reproduce (with --issue: a bug report for each)."""
+    from . import repro
+
+    still = 0
+    for path in repro.scripts_in(args.results):
+        tried = repro.run_script(path, args.timeout)
+        said = repro.verdict(path, tried)
+        still += said != "fixed"
+        if args.issue:
+            print(repro.issue_text(path, tried) + "\n---\n")
+        else:
+            print(f"{path.name}: {said} ({tried.exit_text()})")
+    return 1 if still else 0
+
+
 def _autoquant_cache(args) -> int:
     from .autoquant import cache as autoquant
 
@@ -230,6 +246,13 @@ def parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", default="report.html", help="the HTML file to write (default: report.html)")
     rep.add_argument("--label", action="append", help="a name for each results folder, in order (default: folder names)")
     rep.set_defaults(func=_report)
+    rp = sub.add_parser("repro", help="re-run the repro scripts a sweep wrote for its wrong or crashed cells (OUT/repro): "
+                                      "which still reproduce; exit 1 when any still fails")
+    rp.add_argument("results", help="a results folder written by `run --out`")
+    rp.add_argument("--issue", action="store_true",
+                    help="print a Markdown bug-report body per script: title, the script, expected vs actual, collect_env")
+    rp.add_argument("--timeout", type=float, default=600.0, help="seconds each script may run (default 600)")
+    rp.set_defaults(func=_repro)
     aq = sub.add_parser("autoquant-cache", help="show or clear autoquant's stored per-layer timings")
     aq.add_argument("action", choices=["info", "clear"])
     aq.add_argument("--cache-dir", default=None, help="default: $TORCHAO_NB_CACHE_DIR or ~/.cache/torchao_nb")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from . import fields
-from .extras import LayerConfigs, SaveReload, TimingNotes
+from .extras import LayerConfigs, Repro, SaveReload, TimingNotes
 from .fields import INFINITE, PANEL, REPORT, TERMINAL, Field  # noqa: F401  (the views; part of this module's API)
 from .results import Row
 
@@ -25,10 +25,20 @@ def _reload_note(row: Row) -> str | None:
     return None
 
 
+def _repro_note(row: Row) -> str:
+    """"; repro: repro/x.py", short: the script's header and the row's extras say the rest."""
+    said = row.extra_of(Repro)
+    if said is None:
+        return ""
+    if said.repro is None:
+        return f"; {said.repro_note}" if said.repro_note else ""
+    return f"; repro: {said.repro}" + ("" if said.reproduces is not False else " (did not reproduce standalone)")
+
+
 def note(row: Row) -> str:
     """Why a cell has no numbers, or what to be careful about when it has them."""
     if row.status != "ok":
-        return row.reason or "no reason recorded"
+        return (row.reason or "no reason recorded") + _repro_note(row)
     notes = ["no clear difference (the 95 % interval holds 1.0)"] if no_clear_difference(row) else []
     if (reload := _reload_note(row)) is not None:
         notes.append(reload)

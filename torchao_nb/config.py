@@ -115,6 +115,7 @@ class SweepConfig:
     compile_cache: str | None = None  # the carried cache to load before the first compile (an absolute path)
     save_compile_cache: bool = False
     compile_cache_to: str | None = None  # where the worker saves the compile artifacts: set by the sweep from out=
+    repro_to: str | None = None  # where wrong or crashed cells write their repro scripts: set by the sweep (repro.py)
 
     def settings_for(self, mode: str) -> object | None:
         return dict(self.mode_settings).get(mode)

@@ -17,7 +17,7 @@ from torch import nn
 from . import autoquant  # noqa: F401  (registers the autoquant mode)
 from . import baseline as baseline_mod
 from . import compile_cache as compile_cache_mod
-from . import config, executors, measure, models, sending
+from . import config, executors, measure, models, repro, sending
 from . import modes as modes_mod
 from .cell import ModelSource, cell_spec
 from .errors import Notice, UserError
@@ -191,6 +191,8 @@ def sweep(model: str | Sequence[str] | nn.Module | None = None, modes: str | Seq
     folder = ResultsFolder(out) if out is not None else None
     if folder is not None and cfg.save_compile_cache and cfg.compile.enabled:
         cfg = dataclasses.replace(cfg, compile_cache_to=str(folder.path / compile_cache_mod.FILE_NAME))
+    repro_to = folder.path / repro.FOLDER if folder is not None else repro.default_folder()  # made on a first failure
+    cfg = dataclasses.replace(cfg, repro_to=str(repro_to))
     with folder or contextlib.nullcontext():
         done = folder.start([spec for _, spec in cells], resume, retry_errors) if folder is not None else {}
         return _measure(cfg, cells, folder, done, stop, on_row, clock, progress)

@@ -424,7 +424,10 @@ class WorkerExecutor:
             remaining.clear()
             return
         remaining.remove(watch.mode)
-        on_row(cell.error_row(group.cfg, group.source, watch.mode, group.batch, failure, extra))
+        from . import repro
+
+        on_row(repro.after_crash(group.cfg, group.source,
+                                 cell.error_row(group.cfg, group.source, watch.mode, group.batch, failure, extra)))
 
     def close(self) -> None:
         """An idle, healthy worker waits for the next sweep of this process; anything else is stopped."""

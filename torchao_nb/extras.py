@@ -146,8 +146,18 @@ class WorkerLog(Extra):
     worker_log: str  # what a crashed or stopped worker process wrote last
 
 
+@dataclass(frozen=True)
+class Repro(Extra):
+    """A wrong or crashed cell's standalone torch + torchao script (repro.py), or why it has none."""
+
+    repro: str | None = None  # the script: repro/<model>-<mode>-bs<b>.py in the results folder, else a full path
+    repro_note: str | None = None  # the piece it holds and how it was found, or why there is no script
+    reproduces: bool | None = None  # the script failed as the cell did when it was written (False: it did not)
+
+
 KINDS: tuple[type[Extra], ...] = (SaveReload, LayersLeftAlone, LayerConfigs, Autoquant, Generations, Perplexity,
-                                  TaskCosine, CompileNotes, TimingNotes, Profile, EagerCheck, CarriedCache, WorkerLog)
+                                  TaskCosine, CompileNotes, TimingNotes, Profile, EagerCheck, CarriedCache, WorkerLog,
+                                  Repro)
 KIND_OF_KEY: dict[str, type[Extra]] = {}  # every top-level key → the one kind that owns it
 for _kind in KINDS:
     for _key in _kind.keys():

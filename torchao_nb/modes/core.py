@@ -120,6 +120,10 @@ class Mode:
     not_searched: str | None = None
     # Where it can run on any machine (list-modes --all); `unsupported` decides for this one.
     where: Where = Where()
+    # (layers, device, dtype, settings) -> Python statements that quantize `model` (holding `layers`, name -> Linear,
+    # "" for `model` itself) as this mode does, with torch and torchao only: what a repro script runs (repro.py).
+    # None: the mode's torchao config(s) written as code; a mode with its own `apply` and none gets no repro.
+    repro_code: Callable[..., str] | None = None
 
     def unsupported_reason(self, info: DeviceInfo, dtype: torch.dtype) -> str | None:
         if self.name != "noquant" and torchao() is None:
