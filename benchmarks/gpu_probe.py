@@ -9,6 +9,11 @@ For compiled copies of llama-8b-shapes' decode step (CUDA graphs), prints per ca
 Then A/A pairs timed as the sweep times them (rounds, rotation, paired ratios), with and without an untimed
 call at the start of each window, and int4 with dynamo's inlined modules off. Experiments run in order
 until the budget is spent; each prints as it finishes.
+
+For each quantized callable (int4, int8 and float8 weight-only) it also records what explains a host-bound row:
+cudagraph_skips and torch's words for each skip (a skipped graph replays kernel by kernel from the host), the
+graphs and recompiles of its compile, and host_top: where the host's time per call goes (the CPU-side profiler's
+top operators: dynamo's guards, AOTAutograd's unwrapping of tensor subclasses, kernel launches).
 """
 
 from __future__ import annotations
@@ -52,6 +57,29 @@ def host_and_gpu(fn, n: int = 50) -> dict:
     return {"gpu_ms": round(gpu_ms, 4), "host_us": round(host_us, 1)}
 
 
+def host_top(fn, n: int = 20, top: int = 8) -> list[list]:
+    """[operator, host µs per call, share of the host's time] of the top operators over n calls (CPU activity only)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(n):
+            fn()
+        torch.cuda.synchronize()
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events) or 1.0
+    return [[e.key[:80], round(e.self_cpu_time_total / n, 1), round(e.self_cpu_time_total / total, 3)]
+            for e in events[:top]]
+
+
+def compile_facts(rec: compiling.CompileRecord, graphs: int) -> dict:
+    """What the compile did that can make a CUDA-graph step pay host time."""
+    return {"graphs": graphs, "cudagraph_skips": rec.cudagraph_skips, "recompiles": len(rec.recompiles),
+            "graph_breaks": len(rec.graph_breaks), "fx_cache": rec.fx_cache_text,
+            "cudagraph_log": [line[:300] for line in rec.log if "cudagraph" in line.lower()][:5]}
+
+
 def paired(fns: list, warm: bool) -> list[float]:
     """The sweep's timing of fns[0] against fns[-1] (ratio first/last), optionally with a warm call per window."""
     window = measure.cuda_window()
@@ -85,7 +113,7 @@ def main() -> int:
     spec = models.get("llama-8b-shapes")
     model, inputs = spec.build("cuda", dtype, 1, 256)
     call = lambda m: (lambda: models.call(m, inputs))  # noqa: E731
-    plain = compiling.CompileSettings(mode="reduce-overhead", torchao_tuning=False, fullgraph=True)
+    plain = compiling.CompileSettings(mode="reduce-overhead", tuning="off", fullgraph=True)
     experiments = []
 
     def aa():
@@ -100,19 +128,27 @@ def main() -> int:
         record("A/A base_shared vs a, no warm call", paired([call(base), call(model), call(a)], warm=False))
         record("A/A base_shared vs a, warm call", paired([call(base), call(model), call(a)], warm=True))
 
-    def int4(inline: bool):
+    def quantized(mode: str, inline: bool = True):
         def run():
             q = copy.deepcopy(model)
-            modes_mod.quantize(q, modes_mod.get("int4weightonly"), info, dtype)
-            with torch._dynamo.config.patch(inline_inbuilt_nn_modules=inline):
+            modes_mod.quantize(q, modes_mod.get(mode), info, dtype)
+            name = f"{mode} inline_inbuilt_nn_modules={inline}"
+            with torch._dynamo.config.patch(inline_inbuilt_nn_modules=inline), compiling.watch() as rec:
+                graphs0 = compiling.graphs_compiled()
                 t0 = time.monotonic()
-                f = compiling.compiled(q, plain, f"int4_{inline}")
+                f = compiling.compiled(q, plain, f"{mode}_{inline}")
                 models.call(f, inputs)
-                record(f"int4 inline_inbuilt_nn_modules={inline} compile_s", round(time.monotonic() - t0, 1))
-                record(f"int4 inline_inbuilt_nn_modules={inline}", host_and_gpu(call(f)))
+                record(f"{name} compile_s", round(time.monotonic() - t0, 1))
+                for _ in range(3):  # CUDA-graph trees record on the first calls: skips show by the third
+                    models.call(f, inputs)
+            record(f"{name} compile", compile_facts(rec, compiling.graphs_compiled() - graphs0))
+            record(name, host_and_gpu(call(f)))
+            record(f"{name} host_top [op, us/call, share]", host_top(call(f)))
         return run
 
-    experiments += [("A/A", aa), ("int4 default", int4(True)), ("int4 no inlining", int4(False))]
+    experiments += [("A/A", aa), ("int4 default", quantized("int4weightonly")),
+                    ("int4 no inlining", quantized("int4weightonly", inline=False)),
+                    ("int8 weight-only", quantized("int8weightonly")), ("float8 weight-only", quantized("float8weightonly"))]
     with torch.no_grad(), quiet_logs(), compiling.compiled_cell(plain):
         for name, fn in experiments:
             if time.monotonic() - start > args.budget_s:

@@ -65,7 +65,7 @@ def independent(run_dir: Path, min_run_time: float) -> dict[str, float]:
     cfg = config.build([r.mode for r in ok], False, False, device=first.device, dtype=first.dtype,
                        batch_sizes=[first.batch_size], threads=first.threads, compile=first.compile,
                        baseline=first.baseline, compile_mode=first.compile_mode or "default",
-                       torchao_tuning=first.torchao_tuning)
+                       tuning=first.tuning)
     torch.set_num_threads(cfg.threads)
     info = env.device_info(cfg.device)
     source = ModelSource(first.model)

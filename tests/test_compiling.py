@@ -21,11 +21,12 @@ def run(model, **kw):
 
 def test_torchao_tuning_is_on_by_default_on_cuda_and_off_on_cpu():
     cfg = config.build(["noquant"], False, False, device="cpu")
-    assert cfg.compile.torchao_tuning is False
-    assert config.build(["noquant"], False, False, device="cpu", torchao_tuning=True).compile.torchao_tuning is True
-    # CUDA's default can't be built without a GPU; the rule is the option's documented default
-    option = next(o for o in config.OPTIONS if o.name == "torchao_tuning")
-    assert option.default is None and "on CUDA" in option.help
+    assert cfg.compile.tuning == "off"
+    assert config.build(["noquant"], False, False, device="cpu", tuning="torchao").compile.tuning == "torchao"
+    # CUDA's default can't be built without a GPU; the rule is the option's documented default and default_tuning
+    option = next(o for o in config.OPTIONS if o.name == "tuning")
+    assert option.default is None and "torchao on CUDA" in option.help
+    assert (config.default_tuning("cuda"), config.default_tuning("cpu")) == ("torchao", "off")
     effects = {s.key: s.effect for s in baseline.describe(baseline.TORCHAO_TUNING, "cpu")}
     assert effects["torch._inductor.config.coordinate_descent_tuning"] == "no effect on a CPU"
     assert effects["torch._inductor.config.force_fuse_int_mm_with_mul"].startswith("no effect")

@@ -64,7 +64,7 @@ def test_walkthrough_executes_with_the_smallest_model(tmp_path):
     nb = nbformat.read(ipynb, as_version=4)
     check_clean(nb)
     pngs = [out for _, out in outputs(nb, "execute_result") if "image/png" in out.data]
-    assert len(pngs) == 2  # one Linear's weights; the sweep's dashboard
+    assert len(pngs) == 3  # one Linear's weights; the sweep's dashboard; tuning's price
     tables = "".join(out.data.get("text/html", "") for _, out in outputs(nb, "execute_result"))
     for text in ("epilogue_fusion", "int8weightonly", "warm-up", "compile off", SMALLEST):
         assert text in tables

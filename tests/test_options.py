@@ -32,7 +32,7 @@ def test_option_annotations_come_from_their_parser_and_default():
     by_name = {o.name: o for o in config.OPTIONS}
     assert by_name["threads"].annotation() == "int | None"
     assert by_name["compile"].annotation() == "bool" and by_name["isolate"].annotation() == "bool"
-    assert by_name["torchao_tuning"].annotation() == "bool | None"
+    assert by_name["tuning"].annotation() == "str | None"
     assert by_name["cell_timeout_s"].annotation() == "float"
     assert FAKE.annotation() == "int"
 

@@ -135,7 +135,7 @@ def test_compiled_sweep_restores_baseline_even_when_a_cell_raises(two_linear, mo
                         modes_mod.Mode("int8weightonly", "hooked", lambda i, d: None, apply=hooked_apply))
     before = baseline.snapshot()
     inductor_before = torch._inductor.config.get_config_copy()
-    rows = by_mode(run(two_linear, modes="noquant,int8weightonly", compile=True, baseline=True, torchao_tuning=True))
+    rows = by_mode(run(two_linear, modes="noquant,int8weightonly", compile=True, baseline=True, tuning="torchao"))
     assert seen["cache_size_limit"] == 10000  # the baseline was on inside the cell
     assert seen["coordinate_descent_tuning"] is True
     assert rows["int8weightonly"].status == "error" and "fails inside" in rows["int8weightonly"].reason

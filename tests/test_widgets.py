@@ -383,7 +383,7 @@ def test_the_settings_are_the_options_with_the_labels_and_defaults_users_know():
     assert [label for label, _ in p.int4_group_size.options] == ["auto", "256", "128", "64", "32"]
     assert (p.dtype.value, p.batch_sizes.value, p.compile.value, p.baseline.value) == ("auto", "1", True, True)
     assert p.threads.value == torch.get_num_threads() and p.int4_group_size.value is None
-    assert (p.compile_mode.value, p.cache.value, p.torchao_tuning.value, p.save_reload.value) == (
+    assert (p.compile_mode.value, p.cache.value, p.tuning.value, p.save_reload.value) == (
         "default", "warm", None, True)
     more = p.widget.children[7]  # the collapsed "more settings", under the settings row
     assert more.get_title(0) == "more settings" and p.seq_len in more.children[0].children
@@ -394,10 +394,11 @@ def test_more_settings_reach_the_sweep_and_bad_text_is_refused(notebook):
     kwargs = p.sweep_kwargs()
     assert {o.name: kwargs[o.name] for o in config.OPTIONS if o.name in ("cache", "seq_len", "cell_timeout_s")} == {
         "cache": "warm", "seq_len": None, "cell_timeout_s": config.DEFAULT_CELL_TIMEOUT_S}
-    p.cache.value, p.torchao_tuning.value, p.seq_len.value = "cold", True, "64"
+    assert [label for label, _ in p.tuning.options] == ["auto", "torchao", "fast", "off"]
+    p.cache.value, p.tuning.value, p.seq_len.value = "cold", "fast", "64"
     p.float8_granularity.value = "per-tensor"
     kwargs = p.sweep_kwargs()
-    assert (kwargs["cache"], kwargs["torchao_tuning"], kwargs["seq_len"]) == ("cold", True, 64)
+    assert (kwargs["cache"], kwargs["tuning"], kwargs["seq_len"]) == ("cold", "fast", 64)
     assert kwargs["float8dynamic"] == {"granularity": "per-tensor"} and "autoquant" not in kwargs
     p.seq_len.value = "long"
     p.run_button.click()

@@ -68,6 +68,36 @@ TORCHAO_TUNING: tuple[Setting, ...] = (
             "Kernel names that say what they compute, in profiles (already the default)."),
 )
 
+# torchao's settings without the wide search: the one-row-matmul rewrite that int8/float8 weight-only need
+# comes from coordinate_descent_tuning alone (inductor's decomposition.py reads only that flag); what
+# check_all_directions adds, once the one-field-at-a-time walk has converged, is a search of every
+# combination of neighbouring block sizes, warps and stages (3^fields candidates, each compiled and
+# benchmarked), for every Triton kernel.
+FAST_TUNING: tuple[Setting, ...] = tuple(
+    Setting(s.key, False, "Off: the search of every combination of neighbouring block sizes, warps and stages "
+            "after the one-field-at-a-time walk (torchao's choice) costs the most compile time for the least speed; "
+            "the walk itself still runs.", cuda_only=True)
+    if s.key.endswith(".coordinate_descent_check_all_directions") else s for s in TORCHAO_TUNING)
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """One choice of inductor tuning for every compiled cell alike (the unquantized baseline included)."""
+
+    name: str
+    settings: tuple[Setting, ...]
+    why: str
+
+
+TUNINGS: dict[str, Tuning] = {t.name: t for t in (
+    Tuning("torchao", TORCHAO_TUNING, "torchao's recommended inductor settings, as its published GPU numbers used "
+           "them: the most compile time (one cold 4-layer 8B-shaped decode graph took 146 s on an H200)"),
+    Tuning("fast", FAST_TUNING, "coordinate descent without check_all_directions: the one-row-matmul rewrite "
+           "int8/float8 weight-only need, and a cheaper search of each kernel's block sizes"),
+    Tuning("off", (), "inductor's defaults: the fastest compile; on CUDA int8/float8 weight-only lose their fused "
+           "one-row kernels (an H100 gave int8 weight-only 0.10x with it off)"),
+)}
+
 
 def ignored_by_this_torch(key: str) -> bool:
     """True when the installed torch marks a setting as ignored (inductor's 'DEPRECATED. This setting is

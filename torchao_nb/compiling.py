@@ -16,6 +16,7 @@ from torch import nn
 from . import baseline
 
 MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+TUNINGS = tuple(baseline.TUNINGS)  # torchao | fast | off: the inductor tuning every compiled cell gets
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,7 @@ class CompileSettings:
     enabled: bool = True
     mode: str = "default"  # torch.compile mode; "reduce-overhead" uses CUDA graphs
     baseline: bool = True  # the seed's compiler settings (baseline.BASELINE_SETTINGS)
-    torchao_tuning: bool = False  # torchao's recommended inductor settings (baseline.TORCHAO_TUNING)
+    tuning: str = "off"  # one of TUNINGS: torchao's recommended inductor settings, a cheaper search, or none
     fullgraph: bool = False  # a graph break is an error (built-in models: it would be our bug)
 
     @property
@@ -65,7 +66,7 @@ def compiled_cell(settings: CompileSettings) -> Iterator[None]:
     _active.append(settings)
     try:
         with baseline.preserved_compiler_configs(), baseline.applied(settings.baseline), \
-                baseline.applied(settings.torchao_tuning, baseline.TORCHAO_TUNING), \
+                baseline.applied(True, baseline.TUNINGS[settings.tuning].settings), \
                 torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
             yield
     finally:

@@ -59,9 +59,11 @@ OPTIONS: tuple[Option, ...] = (
            label="baseline settings"),
     Option("compile_mode", "default", "torch.compile mode: " + " | ".join(compiling.MODES)
            + " (reduce-overhead = CUDA graphs)", "--compile-mode", str, choices=compiling.MODES),
-    Option("torchao_tuning", None, "apply torchao's recommended inductor settings (coordinate descent tuning) to "
-           "every compiled cell, the baseline included (default: on CUDA, where int8/float8 weight-only need it; "
-           "off on CPU, where it changes nothing)", "--torchao-tuning", bool),
+    Option("tuning", None, "inductor tuning of every compiled cell, the baseline included: torchao (its recommended "
+           "settings: coordinate descent with the wide search, the slowest compile) | fast (coordinate descent without "
+           "check_all_directions) | off (none) (default: torchao on CUDA, where int8/float8 weight-only need it; off "
+           "on CPU, where it changes nothing; docs/compiler-settings.md gives each one's price)", "--tuning", str,
+           choices=compiling.TUNINGS),
     Option("fullgraph", False, "compile your own module as one graph (a graph break is then an error row); "
            "built-in models always compile as one graph", "--fullgraph", bool),
     Option("diagnose", False, "add to each row a profiler table of its top kernels (GPU) or operators (CPU)",
@@ -85,6 +87,22 @@ OPTIONS: tuple[Option, ...] = (
            "--save-compile-cache", bool),
     Option("policy", None, "a measure.TimingPolicy (default: measure.TimingPolicy(); --quick: measure.FAST_POLICY)",
            types="measure.TimingPolicy | None"),
+)
+
+
+@dataclass(frozen=True)
+class Renamed:
+    """An option's old spelling, still taken (with a Notice): `name=old` reads as `new=values[old]`; on the command
+    line `flag` / `--no-flag` (not in --help)."""
+
+    name: str
+    flag: str
+    new: str
+    values: dict
+
+
+RENAMED: tuple[Renamed, ...] = (
+    Renamed("torchao_tuning", "--torchao-tuning", "tuning", {True: "torchao", False: "off"}),
 )
 
 
@@ -169,6 +187,7 @@ def _positive(name: str, value: Any) -> int | None:
 
 def split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """(sweep options, per-mode settings such as autoquant={...}); an unknown name is a UserError."""
+    options = _renamed(options)
     with_settings = {n for n, m in modes_mod.MODES.items() if m.settings is not None}
     names = option_names()
     unknown = sorted(set(options) - set(names) - with_settings)
@@ -179,6 +198,28 @@ def split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, An
             {k: v for k, v in options.items() if k in with_settings})
 
 
+def _renamed(options: dict[str, Any]) -> dict[str, Any]:
+    """Old spellings read as today's, each said once in a Notice; given together with today's, they must agree."""
+    out = dict(options)
+    for r in RENAMED:
+        old = out.pop(r.name, None)
+        if old is None:
+            continue
+        value = r.values[check_bool(r.name, old)]
+        if out.get(r.new) not in (None, value):
+            raise UserError(f"{r.name}={old!r} says {r.new}={value!r}, but {r.new}={out[r.new]!r} was given too; "
+                            f"give only {r.new}.")
+        out[r.new] = value
+        warnings.warn(f"{r.name}={old!r} is now {r.new}={value!r} (on the command line --{r.new.replace('_', '-')} "
+                      f"{value}); the old spelling still works", Notice, stacklevel=5)
+    return out
+
+
+def default_tuning(device: str) -> str:
+    """torchao's settings on CUDA, where int8/float8 weight-only need them; none on a CPU, where they change nothing."""
+    return "torchao" if device == "cuda" else "off"
+
+
 def build(mode_list: list[str], user_module: bool, progress: bool, **options: Any) -> SweepConfig:
     """Validate every option before anything runs; a bad one is a UserError that says what to give."""
     opts, settings = split_options(options)
@@ -187,6 +228,9 @@ def build(mode_list: list[str], user_module: bool, progress: bool, **options: An
     info = envmod.device_info(device)
     if o["compile_mode"] not in compiling.MODES:
         raise UserError(f"unknown compile mode {o['compile_mode']!r}; choose one of: {', '.join(compiling.MODES)}.")
+    if o["tuning"] is not None and o["tuning"] not in compiling.TUNINGS:
+        raise UserError(f"unknown tuning {o['tuning']!r}; choose one of: {', '.join(compiling.TUNINGS)} "
+                        "(docs/compiler-settings.md gives each one's compile time and speed).")
     if o["batch_sizes"] is not None and user_module:
         raise UserError("batch_sizes apply to registry models; your module runs on its example_inputs exactly as "
                         "given (their first dimension is the row's batch size). For another batch size, give "
@@ -209,7 +253,7 @@ def build(mode_list: list[str], user_module: bool, progress: bool, **options: An
         batch_sizes=None if user_module else check_batch_sizes(o["batch_sizes"] or (1,)),
         compile=compiling.CompileSettings(
             bool(o["compile"]), o["compile_mode"], bool(o["baseline"]),
-            device == "cuda" if o["torchao_tuning"] is None else bool(o["torchao_tuning"]), bool(o["fullgraph"])),
+            o["tuning"] or default_tuning(device), bool(o["fullgraph"])),
         threads=_positive("threads", o["threads"]) or torch.get_num_threads(),
         seq_len=_positive("seq_len", o["seq_len"]),
         policy=o["policy"] or measure.TimingPolicy(), progress=bool(progress),

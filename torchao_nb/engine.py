@@ -84,11 +84,10 @@ def _environment(cfg: config.SweepConfig, executor: executors.Executor) -> dict:
     environment = executor.environment(cfg)
     environment.update(
         compile=cfg.compile.enabled, baseline=cfg.compile.baseline, compile_mode=cfg.compile.mode,
-        torchao_tuning=cfg.compile.torchao_tuning, batch_sizes=list(cfg.batch_sizes or []),
+        tuning=cfg.compile.tuning, batch_sizes=list(cfg.batch_sizes or []),
         seq_len=cfg.seq_len, isolation="worker process" if cfg.isolate else "in-process",
         baseline_settings=baseline_mod.describe_dicts(device=cfg.device) if cfg.compile.baseline else [],
-        torchao_tuning_settings=(baseline_mod.describe_dicts(baseline_mod.TORCHAO_TUNING, cfg.device)
-                                 if cfg.compile.torchao_tuning else []),
+        tuning_settings=baseline_mod.describe_dicts(baseline_mod.TUNINGS[cfg.compile.tuning].settings, cfg.device),
         sweep_settings=config.settings_dict(cfg),
         command=shlex.join([sys.executable, *sys.argv]),  # what started this sweep (in a notebook: its kernel)
     )
@@ -153,7 +152,7 @@ def sweep(model: str | Sequence[str] | nn.Module | None = None, modes: str | Seq
           compile: bool = True,
           baseline: bool = True,
           compile_mode: str = "default",
-          torchao_tuning: bool | None = None,
+          tuning: str | None = None,
           fullgraph: bool = False,
           diagnose: bool = False,
           isolate: bool = True,

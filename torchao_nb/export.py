@@ -146,7 +146,7 @@ def row_records(row: Row, environment: Mapping[str, Any] | None = None) -> list[
             "compile": row.compile, "compile_mode": row.compile_mode if row.compile else "",
             "baseline_settings": row.baseline, "threads": row.threads, "recipe": row.recipe or None,
             # the rest of the cell's key: two records of one cell timed differently must not read as one
-            "torchao_tuning": row.torchao_tuning, "seq_len": row.seq_len, "timing": row.timing, "cache": row.cache,
+            "tuning": row.tuning, "seq_len": row.seq_len, "timing": row.timing, "cache": row.cache,
             "replicates": row.replicates, "mode_settings": row.mode_settings or None,
             "model_signature": row.model_signature or None,
         }),

@@ -452,3 +452,40 @@ def compare(runs: Mapping[str, ResultSet] | Sequence[ResultSet], ax: Axes | None
     handles = [Patch(facecolor="0.6", hatch=s.hatch, alpha=s.alpha, edgecolor="0.2") for s in series]
     d.notes_legend(fig, ax, nt.lines() if notes else [], own, handles, labels)
     return fig
+
+
+# ---- tuning's price ------------------------------------------------------------------------------
+
+TUNING_MARKERS = {"torchao": "o", "fast": "s", "off": "D"}  # compiling.TUNINGS; another value gets "X"
+
+
+def tuning_price(results: ResultSet | Sequence[ResultSet], ax: Axes | None = None, notes: bool = True) -> Figure:
+    """Compile time (compile + first call) against speedup, one point per cell, its marker the row's tuning and
+    its colour the mode's; a mode's points across tunings are joined, so the price of each choice reads as a
+    step left (cheaper) or down (slower). Skipped and failed cells are in the notes."""
+    rows = [r for rs in ([results] if isinstance(results, ResultSet) else results) for r in d.check(rs).rows]
+    plotted = [r for r in rows if r.status == "ok" and r.compile_s is not None and r.speedup is not None]
+    if not plotted:
+        raise UserError("no row has both a compile time and a speedup (compile was off?): give the results of "
+                        "compiled sweeps, one per --tuning choice")
+    fig, ax, own = d.new_axes(ax)
+    nt = d.Notes(ResultSet(tuple(rows)))
+    for mode in d.modes_present(plotted):
+        pts = sorted(((r.compile_s, r.speedup, r.tuning) for r in plotted if r.mode == mode), key=lambda p: p[0])
+        if len(pts) > 1:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], color=mode_color(mode), linewidth=1, alpha=0.6, zorder=2)
+        for x, y, tuning in pts:
+            ax.scatter([x], [y], s=60, color=mode_color(mode), marker=TUNING_MARKERS.get(tuning, "X"),
+                       edgecolor="black", linewidth=0.6, zorder=3, gid=f"point|{mode}|{tuning}")
+        ax.annotate(mode, pts[-1][:2], xytext=(5, 4), textcoords="offset points", fontsize=8)
+    ax.axhline(1.0, color="black", linewidth=1, linestyle=":")
+    ax.set_xlabel("compile time: compile + first call (s)")
+    ax.set_ylabel("speedup vs compiled unquantized baseline (×)")
+    ax.set_title(f"Compile time against speed, per tuning (left and up is better)\n{d.subject(rows)}", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.margins(x=0.15, y=0.12)
+    tunings = list(dict.fromkeys(r.tuning for r in plotted))
+    handles = [Line2D([], [], marker=TUNING_MARKERS.get(t, "X"), color="0.5", markeredgecolor="black",
+                      linestyle="none") for t in tunings]
+    d.notes_legend(fig, ax, nt.lines() if notes else [], own, handles, [f"tuning {t}" for t in tunings])
+    return fig

@@ -175,7 +175,7 @@ def _spec(cfg: SweepConfig, name: str, mode: str, batch: int, seq_len: int | Non
     return CellSpec(model=name, mode=mode, batch_size=batch, seq_len=seq_len, model_signature=signature,
                     mode_settings=mode_settings_text(cfg, mode), device=cfg.device,
                     dtype=envmod.dtype_name(cfg.dtype), compile=cfg.compile.enabled, baseline=cfg.compile.baseline,
-                    compile_mode=cfg.compile.label, torchao_tuning=cfg.compile.enabled and cfg.compile.torchao_tuning,
+                    compile_mode=cfg.compile.label, tuning=cfg.compile.tuning if cfg.compile.enabled else "off",
                     threads=cfg.threads, timing=measure.policy_name(cfg.policy), cache=cfg.cache, **_where(cfg.device))
 
 

@@ -21,7 +21,8 @@ ENVIRONMENT_KEYS = {  # key → label, in the order shown
     "torch": "torch", "torchao": "torchao", "python": "Python", "platform": "platform", "device": "device",
     "device_name": "device name", "cpu_model": "CPU", "cpu_count": "CPU cores", "threads": "threads", "dtype": "dtype",
     "cuda": "CUDA", "cuda_driver": "NVIDIA driver", "compute_capability": "compute capability", "compile": "torch.compile",
-    "baseline": "baseline compiler settings", "torchao_tuning": "torchao inductor tuning", "batch_sizes": "batch sizes",
+    "baseline": "baseline compiler settings", "tuning": "inductor tuning",
+    "torchao_tuning": "torchao inductor tuning", "batch_sizes": "batch sizes",
     "seq_len": "sequence length", "isolation": "cells ran in", "sweep_settings": "sweep settings",
     "timestamp": "measured at (UTC)",
 }
@@ -65,7 +66,8 @@ def environment_table(env: dict) -> str:
 def baseline_table(env: dict) -> str:
     out = ""
     for key, title in (("baseline_settings", "Baseline compiler settings (the seed's)"),
-                       ("torchao_tuning_settings", "torchao's recommended inductor settings")):
+                       ("tuning_settings", "Inductor tuning settings"),
+                       ("torchao_tuning_settings", "torchao's recommended inductor settings")):  # written before 2026-12
         if env.get(key):
             out += f"<h3>{html.escape(title)}</h3>" + tables.baseline_html(env[key])
     return out

@@ -24,9 +24,13 @@ from .spec import CELL_FIELDS, KEY_FIELDS, SETTING_FIELDS, CellSpec  # noqa: F40
 # wrong: ran, but its output is not finite or far from the unquantized one (reason: the numbers), never timed.
 STATUSES = ("ok", "skipped", "error", "wrong")
 # The version of the results files' layout (results.json, rows.jsonl, results.csv). A file without one was
-# written before versions were recorded: version 1, the same layout.
-SCHEMA_VERSION = 1
+# written before versions were recorded: version 1, the same layout. 2: the bool `torchao_tuning` became
+# `tuning` (torchao | fast | off); files of version 1 still load (RENAMED_FIELDS), and a reader of version 1
+# refuses version 2 in one line rather than reading every row as untuned.
+SCHEMA_VERSION = 2
 SCHEMA_KEY = "schema_version"
+# Fields renamed since version 1: old name → (new name, old value → new value, also as the CSV writes it).
+RENAMED_FIELDS = {"torchao_tuning": ("tuning", {True: "torchao", False: "off", "True": "torchao", "False": "off"})}
 
 
 @dataclass(frozen=True)
@@ -91,7 +95,7 @@ class Row:
     compile_mode: str = ""  # torch.compile mode when compile is on ("default", "reduce-overhead", ...)
     seq_len: int | None = None  # a registry model's sequence length (None: a user's module)
     device_name: str = ""  # the GPU or CPU model that ran the cell
-    torchao_tuning: bool = False  # torchao's recommended inductor settings were applied
+    tuning: str = "off"  # the inductor tuning of compiled cells: torchao | fast | off (compiling.TUNINGS)
     torch_version: str = ""
     torchao_version: str = ""
     timing: str = ""  # the timing policy: "bursts", "quick" (--quick) or "custom-<hash of its fields>"
@@ -153,7 +157,17 @@ class Row:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Row":
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        return cls(**{k: v for k, v in renamed_fields(data).items() if k in names})
+
+
+def renamed_fields(data: dict[str, Any]) -> dict[str, Any]:
+    """A row's fields as read, with the old names of RENAMED_FIELDS under their new names and values."""
+    out = dict(data)
+    for old, (new, values) in RENAMED_FIELDS.items():
+        if old in out:
+            value = out.pop(old)
+            out.setdefault(new, values.get(value, value) if isinstance(value, (bool, str)) else value)
+    return out
 
 
 def sqnr_or_inf(sqnr_db: float | None) -> float:
@@ -458,7 +472,7 @@ def _read_csv(p: Path) -> tuple[list[Row], None]:
         rows = []
         for rec in csv.DictReader(f):
             check_schema(rec.get(SCHEMA_KEY), "a row")
-            data = {DYNAMO_COLUMNS.get(c, c): v for c, v in rec.items() if c is not None}
+            data = renamed_fields({DYNAMO_COLUMNS.get(c, c): v for c, v in rec.items() if c is not None})
             rows.append(Row(**{k: _parse(k, v) for k, v in data.items() if k in _HINTS and v is not None}))
     return rows, None
 

@@ -32,7 +32,7 @@ class CellSpec:
     compile: bool
     baseline: bool  # were the seed's baseline compiler settings applied
     compile_mode: str = ""
-    torchao_tuning: bool = False
+    tuning: str = "off"  # compiling.TUNINGS: torchao | fast | off ("off" when compile is off)
     threads: int | None = None
     timing: str = ""  # the timing policy: "bursts", "quick" or "custom-<hash of its fields>"
     cache: str = ""  # "warm" or "cold"

@@ -116,7 +116,7 @@ def environment(results: ResultSet):
 
     env = results.environment
     flat = {k: (json.dumps(v, default=str) if isinstance(v, (dict, list)) else v)
-            for k, v in env.items() if k not in ("baseline_settings", "modes", "torchao_tuning_settings")}
+            for k, v in env.items() if k not in ("baseline_settings", "modes", "tuning_settings", "torchao_tuning_settings")}
     return pd.DataFrame({"value": pd.Series(flat, dtype=object)})
 
 

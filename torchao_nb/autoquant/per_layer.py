@@ -271,7 +271,7 @@ def _measure_group(key, fqns, cands, layers, inputs, info, dtype, ctx, cache, ba
                 "device": info.name, "device_type": info.type, "dtype": dtype_name(dtype), "shape": list(key),
                 "candidate": cand.name, "config": modes.config_dict(cand.config(info, dtype)),
                 "compile": ctx.compile.enabled, "compile_mode": ctx.compile.mode,
-                "torchao_tuning": ctx.compile.torchao_tuning, "baseline": ctx.compile.baseline,
+                "tuning": ctx.compile.tuning, "baseline": ctx.compile.baseline,
                 "threads": torch.get_num_threads(), "copies": n,
                 **_versions(),
             }
