@@ -22,7 +22,7 @@ from . import modes as modes_mod
 from .cell import ModelSource, cell_spec
 from .errors import Notice, UserError
 from .folder import ResultsFolder
-from .results import ResultSet, Row
+from .results import ResultSet, Row, in_order
 from .spec import CellSpec
 
 
@@ -217,5 +217,5 @@ def _measure(cfg: config.SweepConfig, cells: list, folder: ResultsFolder | None,
         executor.close()
         if bar is not None:
             bar.close()
-    return ResultSet(tuple(rows), environment)
+    return ResultSet(in_order(rows, [spec for _, spec in cells]), environment)
 

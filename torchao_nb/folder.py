@@ -19,7 +19,7 @@ from typing import Sequence
 
 from .errors import Notice, UserError
 from .results import (ENV_FILE, RESULTS_CSV, RESULTS_JSON, ROWS_FILE, JsonlRead, ResultSet, Row, append_jsonl,
-                      atomic_write, read_rows, row_line)
+                      atomic_write, in_order, read_rows, row_line)
 from .spec import SETTING_FIELDS, CellSpec, differences
 
 RESULT_FILES = (ROWS_FILE, RESULTS_CSV, RESULTS_JSON, ENV_FILE)
@@ -234,6 +234,7 @@ class ResultsFolder:
         self.rows: list[Row] = []
         self.environment: dict = {}
         self.summary = ""  # what a resume re-used and why it measures the rest; "" for a fresh sweep
+        self.specs: Sequence[CellSpec] = ()  # this sweep's cells: the results files list their rows in this order
         self._lock = Lock(self.path)
 
     def __enter__(self) -> "ResultsFolder":
@@ -271,6 +272,7 @@ class ResultsFolder:
         """Fresh: the earlier files are moved aside. Resumed: the rows this run re-uses (equal specs); rows
         it measures again, rows of other settings and unreadable lines leave rows.jsonl, the earlier files are
         copied aside, and a Notice says what happened."""
+        self.specs = specs
         if not resume:
             self.set_aside(move=True)
             return {}
@@ -301,7 +303,7 @@ class ResultsFolder:
 
     def _write_results(self) -> None:
         if self.rows:
-            ResultSet(tuple(self.rows), self.environment).save(self.path)
+            ResultSet(in_order(self.rows, self.specs), self.environment).save(self.path)
 
     def replace_all(self, results: ResultSet) -> Path | None:
         """Write `results` as the folder's only sweep (an export): earlier files that hold other rows are moved

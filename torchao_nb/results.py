@@ -13,7 +13,7 @@ import typing
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from . import fields
 from .errors import Notice
@@ -336,6 +336,13 @@ ROWS_FILE = "rows.jsonl"  # one row per finished cell, appended as it finishes: 
 RESULTS_CSV = "results.csv"
 RESULTS_JSON = "results.json"
 ENV_FILE = "environment.json"
+
+
+def in_order(rows: Sequence[Row], specs: Sequence[CellSpec]) -> tuple[Row, ...]:
+    """Rows in the order of their cells (`specs`, the sweep's order), however they finished: a group's timed rows
+    come after its skipped and failed ones. Rows of no listed cell keep their place after them."""
+    place = {spec: i for i, spec in reversed(list(enumerate(specs)))}
+    return tuple(sorted(rows, key=lambda r: place.get(r.spec, len(place))))
 
 
 @dataclass(frozen=True)
