@@ -201,11 +201,8 @@ def test_a_unit_past_its_time_limit_is_requeued_and_resumes(cluster, tmp_path, c
     logs = root / ".submitit" / job
     log = (logs / f"{job}_0_log.out").read_text()
     assert rc == 0 and "1/1 units, 2/2 cells" in out, out + log
-    # told to checkpoint before the limit, requeued by SLURM, started again on the rows already there. SLURM's own
-    # record, not submitit's "Requeued job" line: under load the requeue can kill the `scontrol requeue` submitit
-    # runs (SIGTERM) before it returns and logs that line, though the job was requeued (seen with two xdist workers)
-    assert "this job is timed-out" in log and log.count("Starting with JobEnvironment") == 2
-    assert "Restarts=1" in cluster.sh("scontrol", "show", "job", job)
+    # told to checkpoint before the limit, requeued by SLURM, started again on the rows already there
+    assert "this job is timed-out" in log and "Requeued job" in log and log.count("Starting with JobEnvironment") == 2
     assert "re-using 1 of 2 cells" in (logs / f"{job}_0_log.err").read_text()
     rows = jobs.unit_rows(root, plan_mod.read_plan(plan)[0])
     assert [(r.mode, r.status) for r in rows] == [("noquant", "ok"), ("int8dynamic", "ok")]  # each cell once
