@@ -14,4 +14,9 @@ if ! command -v slurmctld >/dev/null 2>&1 && [ ! -x /usr/sbin/slurmctld ] && [ "
   echo "test: installing slurm-wlm and munge for tests/test_slurm.py"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null
 fi
-.venv/bin/python -m pytest -q "$@"
+# Two workers (pytest-xdist) on CI's two cores: many tests wait (SLURM jobs, JupyterLab, subprocesses starting) while
+# the other worker computes. Each test file is one unit of work (--dist loadfile), so a module- or session-scoped
+# fixture (the SLURM cluster, a shared sweep) is set up once; tests/conftest.py orders the longest files first, and
+# --no-loadscope-reorder keeps that order (not --dist loadgroup: with pytest 9.2, pytest-xdist 3.8 silently ignores
+# xdist_group marks, pytest-xdist issue 1386). `-n 0` after these runs everything in one process.
+.venv/bin/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder "$@"

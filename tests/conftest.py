@@ -1,8 +1,29 @@
+import os
+
 import pytest
 import torch
 from torch import nn
 
 from torchao_nb import measure
+
+# Under pytest-xdist (scripts/test.sh: two workers on CI's two cores) each worker's torch, and every process a test
+# starts (sweep workers, CLI runs, notebook kernels, SLURM jobs), takes one thread: two workers with two OpenMP
+# threads each would be four spinning threads on two cores. A sweep's default `threads` follows, so rows say 1.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
+# Under xdist each file is one unit of work, handed out in collection order (scripts/test.sh): the longest files go
+# first, so that none of them starts last and leaves one worker running it alone. Seconds each took in one worker
+# of a 2-worker run on the 2-core CI machine: test_slurm ~210 (mostly waiting on the cluster), test_models ~170,
+# test_own_model ~165, test_compile_cache ~150, test_isolation ~95; every other file is under 80.
+LONGEST_FIRST = ("test_slurm.py", "test_models.py", "test_own_model.py", "test_compile_cache.py", "test_isolation.py")
+
+
+def pytest_collection_modifyitems(items):
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+        items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
 
 
 class TwoLinear(nn.Module):
