@@ -293,3 +293,28 @@ def test_a_job_told_it_wont_be_requeued_ends_without_an_error_row_for_the_cell_i
     finally:
         signal.signal(signal.SIGUSR2, previous)
     assert jobs.unit_rows(tmp_path / "root", plan_mod.read_plan(path)[0]) == []  # no error row left behind
+
+
+def test_a_requeue_that_stops_its_own_scontrol_ends_the_job_as_a_requeue_not_a_failure():
+    """On a loaded machine SLURM's requeue killed submitit's `scontrol requeue` (SIGTERM) before it returned:
+    submitit then wrote a failed result though SLURM ran the job again. That case leaves as a done requeue does."""
+    import subprocess
+
+    from torchao_nb import slurm
+
+    def raising(error):
+        def handler(sig, frame):
+            raise error
+        return handler
+
+    killed = subprocess.CalledProcessError(-signal.SIGTERM, ["scontrol", "requeue", "42"])
+    refused = subprocess.CalledProcessError(1, ["scontrol", "requeue", "42"])
+    before = signal.getsignal(signal.SIGUSR2)
+    try:
+        for error, expected in ((killed, SystemExit), (refused, subprocess.CalledProcessError)):
+            signal.signal(signal.SIGUSR2, raising(error))
+            with pytest.raises(expected):
+                with slurm.ends_the_job():
+                    signal.raise_signal(signal.SIGUSR2)
+    finally:
+        signal.signal(signal.SIGUSR2, before)

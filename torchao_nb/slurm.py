@@ -11,6 +11,7 @@ import contextlib
 import os
 import shlex
 import signal
+import sys
 import subprocess
 import threading
 from pathlib import Path
@@ -94,6 +95,10 @@ def ends_the_job(signum: int = signal.SIGUSR2):
     def handle(sig, frame):
         try:
             handler(sig, frame)
+        except subprocess.CalledProcessError as e:
+            if _requeue_stopped_it(e):  # what submitit does once its requeue returned: leave no result behind
+                sys.exit(-1)
+            raise JobStopped(e) from None
         except Exception as e:
             raise JobStopped(e) from None
 
@@ -104,6 +109,14 @@ def ends_the_job(signum: int = signal.SIGUSR2):
         raise stopped.args[0] from None
     finally:
         signal.signal(signum, handler)
+
+
+def _requeue_stopped_it(e: subprocess.CalledProcessError) -> bool:
+    """`scontrol requeue` killed by SIGTERM: the requeue was done, and SLURM's stopping of the job for it took
+    scontrol along before it returned (seen on a loaded 2-core machine: submitit then wrote a failed result
+    and the unit read FAILED, while SLURM ran it again and it finished)."""
+    cmd = e.cmd if isinstance(e.cmd, (list, tuple)) else str(e.cmd).split()
+    return list(cmd[:2]) == ["scontrol", "requeue"] and e.returncode == -signal.SIGTERM
 
 
 # ---- an array script, for those who do not want submitit ---------------------------------------------------
