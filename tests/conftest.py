@@ -17,7 +17,8 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 # first, so that none of them starts last and leaves one worker running it alone. Seconds each took in one worker
 # of a 2-worker run on the 2-core CI machine: test_slurm ~210 (mostly waiting on the cluster), test_models ~170,
 # test_own_model ~165, test_compile_cache ~150, test_isolation ~95; every other file is under 80.
-LONGEST_FIRST = ("test_slurm.py", "test_repro.py", "test_models.py", "test_own_model.py", "test_compile_cache.py", "test_isolation.py")
+LONGEST_FIRST = ("test_slurm.py", "test_repro.py", "test_models.py", "test_own_model.py", "test_compile_cache.py",
+                 "test_isolation.py")
 
 
 def pytest_collection_modifyitems(items):
