@@ -107,7 +107,9 @@ def test_a_plan_runs_as_one_array_job_and_merges_as_the_sweep_here(cluster, tmp_
 
 
 def test_no_wait_status_then_a_cancelled_element_is_all_that_runs_again(cluster, tmp_path, capsys):
-    plan, root = write_plan(tmp_path / "plan.jsonl", model=HELD, batch_sizes="1,2"), tmp_path / "root"
+    # each cell alone, so its row is saved before the next cell runs (together, a group's rows come at its end)
+    plan = write_plan(tmp_path / "plan.jsonl", model=HELD, batch_sizes="1,2", time_together=False)
+    root = tmp_path / "root"
     hold = tmp_path / "hold"
     (tmp_path / "hold-bs2").touch()  # unit 1's quantized cell waits for the test, which cancels it there
     flags = [*JOB, "--in-process", *WITH_TEST_MODELS, "--setup", f"export TORCHAO_NB_TEST_HOLD={hold}"]
@@ -194,7 +196,7 @@ def test_plan_sbatch_writes_the_array_script_that_sbatch_runs(cluster, tmp_path,
 
 def test_a_unit_past_its_time_limit_is_requeued_and_resumes(cluster, tmp_path, capsys):
     # its quantized cell hangs until the one-minute limit, the first time the job runs
-    plan, root = write_plan(tmp_path / "plan.jsonl", model=HANGS), tmp_path / "root"
+    plan, root = write_plan(tmp_path / "plan.jsonl", model=HANGS, time_together=False), tmp_path / "root"
     rc = main(["run", "--plan", str(plan), *JOB[:-1], "1", "--in-process", *WITH_TEST_MODELS, "--out", str(root)])
     out = capsys.readouterr().out
     (job,) = job_ids(root)[0]

@@ -179,6 +179,7 @@ def test_stop_ends_the_cell_in_progress(notebook, tmp_path):
     marker = tmp_path / "started"
     notebook["net"] = Misbehaves("int8weightonly", "hang", str(marker))  # hangs once int8weightonly quantized it
     p = panel_on(notebook, modes=("noquant", "int8weightonly", "int8dynamic"))
+    p.controls["time_together"].widget.value = False  # each row saved as soon as its cell is timed
     assert p.batch_sizes.disabled  # the module's own inputs set the batch
     p.run_button.click()
     for _ in range(6000):

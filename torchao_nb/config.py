@@ -78,6 +78,10 @@ OPTIONS: tuple[Option, ...] = (
            "(a model that fits in the CPU's last-level cache or the GPU's L2 stays there); cold flushes that cache "
            "before each single call, so a small model reads its weights from memory as a large one does",
            "--cache", str, choices=measure.CACHES),
+    Option("time_together", True, "time a group's modes (one model and batch size) together, in one set of rounds "
+           "against one baseline; off: each cell alone with the baseline, its row saved as soon as it is timed (for "
+           "a cluster's short time limit, or a stop pressed mid-group: together, a group's rows come at its end)",
+           "--time-together", bool, label="time modes together"),
     Option("compile_cache", None, "a compile-cache.bin an earlier sweep saved in its results folder: its compiled "
            "graphs and kernels are loaded before the first compile, so the cells compile from it (a cache from "
            "another torch, torchao, Python or device kind is refused)", "--compile-cache", str,
@@ -130,6 +134,7 @@ class SweepConfig:
     diagnose: bool = False
     save_reload: bool = True
     cache: str = "warm"  # one of measure.CACHES
+    time_together: bool = True  # a group's modes in one set of rounds (rounds.py); off: each cell alone
     compile_cache: str | None = None  # the carried cache to load before the first compile (an absolute path)
     save_compile_cache: bool = False
     compile_cache_to: str | None = None  # where the worker saves the compile artifacts: set by the sweep from out=
@@ -259,7 +264,7 @@ def build(mode_list: list[str], user_module: bool, progress: bool, **options: An
         policy=o["policy"] or measure.TimingPolicy(), progress=bool(progress),
         mode_settings=tuple((name, modes_mod.MODES[name].parse_settings(value)) for name, value in settings.items()),
         isolate=bool(o["isolate"]), cell_timeout_s=float(timeout), diagnose=bool(o["diagnose"]),
-        save_reload=bool(o["save_reload"]), cache=o["cache"],
+        save_reload=bool(o["save_reload"]), cache=o["cache"], time_together=bool(o["time_together"]),
         compile_cache=None if o["compile_cache"] is None else compile_cache.check(o["compile_cache"], device),
         save_compile_cache=bool(o["save_compile_cache"]),
     )

@@ -159,6 +159,7 @@ def sweep(model: str | Sequence[str] | nn.Module | None = None, modes: str | Seq
           cell_timeout_s: float = config.DEFAULT_CELL_TIMEOUT_S,
           save_reload: bool = True,
           cache: str = "warm",
+          time_together: bool = True,
           compile_cache: str | os.PathLike | None = None,
           save_compile_cache: bool = False,
           policy: measure.TimingPolicy | None = None,

@@ -184,7 +184,7 @@ def compile_lines(settings: compiling.CompileSettings, device: str) -> list[str]
     if not settings.enabled:
         return []
     chosen = (baseline.BASELINE_SETTINGS if settings.baseline else ()) + (
-        baseline.TORCHAO_TUNING if settings.torchao_tuning else ())
+        baseline.TUNINGS[settings.tuning].settings)
     lines = []
     for state in baseline.describe(chosen, device):
         if state.applied:
@@ -344,7 +344,7 @@ def _compile_text(settings: compiling.CompileSettings) -> str:
         return "off (eager)"
     extras = [f"mode={settings.mode}"] + (["fullgraph=True"] if settings.fullgraph else [])
     flags = [n for n, on in (("torchao_nb's baseline settings", settings.baseline),
-                             ("torchao's inductor tuning", settings.torchao_tuning)) if on]
+                             (f"inductor tuning '{settings.tuning}'", settings.tuning != "off")) if on]
     return f"torch.compile({', '.join(extras)})" + (f" with {' and '.join(flags)} (set below)" if flags else "")
 
 

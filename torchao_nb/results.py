@@ -340,9 +340,10 @@ ENV_FILE = "environment.json"
 
 def in_order(rows: Sequence[Row], specs: Sequence[CellSpec]) -> tuple[Row, ...]:
     """Rows in the order of their cells (`specs`, the sweep's order), however they finished: a group's timed rows
-    come after its skipped and failed ones. Rows of no listed cell keep their place after them."""
+    come after its skipped and failed ones. Rows of no listed cell (an earlier run's, kept) come first, as they
+    were."""
     place = {spec: i for i, spec in reversed(list(enumerate(specs)))}
-    return tuple(sorted(rows, key=lambda r: place.get(r.spec, len(place))))
+    return tuple(sorted(rows, key=lambda r: place.get(r.spec, -1)))
 
 
 @dataclass(frozen=True)
