@@ -125,19 +125,13 @@ def _rows_per_layer(module: nn.Module, inputs: models.Inputs) -> tuple[Any, tupl
     """The output of one forward pass, and the fewest rows each Linear got in it (its input's numel / in_features)."""
     seen: dict[str, int] = {}
 
-    def hook(name):
-        def record(mod, args):
-            if args and isinstance(args[0], torch.Tensor) and args[0].dim():
-                rows = args[0].numel() // max(1, args[0].shape[-1])
-                seen[name] = min(rows, seen.get(name, rows))
-        return record
+    def see(fqn: str, x: torch.Tensor) -> None:
+        if x.dim():
+            rows = x.numel() // max(1, x.shape[-1])
+            seen[fqn] = min(rows, seen.get(fqn, rows))
 
-    handles = [lin.register_forward_pre_hook(hook(name)) for name, lin in modes_mod.linear_layers(module).items()]
-    try:
+    with modes_mod.seeing_linear_inputs(module, see):
         out = models.call(module, inputs)
-    finally:
-        for h in handles:
-            h.remove()
     return out, tuple(seen.items())
 
 

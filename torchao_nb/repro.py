@@ -53,20 +53,9 @@ def inside_torch(e: BaseException) -> bool:
 def _input_shapes(module: nn.Module, inputs: models.Inputs) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
     """Each Linear's input shape and dtype the first time one unquantized forward pass calls it."""
     seen: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
-
-    def hook(name):
-        def record(mod, args):
-            if args and isinstance(args[0], torch.Tensor) and name not in seen:
-                seen[name] = (tuple(args[0].shape), args[0].dtype)
-        return record
-
-    handles = [lin.register_forward_pre_hook(hook(n)) for n, lin in modes_mod.linear_layers(module).items()]
-    try:
-        with torch.no_grad():
-            models.call(module, inputs)
-    finally:
-        for h in handles:
-            h.remove()
+    with modes_mod.seeing_linear_inputs(module, lambda fqn, x: seen.setdefault(fqn, (tuple(x.shape), x.dtype))), \
+            torch.no_grad():
+        models.call(module, inputs)
     return seen
 
 

@@ -42,21 +42,12 @@ def capture_inputs(model: nn.Module, example_inputs: models.Inputs) -> dict[str,
     """fqn → the input each Linear got in one forward pass of the example inputs (its first call)."""
     seen: dict[str, torch.Tensor] = {}
 
-    def hook_for(fqn):
-        def hook(module, args, kwargs):
-            x = args[0] if args else kwargs.get("input")
-            if fqn not in seen and isinstance(x, torch.Tensor):
-                seen[fqn] = x.detach().clone()
-        return hook
+    def see(fqn: str, x: torch.Tensor) -> None:
+        if fqn not in seen:
+            seen[fqn] = x.detach().clone()
 
-    handles = [lin.register_forward_pre_hook(hook_for(fqn), with_kwargs=True)
-               for fqn, lin in modes.linear_layers(model).items()]
-    try:
-        with torch.no_grad():
-            models.call(model, example_inputs)
-    finally:
-        for h in handles:
-            h.remove()
+    with modes.seeing_linear_inputs(model, see), torch.no_grad():
+        models.call(model, example_inputs)
     return seen
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -277,6 +278,26 @@ def get(name: str) -> Mode:
 
 def linear_layers(model: nn.Module) -> dict[str, nn.Linear]:
     return {fqn: m for fqn, m in model.named_modules() if isinstance(m, nn.Linear)}
+
+
+@contextlib.contextmanager
+def seeing_linear_inputs(model: nn.Module, see: Callable[[str, torch.Tensor], None]) -> Iterator[None]:
+    """Inside the block, `see(fqn, x)` is told each Linear's input tensor on every call (given by position or
+    as `input=`); the hooks are gone after it, also when the forward pass raised."""
+    def hook_for(fqn):
+        def hook(module, args, kwargs):
+            x = args[0] if args else kwargs.get("input")
+            if isinstance(x, torch.Tensor):
+                see(fqn, x)
+        return hook
+
+    handles = [lin.register_forward_pre_hook(hook_for(fqn), with_kwargs=True)
+               for fqn, lin in linear_layers(model).items()]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def is_quantized(linear: nn.Linear) -> bool:
