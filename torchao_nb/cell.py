@@ -145,16 +145,18 @@ class Prepared:
 
 
 TOGETHER = "every mode"  # the `mode` of the phase in which a group's modes are timed together
+AFTER_CRASH = "timed alone, not with its group's other modes: the worker crashed while they were timed together"
 
 
 def run_group(cfg: SweepConfig, ref: Reference, modes: Sequence[str], batch: int, on_row: Callable[[Row], None],
               clock=time.perf_counter, on_phase: Callable[[str | None, str], None] = lambda mode, what: None,
-              sandbox=None, stop=None, together: bool = True) -> None:
+              sandbox=None, stop=None, together: bool = True, why_alone: str | None = None) -> None:
     """The cells of one group: each quantized, compiled and checked in turn; then the ones that ran timed together
-    in one set of rounds with the unquantized model (each alone when `together` is off, or memory says so);
-    then each measured for the rest of its row. A failed, skipped or wrong cell's row comes at once."""
-    alone = None if together else "timed alone, not with its group's other modes (asked for, or after a crash)"
-    alone = alone or rounds.together(cfg, ref, len(modes))
+    in one set of rounds with the unquantized model (each alone when `together` is off, its note saying
+    `why_alone`, or when memory says so); then each measured for the rest of its row. A failed, skipped or wrong
+    cell's row comes at once."""
+    why_alone = why_alone if not together else rounds.together(cfg, ref, len(modes))
+    alone = not together or why_alone is not None
     n = rounds.copies(cfg, ref, 1 if alone else len(modes))
     sync = measure.sync_for(cfg.device)
     ready: list[Prepared] = []
@@ -165,13 +167,13 @@ def run_group(cfg: SweepConfig, ref: Reference, modes: Sequence[str], batch: int
         if isinstance(done, Row):
             on_row(done)
         elif alone:
-            on_row(finish_cell(cfg, ref, done, batch, _time(cfg, ref, [done], clock, sync, on_phase, alone)[mode],
+            on_row(finish_cell(cfg, ref, done, batch, _time(cfg, ref, [done], clock, sync, on_phase, why_alone)[mode],
                                clock, functools.partial(on_phase, mode)))
         else:
             ready.append(done)
     if not ready or (stop is not None and stop.is_set()):
         return
-    timed = _time(cfg, ref, ready, clock, sync, on_phase, alone)
+    timed = _time(cfg, ref, ready, clock, sync, on_phase, None)
     while ready and not (stop is not None and stop.is_set()):  # each row done frees its copies before the next
         done = ready.pop(0)
         on_row(finish_cell(cfg, ref, done, batch, timed.pop(done.mode), clock, functools.partial(on_phase, done.mode)))

@@ -119,7 +119,8 @@ class InProcess:
                 # One compiler state for the group: its baseline compiles once, for all its cells.
                 with compiling.maybe_compiled(ref.compile):
                     cell.run_group(cfg, ref, group.modes, group.batch, on_row, self.clock, on_phase, self.sandbox,
-                                   stop, group.together and cfg.time_together)
+                                   stop, group.together and cfg.time_together,
+                                   None if group.together else cell.AFTER_CRASH)
             finally:
                 del ref
                 cell.free_memory(cfg.device)
