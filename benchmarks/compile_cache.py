@@ -1,13 +1,15 @@
-"""The compile phase of a cold sweep, and of a cold sweep that carries the first one's compile-cache.bin.
+"""The compile phase of a cold sweep, and of a cold sweep that carries the first one's compile-cache.bin, or
+(with --compile-workers N) of a cold sweep whose cells N helper processes compile first.
 
-    python benchmarks/compile_cache.py [--modes all] [--model mlp] [--repeats 2] [--quick]
+    python benchmarks/compile_cache.py [--modes all] [--model mlp] [--repeats 2] [--quick] [--compile-workers N]
 
 Each run is a fresh `python -m torchao_nb run` process whose inductor and torchao_nb caches
 (TORCHINDUCTOR_CACHE_DIR, TRITON_CACHE_DIR, TORCHAO_NB_CACHE_DIR) are empty folders: "cold" compiles
 everything; "carried" starts as cold, with `--compile-cache` pointing at the cold run's file. The compile
 phase is the sum of the rows' compile_s (each cell's first call) and, where autoquant searches, its
 quantize_s (its candidates compile there); the wall time is the whole command's. Only run it on a quiet
-machine: the load average is printed with each run.
+machine: the load average is printed with each run. With --compile-workers, each pair also prints every mode's
+speedup and interval in both runs: helpers only compile, so the speedups must agree within their intervals.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ def run(work: Path, name: str, extra: list[str], args) -> dict:
     subprocess.run(cmd, check=True, env=envv, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - t0
     rows = ResultSet.load(out).rows
-    return dict(name=name, wall_s=wall, load=load, out=out, rows=len(rows),
+    return dict(name=name, wall_s=wall, load=load, out=out, rows=len(rows), table=rows,
                 compile_s=sum(r.compile_s or 0 for r in rows),
                 search_s=sum(r.quantize_s or 0 for r in rows if r.mode == "autoquant"),
                 hits=sum("hit" in r.fx_cache for r in rows), ok=sum(r.status == "ok" for r in rows))
@@ -48,6 +50,8 @@ def main() -> None:
     p.add_argument("--modes", default="all")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="the --quick timing policy (the compile phase is the same)")
+    p.add_argument("--compile-workers", type=int, default=0,
+                   help="compare a cold sweep with this many compile helpers against one without (not a carried cache)")
     args = p.parse_args()
     print(f"CPU: {env.cpu_model()}, {os.cpu_count()} cores; model {args.model}, modes {args.modes}"
           f"{', --quick' if args.quick else ''}")
@@ -56,6 +60,11 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(tmp)
             cold = run(work, "cold", [], args)
+            if args.compile_workers:
+                helped = run(work, f"helpers={args.compile_workers}", ["--compile-workers", str(args.compile_workers)],
+                             args)
+                _compare(i, cold, helped)
+                continue
             path = cold["out"] / compile_cache.FILE_NAME
             carried = run(work, "carried", ["--compile-cache", str(path)], args)
             size = path.stat().st_size
@@ -67,6 +76,26 @@ def main() -> None:
                   f"{carried['compile_s'] / cold['compile_s']:.2f}x, compile_s + search "
                   f"{(carried['compile_s'] + carried['search_s']) / (cold['compile_s'] + cold['search_s']):.2f}x, "
                   f"wall {carried['wall_s'] / cold['wall_s']:.2f}x")
+
+
+def _compare(i: int, cold: dict, helped: dict) -> None:
+    for r in (cold, helped):
+        print(f"{r['name']:10s} {r['load']:>5s} {r['wall_s']:7.1f} {r['compile_s']:9.1f} {r['search_s']:11.1f} "
+              f"{r['ok']:3d} {r['hits']:4d}")
+    both = {r.mode: [r] for r in cold["table"] if r.status == "ok"}
+    for r in helped["table"]:
+        if r.mode in both and r.status == "ok":
+            both[r.mode].append(r)
+    agree = []
+    for mode, (a, *b) in both.items():
+        if b:
+            b = b[0]
+            same = a.speedup_lo <= b.speedup <= a.speedup_hi or b.speedup_lo <= a.speedup <= b.speedup_hi
+            agree.append(same)
+            print(f"    {mode:20s} {a.speedup:.3f} [{a.speedup_lo:.3f}-{a.speedup_hi:.3f}]  "
+                  f"{b.speedup:.3f} [{b.speedup_lo:.3f}-{b.speedup_hi:.3f}]  {'agree' if same else 'DIFFER'}")
+    print(f"repeat {i + 1}: wall {helped['wall_s'] / cold['wall_s']:.2f}x with helpers; speedups agree within their "
+          f"intervals in {sum(agree)}/{len(agree)} modes")
 
 
 if __name__ == "__main__":

@@ -34,10 +34,11 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 import torchao_nb  # noqa: E402
-from torchao_nb import UserError, compile_cache, compiling, env, measure, models, tables  # noqa: E402
+from torchao_nb import UserError, compile_cache, compiling, env, measure, models, tables, warmup  # noqa: E402
 import torchao_nb._torchao  # noqa: E402
 from torchao_nb import modes as modes_mod  # noqa: E402
 from torchao_nb.autoquant import SearchSettings, searchable_modes  # noqa: E402
+from torchao_nb.extras import Warmed  # noqa: E402
 
 BUDGET_S = 480  # issue 28: the whole check within 8 minutes of device time, cold, in one call
 MARGIN_S = 30  # kept back from the budget for the report, the pack and the compile-costs file
@@ -72,6 +73,8 @@ FALLBACK_COSTS["fast"] = {kind: tuple(round(o + 0.45 * (t - o), 1) for o, t in z
                           for kind, cost in FALLBACK_COSTS["torchao"].items()}
 # guesses: the process's start, building a model, timing one cell, starting autoquant's sandbox process
 OTHER_S = {"start": 20, "build": 5, "timing": 6, "sandbox": 15}
+DEVICE_CORES, DEVICE_MEMORY_BYTES = 16, 139 * 2**30  # the lent H200 machine (../.library/device/README.md)
+COMPILE_WORKERS = 6  # asked of the GPU check's sweeps: one per decode cell autoquant's search runs beside
 WARM_S = 5  # one compile whose graph and kernels a carried compile cache holds (inductor still lowers the graph)
 H100 = env.DeviceInfo("cuda", "NVIDIA H100 80GB HBM3", (9, 0))
 GPU_POLICY = measure.TimingPolicy(max_time_s=1.5)  # GPU timings settle fast; the budget is compile time
@@ -156,14 +159,49 @@ def linear_shapes(name: str, seq_len: int, batch: int) -> tuple[int, list[tuple[
     return rows, shapes
 
 
-def plan_step(step: Step, layers: int, costs: Costs, carried: bool = False) -> tuple[list[str], int, float]:
-    """What the GPU would do for one step: (lines, compiles, estimated seconds, cold unless `carried`)."""
+def helpers(layers: int, asked: int) -> tuple[int, str]:
+    """Compile helpers the GPU machine runs at once for the proxy (warmup.plan's rule: at most its cores, and as
+    many as fit in half its memory), and the sum behind it."""
+    args = dataclasses.replace(models.llama.SIZES["llama-8b-shapes"], layers=layers)
+    weights = 2 * args.params()  # bf16
+    need = warmup.WEIGHT_FACTOR * weights + warmup.PROCESS_BYTES["cuda"]
+    n = max(0, min(asked, DEVICE_CORES, int(DEVICE_MEMORY_BYTES // 2 // need)))
+    return n, (f"{n} compile helper(s): {asked} asked, {DEVICE_CORES} cores, each ~{need / 2**30:.0f} GiB "
+               f"({warmup.WEIGHT_FACTOR}x the {weights / 2**30:.1f} GiB of weights and a CUDA context) within half "
+               f"the {DEVICE_MEMORY_BYTES / 2**30:.0f} GiB of GPU memory")
+
+
+def plan_step(step: Step, layers: int, costs: Costs, carried: bool = False,
+              workers: int = 0) -> tuple[list[str], int, float, int]:
+    """plan_step_with of as many helpers as the machine runs of `workers` asked, or of none where they would not
+    shorten the step (a warm compile costs WARM_S, nearly an untuned cold one): (lines, compiles, seconds, helpers)."""
+    alone = plan_step_with(step, layers, costs, carried, 0)
+    n = helpers(layers, workers)[0] if workers and not carried else 0
+    helped = plan_step_with(step, layers, costs, carried, n) if n else alone
+    return (*helped, n) if helped[2] < alone[2] else (*alone, 0)
+
+
+def plan_step_with(step: Step, layers: int, costs: Costs, carried: bool,
+                   workers: int) -> tuple[list[str], int, float]:
+    """What the GPU would do for one step: (lines, compiles, estimated seconds, cold unless `carried`). With
+    `workers` compile helpers, every cell but autoquant's compiles in them
+    first; the worker compiles each from the caches they filled (WARM_S), and autoquant's search runs after them
+    (it times its candidates: never beside a helper)."""
     name = f"{GPU['model']}-{layers}l"
     rows, shapes = linear_shapes(name, GPU["seq_len"], step.batch)
-    compile_s = (lambda kind: WARM_S) if carried else (lambda kind: costs.seconds(kind, step.tuning, layers))
+    cold = (lambda kind: WARM_S) if carried else (lambda kind: costs.seconds(kind, step.tuning, layers))
+    pool: list[float] = []  # what the helpers compile
+
+    def compile_s(kind: str) -> float:
+        if workers and not carried:
+            pool.append(cold(kind))
+            return WARM_S
+        return cold(kind)
+
     lines = [f"{step.name}: {name}, batch {step.batch} ({rows} rows per matmul), bf16, cuda, tuning {step.tuning}"
              + (", float8dynamic per-tensor" if step.per_tensor else "") + ":"]
     compiles, seconds = 1, OTHER_S["build"] + compile_s("bf16")  # the model, and its baseline compiled once
+    serial = 0.0  # autoquant's search: in turn, after the helpers
     for mode in step.modes:
         spec = modes_mod.get(mode)
         why = spec.unsupported_reason(H100, torch.bfloat16) or spec.input_reason(H100, torch.bfloat16, rows)
@@ -174,8 +212,8 @@ def plan_step(step: Step, layers: int, costs: Costs, carried: bool = False) -> t
             cands = autoquant_candidates(rows)
             n = len(shapes) * (len(cands) + 1)  # noquant is timed per shape too
             # the candidates compile in a sandbox whose artifacts the carried file doesn't hold: always cold
-            seconds += OTHER_S["sandbox"] + n * costs.seconds("candidate", step.tuning, layers)
-            seconds += compile_s("bf16") + OTHER_S["timing"]
+            serial += OTHER_S["sandbox"] + n * costs.seconds("candidate", step.tuning, layers) + cold("bf16")
+            seconds += OTHER_S["timing"]
             lines.append(f"  {mode:17s} runs: {len(shapes)} layer shapes x {len(cands) + 1} candidates (noquant, "
                          f"{', '.join(cands)}) + the chosen model = {n + 1} compiles")
             n += 1
@@ -184,12 +222,19 @@ def plan_step(step: Step, layers: int, costs: Costs, carried: bool = False) -> t
             seconds += compile_s(graph_kind(mode)) + OTHER_S["timing"]
             lines.append(f"  {mode:17s} runs: 1 compile")
         compiles += n
-    lines.append(f"  {compiles} compiles (baseline included), ~{seconds:.0f} s")
+    # Helpers take the cells in order, the longest one bounds them: the larger of an even share and that one.
+    parallel = max(sum(pool) / workers, max(pool)) if pool else 0.0
+    seconds += parallel + serial
+    lines.append(f"  {compiles} compiles (baseline included), ~{seconds:.0f} s"
+                 + (f" ({len(pool)} cold compiles by {workers} helpers in ~{parallel:.0f} s, then autoquant's "
+                    f"~{serial:.0f} s)" if pool else ""))
     return lines, compiles, seconds
 
 
-def plan_total(layers: int, tuning_b1: str, tuning_serving: str, costs: Costs, carried: bool = False) -> float:
-    return OTHER_S["start"] + sum(plan_step(s, layers, costs, carried)[2] for s in steps(tuning_b1, tuning_serving))
+def plan_total(layers: int, tuning_b1: str, tuning_serving: str, costs: Costs, carried: bool = False,
+               workers: int = 0) -> float:
+    return OTHER_S["start"] + sum(plan_step(s, layers, costs, carried, workers)[2]
+                                  for s in steps(tuning_b1, tuning_serving))
 
 
 # The serving batch is planned untuned: inductor's one-row-matmul rewrite, the reason int8/float8 weight-only
@@ -197,7 +242,8 @@ def plan_total(layers: int, tuning_b1: str, tuning_serving: str, costs: Costs, c
 SERVING_TUNING = "off"
 
 
-def choose(costs: Costs, tuning: str | None = None, layers: int | None = None) -> tuple[int, str, list[str]]:
+def choose(costs: Costs, tuning: str | None = None, layers: int | None = None,
+           workers: int = 0) -> tuple[int, str, list[str]]:
     """(layers, batch-1 tuning, why) of the most faithful plan that fits the budget cold: torchao's tuning first
     (what the published batch-1 numbers used), then fast, then off; for each, the most layers that fit."""
     tunings = (tuning,) if tuning else compiling.TUNINGS
@@ -205,20 +251,22 @@ def choose(costs: Costs, tuning: str | None = None, layers: int | None = None) -
     tried = []
     for t in tunings:
         for n in counts:
-            total = plan_total(n, t, SERVING_TUNING, costs)
+            total = plan_total(n, t, SERVING_TUNING, costs, workers=workers)
             tried.append(f"batch-1 tuning {t}, {n} layer{'s' * (n > 1)}: ~{total:.0f} s")
             if total <= BUDGET_S - MARGIN_S:
                 return n, t, tried
     return counts[-1], tunings[-1], tried + ["none fits: the smallest plan is shown"]
 
 
-def print_plan(costs: Costs, tuning: str | None, layers: int | None, carry: Path | None) -> tuple[int, str]:
-    n, t, tried = choose(costs, tuning, layers)
+def print_plan(costs: Costs, tuning: str | None, layers: int | None, carry: Path | None,
+               workers: int = 0) -> tuple[int, str]:
+    n, t, tried = choose(costs, tuning, layers, workers)
     print(f"compile costs: {costs.source}")
+    print(f"compile helpers (--compile-workers {workers}): " + (helpers(n, workers)[1] if workers else "none"))
     print("plans tried, cold (most faithful first): " + "; ".join(tried))
     for step in steps(t, SERVING_TUNING):
-        print("\n".join(plan_step(step, n, costs)[0]))
-    cold = plan_total(n, t, SERVING_TUNING, costs)
+        print("\n".join(plan_step(step, n, costs, workers=workers)[0]))
+    cold = plan_total(n, t, SERVING_TUNING, costs, workers=workers)
     verdict = "fits" if cold <= BUDGET_S - MARGIN_S else "does NOT fit"
     why = {"torchao": "torchao's own settings, as its published batch-1 numbers used them",
            "fast": "torchao's tuning does not fit; fast keeps the one-row-matmul rewrite int8/float8 weight-only need",
@@ -230,7 +278,7 @@ def print_plan(costs: Costs, tuning: str | None, layers: int | None, carry: Path
     if carry is not None:
         found = [s.name for s in steps(t, SERVING_TUNING) if (carry / s.name / compile_cache.FILE_NAME).exists()]
         if found:
-            warm = OTHER_S["start"] + sum(plan_step(s, n, costs, carried=s.name in found)[2]
+            warm = OTHER_S["start"] + sum(plan_step(s, n, costs, s.name in found, workers)[2]
                                           for s in steps(t, SERVING_TUNING))
             print(f"with the compile caches carried from {carry} ({', '.join(found)}): ~{warm:.0f} s, if they were "
                   "saved by the same plan on this GPU kind with these versions (a sweep refuses one that wasn't)")
@@ -239,10 +287,10 @@ def print_plan(costs: Costs, tuning: str | None, layers: int | None, carry: Path
     return n, t
 
 
-def deadlines(plan: list[Step], layers: int, costs: Costs, budget_s: float) -> dict[str, float]:
+def deadlines(plan: list[Step], layers: int, costs: Costs, budget_s: float, workers: int = 0) -> dict[str, float]:
     """Seconds since the start by which each step must end: the budget shared out in proportion to the estimates,
     so a step that overruns takes its own share, not the next step's."""
-    est = [plan_step(s, layers, costs)[2] for s in plan]
+    est = [plan_step(s, layers, costs, workers=workers)[2] for s in plan]
     total, done, out = sum(est), 0.0, {}
     for s, e in zip(plan, est):
         done += e
@@ -260,6 +308,11 @@ def measured_costs(results: dict[str, torchao_nb.ResultSet], plan: list[Step], l
     for name, rs in results.items():
         step = by_name[name]
         for r in rs:
+            helper = r.extra_of(Warmed)
+            if r.status == "ok" and helper is not None and helper.helper_compile_s:  # the cold compile was the helper's
+                out["compiles"].append(dict(kind=graph_kind(r.mode), tuning=step.tuning, layers=layers,
+                                            batch=step.batch, mode=r.mode, seconds=round(helper.helper_compile_s, 2)))
+                continue
             if r.status != "ok" or r.compile_s is None or "hit" in r.fx_cache:
                 continue
             if r.mode == "autoquant":
@@ -371,6 +424,8 @@ def main() -> int:
                    help="batch-1 decode's inductor tuning (default: the most faithful that fits the budget)")
     p.add_argument("--compile-cache", type=Path, default=None, metavar="EARLIER_RESULTS",
                    help=f"an earlier lend's RESULTS folder: each step loads its <step>/{compile_cache.FILE_NAME}")
+    p.add_argument("--compile-workers", type=int, default=COMPILE_WORKERS,
+                   help="compile helpers each sweep asks for (default %(default)s; 0: each cell compiles in turn)")
     p.add_argument("--costs", type=Path, default=COSTS_FILE, help="measured compile costs (default %(default)s)")
     p.add_argument("--decode-modes", default=None, help=f"comma-separated (default {','.join(DECODE_MODES)})")
     p.add_argument("--steps", default=None, help="comma-separated steps to run (default all)")
@@ -380,11 +435,11 @@ def main() -> int:
     start = time.monotonic()
     costs = Costs.load(args.costs)
     if args.dry_run:
-        layers, tuning = print_plan(costs, args.tuning, args.layers, args.compile_cache)
+        layers, tuning = print_plan(costs, args.tuning, args.layers, args.compile_cache, args.compile_workers)
         device, model, plan = "cpu", CPU["model"], steps(tuning, SERVING_TUNING, CPU["serving_batch"])
         common = dict(device="cpu", dtype="bfloat16", compile=False, policy=measure.FAST_POLICY, seq_len=CPU["seq_len"])
     else:
-        layers, tuning, _ = choose(costs, args.tuning, args.layers)
+        layers, tuning, _ = choose(costs, args.tuning, args.layers, args.compile_workers)
         device, model, plan = "cuda", f"{GPU['model']}-{layers}l", steps(tuning, SERVING_TUNING)
         # save/reload would write ~4 GB per cell: the device time goes to compiles and timing instead
         common = dict(device="cuda", dtype="bfloat16", policy=GPU_POLICY, save_reload=False, seq_len=GPU["seq_len"],
@@ -395,7 +450,7 @@ def main() -> int:
     todo = [dataclasses.replace(s, modes=modes) if modes and not s.per_tensor else s for s in plan if s.name in chosen]
     # the CPU's pipeline runs llama-tiny on a shared machine: the GPU's budget says nothing about its time
     budget = args.deadline_s or (DRY_RUN_BUDGET_S if args.dry_run else BUDGET_S - MARGIN_S)
-    due = deadlines(todo, layers, costs, budget) if todo else {}
+    due = deadlines(todo, layers, costs, budget, 0 if args.dry_run else args.compile_workers) if todo else {}
     results, failures = {}, []
     try:
         for step in todo:
@@ -405,6 +460,8 @@ def main() -> int:
                                                candidates=autoquant_candidates(step.batch, info)))
             if step.per_tensor:
                 kw[PER_TENSOR] = {"granularity": "per-tensor"}
+            if not args.dry_run:  # helpers where the plan says they shorten the step
+                kw["compile_workers"] = plan_step(step, layers, costs, bool(kw["compile_cache"]), args.compile_workers)[3]
             try:
                 results[step.name] = sweep_until(start + due[step.name], out=args.results / step.name, **common, **kw)
             except Exception:  # one machine, one try: keep going, say what broke

@@ -12,8 +12,8 @@ import pytest
 from torchao_nb import UserError, extras, measure, reference, report, results, runs, spec, sweep, tables
 from torchao_nb.errors import Notice
 from torchao_nb.extras import (Autoquant, CarriedCache, CompileNotes, EagerCheck, Extras, Generations, LayerConfigs,
-                               LayersLeftAlone, Perplexity, Profile, Repro, SaveReload, TaskCosine, TimingNotes, WorkerLog,
-                               extra_text)
+                               LayersLeftAlone, Perplexity, Profile, Repro, SaveReload, TaskCosine, TimingNotes, Warmed,
+                               WorkerLog, extra_text)
 from torchao_nb.results import FOLDER_FILES, SCHEMA_KEY, SCHEMA_VERSION, ResultSet, Row, SchemaError, append_jsonl
 from torchao_nb.spec import CellSpec
 
@@ -48,7 +48,9 @@ SAMPLES = [SaveReload("torch.save of the state_dict, loaded into a fresh model")
            Generations(["Once"], [" upon"], [" a"], 4, "eager"), Perplexity("a fixed passage", 9.48),
            TaskCosine("task: sentences", 0.97, 0.99), CompileNotes(graph_breaks=["m.py:3: print"]),
            TimingNotes(busy="other processes used 1.2 cores"), Profile("aten::mm 90%"), EagerCheck(None),
-           CarriedCache("loaded 3 inductor graph(s) from out/compile-cache.bin"), WorkerLog("Segmentation fault"),
+           CarriedCache("loaded 3 inductor graph(s) from out/compile-cache.bin"),
+           Warmed("compiled first in a helper process (2.1 s), then here from the caches it filled", 2.1, 90_000_000),
+           WorkerLog("Segmentation fault"),
            Repro("repro/mlp-int8weightonly-bs1.py", "fc1: nn.Linear(8, 8); exit -11", True)]
 
 

@@ -49,7 +49,7 @@ def serve(fd: int) -> None:
     faulthandler.enable()  # a crash leaves the Python stack in the log the supervisor attaches to the row
     conn = Connection(fd)
     send = lambda message: conn.send_bytes(cloudpickle.dumps(message))  # noqa: E731
-    executor = InProcess(sandbox=zygote.call)
+    executor = InProcess(sandbox=zygote.call, spawn=zygote.spawn)
     send(Ready(os.getpid()))
     for data in received(conn):
         try:

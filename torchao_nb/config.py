@@ -89,6 +89,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("save_compile_cache", False, "save the sweep's compiled graphs and kernels into the results folder "
            f"({compile_cache.FILE_NAME}), for --compile-cache of a later sweep (with out= only)",
            "--save-compile-cache", bool),
+    Option("compile_workers", 0, "helper processes that compile a group's cells in parallel before they are timed "
+           "(0: each cell compiles in turn); each fills the shared compile caches and exits, then the cells compile "
+           "from them and are timed with no helper running; at most the CPU cores, and as many as fit in half the "
+           "free memory", "--compile-workers", int),
     Option("policy", None, "a measure.TimingPolicy (default: measure.TimingPolicy(); --quick: measure.FAST_POLICY)",
            types="measure.TimingPolicy | None"),
 )
@@ -138,6 +142,7 @@ class SweepConfig:
     compile_cache: str | None = None  # the carried cache to load before the first compile (an absolute path)
     save_compile_cache: bool = False
     compile_cache_to: str | None = None  # where the worker saves the compile artifacts: set by the sweep from out=
+    compile_workers: int = 0  # helpers that compile cells in parallel before they are timed (warmup.py)
     repro_to: str | None = None  # where wrong or crashed cells write their repro scripts: set by the sweep (repro.py)
 
     def settings_for(self, mode: str) -> object | None:
@@ -188,6 +193,12 @@ def _positive(name: str, value: Any) -> int | None:
     if n <= 0 or n != value:
         raise UserError(f"{name} must be a positive whole number, got {value!r}.")
     return n
+
+
+def _count(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise UserError(f"{name} must be a whole number, 0 or more, got {value!r}.")
+    return value
 
 
 def split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -267,6 +278,7 @@ def build(mode_list: list[str], user_module: bool, progress: bool, **options: An
         save_reload=bool(o["save_reload"]), cache=o["cache"], time_together=bool(o["time_together"]),
         compile_cache=None if o["compile_cache"] is None else compile_cache.check(o["compile_cache"], device),
         save_compile_cache=bool(o["save_compile_cache"]),
+        compile_workers=_count("compile_workers", o["compile_workers"]),
     )
     _warn_unusual(cfg, opts)
     return cfg
@@ -310,6 +322,10 @@ def _warn_unusual(cfg: SweepConfig, given: dict[str, Any]) -> None:
     elif cfg.compile.enabled and cfg.device == "cpu" and cfg.compile.mode == "reduce-overhead":
         notes.append("compile mode 'reduce-overhead' captures CUDA graphs, which don't exist on the CPU: there it "
                      "compiles like 'default' (the rows still say reduce-overhead)")
+    if cfg.compile_workers and not (cfg.isolate and cfg.compile.enabled):
+        notes.append(f"compile_workers={cfg.compile_workers} has no effect: its helpers compile cells "
+                     + ("before a worker process times them, and the cells run in this process (isolate=False)"
+                        if cfg.compile.enabled else "and compile is off"))
     for note in notes:
         warnings.warn(note, Notice, stacklevel=4)
 

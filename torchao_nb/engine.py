@@ -162,6 +162,7 @@ def sweep(model: str | Sequence[str] | nn.Module | None = None, modes: str | Seq
           time_together: bool = True,
           compile_cache: str | os.PathLike | None = None,
           save_compile_cache: bool = False,
+          compile_workers: int = 0,
           policy: measure.TimingPolicy | None = None,
           **mode_settings: Any) -> ResultSet:
     """Measure every (model, batch size, mode) cell; returns the rows, also written to `out` if given.

@@ -90,9 +90,11 @@ def device_environment(cfg) -> dict:
 class InProcess:
     """Cells run right here: fastest to start, and the only way to debug a cell; a crash takes the caller along."""
 
-    def __init__(self, clock: Callable[[], float] = time.perf_counter, sandbox: Sandbox | None = None):
+    def __init__(self, clock: Callable[[], float] = time.perf_counter, sandbox: Sandbox | None = None,
+                 spawn: Callable | None = None):
         self.clock = clock
         self.sandbox = sandbox  # where work that may crash runs (autoquant's candidates); None: right here
+        self.spawn = spawn  # starts a compile helper (sandbox.Zygote.spawn); None: no helpers (warmup.py)
 
     def environment(self, cfg) -> dict:
         return device_environment(cfg)
@@ -120,7 +122,7 @@ class InProcess:
                 with compiling.maybe_compiled(ref.compile):
                     cell.run_group(cfg, ref, group.modes, group.batch, on_row, self.clock, on_phase, self.sandbox,
                                    stop, group.together and cfg.time_together,
-                                   None if group.together else cell.AFTER_CRASH)
+                                   None if group.together else cell.AFTER_CRASH, self.spawn)
             finally:
                 del ref
                 cell.free_memory(cfg.device)

@@ -142,6 +142,15 @@ class CarriedCache(Extra):
 
 
 @dataclass(frozen=True)
+class Warmed(Extra):
+    """--compile-workers: what a helper process did for this cell's compile (the row's compile_s is the worker's)."""
+
+    compile_warmup: str
+    helper_compile_s: float | None = None
+    helper_peak_bytes: int | None = None  # its peak memory growth: RSS on a CPU, allocated on a GPU
+
+
+@dataclass(frozen=True)
 class WorkerLog(Extra):
     worker_log: str  # what a crashed or stopped worker process wrote last
 
@@ -156,8 +165,8 @@ class Repro(Extra):
 
 
 KINDS: tuple[type[Extra], ...] = (SaveReload, LayersLeftAlone, LayerConfigs, Autoquant, Generations, Perplexity,
-                                  TaskCosine, CompileNotes, TimingNotes, Profile, EagerCheck, CarriedCache, WorkerLog,
-                                  Repro)
+                                  TaskCosine, CompileNotes, TimingNotes, Profile, EagerCheck, CarriedCache, Warmed,
+                                  WorkerLog, Repro)
 KIND_OF_KEY: dict[str, type[Extra]] = {}  # every top-level key → the one kind that owns it
 for _kind in KINDS:
     for _key in _kind.keys():

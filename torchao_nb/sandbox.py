@@ -162,10 +162,57 @@ class Zygote:
         except (EOFError, OSError):
             raise Crashed(f"crashed ({_signal_name(self._end_child(kill=False))})", phase) from None
 
+    def spawn(self, fn: Callable, args: tuple) -> "Job":
+        """fn(*args, phase=...) started in a child of its own, beside the worker and the child `call` uses: the
+        caller goes on at once (compile_warmup's helpers)."""
+        import cloudpickle
+
+        ours, theirs = Pipe(duplex=True)
+        pid = self._ask("start", (theirs.fileno(),))
+        theirs.close()
+        ours.send_bytes(cloudpickle.dumps(Call(fn, args)))
+        return Job(self, pid, ours)
+
     def close(self) -> None:
         if self.child is not None:
             self._end_child(kill=False)
         self.sock.close()
+
+
+class Job:
+    """One call running in a zygote's child of its own (Zygote.spawn): polled, never waited on blindly."""
+
+    def __init__(self, zygote: Zygote, pid: int, conn: Connection):
+        self.zygote, self.pid, self.conn = zygote, pid, conn
+        self.phase = "starting"
+
+    def result(self, timeout_s: float = 0.0) -> tuple[bool, Any]:
+        """(False, None) while it runs; (True, its value) once it returned. Raises RuntimeError when fn raised
+        and Crashed when the child died; either way the child is gone afterwards."""
+        try:
+            while self.conn.poll(timeout_s):
+                message = pickle.loads(self.conn.recv_bytes())
+                if isinstance(message, CallPhase):
+                    self.phase = message.phase
+                    continue
+                self._end(kill=False)
+                if isinstance(message, CallFailed):
+                    raise RuntimeError(message.error)
+                return True, message.value
+        except (EOFError, OSError):
+            raise Crashed(f"crashed ({_signal_name(self._end(kill=False))})", self.phase) from None
+        return False, None
+
+    def _end(self, kill: bool) -> int:
+        if kill:
+            with contextlib.suppress(OSError):
+                os.kill(self.pid, signal.SIGKILL)
+        self.conn.close()  # a healthy child exits when its connection closes
+        return self.zygote._ask(f"wait {self.pid}")
+
+    def kill(self) -> None:
+        if not self.conn.closed:
+            self._end(kill=True)
 
 
 def _warm_compiler() -> None:
