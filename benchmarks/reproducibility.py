@@ -111,8 +111,11 @@ def _run(i: int, root: Path, args) -> tuple[dict, dict[str, float], float]:
     if done.returncode != 0:
         raise SystemExit(f"run {i} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
     rows = {r.mode: r for r in ResultSet.load(out).rows if r.status == "ok"}
+    # the same memory as the sweep's worker gives its models (executors.HUGE_PAGES_ENV)
+    from torchao_nb.executors import HUGE_PAGES_ENV
+
     done = subprocess.run([sys.executable, __file__, "--independent", str(out), "--min-run-time", str(args.min_run_time)],
-                          capture_output=True, text=True, env=py_env)
+                          capture_output=True, text=True, env=HUGE_PAGES_ENV | py_env)
     if done.returncode != 0:
         raise SystemExit(f"independent timing of run {i} failed:\n{done.stderr[-3000:]}")
     return rows, json.loads(done.stdout.strip().splitlines()[-1]), wall

@@ -74,7 +74,7 @@ FALLBACK_COSTS["fast"] = {kind: tuple(round(o + 0.45 * (t - o), 1) for o, t in z
 # guesses: the process's start, building a model, timing one cell, starting autoquant's sandbox process
 OTHER_S = {"start": 20, "build": 5, "timing": 6, "sandbox": 15}
 DEVICE_CORES, DEVICE_MEMORY_BYTES = 16, 139 * 2**30  # the lent H200 machine (../.library/device/README.md)
-COMPILE_WORKERS = 6  # asked of the GPU check's sweeps: one per decode cell autoquant's search runs beside
+COMPILE_WORKERS = 6  # asked of the GPU check's sweeps: one per decode cell but autoquant's (its search runs after them)
 WARM_S = 5  # one compile whose graph and kernels a carried compile cache holds (inductor still lowers the graph)
 H100 = env.DeviceInfo("cuda", "NVIDIA H100 80GB HBM3", (9, 0))
 GPU_POLICY = measure.TimingPolicy(max_time_s=1.5)  # GPU timings settle fast; the budget is compile time
@@ -160,15 +160,15 @@ def linear_shapes(name: str, seq_len: int, batch: int) -> tuple[int, list[tuple[
 
 
 def helpers(layers: int, asked: int) -> tuple[int, str]:
-    """Compile helpers the GPU machine runs at once for the proxy (warmup.plan's rule: at most its cores, and as
-    many as fit in half its memory), and the sum behind it."""
+    """Compile helpers the GPU machine runs at once for the proxy (warmup's rule, on the lent machine's cores and
+    memory, all of it free at the start), and the sum behind it."""
     args = dataclasses.replace(models.llama.SIZES["llama-8b-shapes"], layers=layers)
     weights = 2 * args.params()  # bf16
     need = warmup.WEIGHT_FACTOR * weights + warmup.PROCESS_BYTES["cuda"]
-    n = max(0, min(asked, DEVICE_CORES, int(DEVICE_MEMORY_BYTES // 2 // need)))
-    return n, (f"{n} compile helper(s): {asked} asked, {DEVICE_CORES} cores, each ~{need / 2**30:.0f} GiB "
-               f"({warmup.WEIGHT_FACTOR}x the {weights / 2**30:.1f} GiB of weights and a CUDA context) within half "
-               f"the {DEVICE_MEMORY_BYTES / 2**30:.0f} GiB of GPU memory")
+    n, why = warmup.fits(asked, DEVICE_CORES, need, DEVICE_MEMORY_BYTES, device="cuda")
+    return n, (f"{n} compile helper(s) of {asked} asked ({why or 'as asked'}): each ~{need / 2**30:.0f} GiB "
+               f"({warmup.WEIGHT_FACTOR}x the {weights / 2**30:.1f} GiB of weights and a CUDA context), "
+               f"{DEVICE_CORES} cores, {DEVICE_MEMORY_BYTES / 2**30:.0f} GiB of GPU memory")
 
 
 def plan_step(step: Step, layers: int, costs: Costs, carried: bool = False,
@@ -200,7 +200,10 @@ def plan_step_with(step: Step, layers: int, costs: Costs, carried: bool,
 
     lines = [f"{step.name}: {name}, batch {step.batch} ({rows} rows per matmul), bf16, cuda, tuning {step.tuning}"
              + (", float8dynamic per-tensor" if step.per_tensor else "") + ":"]
-    compiles, seconds = 1, OTHER_S["build"] + compile_s("bf16")  # the model, and its baseline compiled once
+    # the model, and its baseline compiled once: by noquant's helper when the step has a noquant cell (the same
+    # graph), else in the worker when the rounds first need it
+    compiles = 1
+    seconds = OTHER_S["build"] + (compile_s("bf16") if "noquant" in step.modes else cold("bf16"))
     serial = 0.0  # autoquant's search: in turn, after the helpers
     for mode in step.modes:
         spec = modes_mod.get(mode)
@@ -309,7 +312,9 @@ def measured_costs(results: dict[str, torchao_nb.ResultSet], plan: list[Step], l
         step = by_name[name]
         for r in rs:
             helper = r.extra_of(Warmed)
-            if r.status == "ok" and helper is not None and helper.helper_compile_s:  # the cold compile was the helper's
+            # The cold compile was the helper's when the worker's then hit the caches (it ran beside other
+            # helpers: an upper bound of one alone)
+            if r.status == "ok" and helper is not None and helper.helper_compile_s and "hit" in r.fx_cache:
                 out["compiles"].append(dict(kind=graph_kind(r.mode), tuning=step.tuning, layers=layers,
                                             batch=step.batch, mode=r.mode, seconds=round(helper.helper_compile_s, 2)))
                 continue

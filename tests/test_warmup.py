@@ -96,9 +96,25 @@ def test_the_plan_follows_the_cores_and_the_memory_a_helper_needs(group, monkeyp
     monkeypatch.setattr(envmod, "free_memory_bytes", lambda device: 3 * need)  # half of it holds one helper
     n, why = warmup.plan(cfg, ref, 3)
     assert n == 1 and "half the free cpu memory" in why
+    assert warmup.plan(cfg, ref, 3, running=1)[0] == 2  # a running helper's memory is no longer free: it is its own
     monkeypatch.setattr(envmod, "free_memory_bytes", lambda device: need)
     assert warmup.plan(cfg, ref, 3)[0] == 0
-    assert warmup.plan(cfg, ref, 3, need=need // 64)[0] == 2  # what helpers measured replaces the estimate
+    monkeypatch.setattr(envmod, "free_memory_bytes", lambda device: 64 * need)
+    assert warmup.plan(cfg, ref, 3, need=40 * need)[0] == 0  # what a helper measured replaces the estimate
+
+
+def test_a_helper_that_cannot_start_leaves_its_cell_to_the_worker(group):
+    cfg, ref = group
+    rows = []
+
+    def spawn(fn, args):
+        raise OSError("no more processes")
+
+    with torch.no_grad(), compiling.maybe_compiled(ref.compile):
+        cell.run_group(cfg, ref, ["int8weightonly"], 4, rows.append, spawn=spawn)
+    assert rows[0].status == "ok"
+    assert warmed(rows[0]).compile_warmup == ("not warmed: no helper could start (OSError: no more processes); "
+                                              "compiled cold here")
 
 
 class FakeJob:

@@ -157,7 +157,8 @@ def run_group(cfg: SweepConfig, ref: Reference, modes: Sequence[str], batch: int
     in one set of rounds with the unquantized model (each alone when `together` is off, its note saying
     `why_alone`, or when memory says so); then each measured for the rest of its row. A failed, skipped or wrong
     cell's row comes at once. With `spawn` (sandbox.Zygote.spawn) and cfg.compile_workers, helper processes
-    compile cells ahead of the worker (warmup.py); nothing is timed while one runs."""
+    compile cells ahead of the worker (warmup.py); no cell's speed (nor autoquant's search) is timed while one runs:
+    only the worker's own quantize and compile seconds may be."""
     why_alone = why_alone if not together else rounds.together(cfg, ref, len(modes))
     alone = not together or why_alone is not None
     n = rounds.copies(cfg, ref, 1 if alone else len(modes))
@@ -175,14 +176,14 @@ def run_group(cfg: SweepConfig, ref: Reference, modes: Sequence[str], batch: int
                 return
             phase = functools.partial(on_phase, mode)
             if warm is not None and not warmup.takes(mode):
-                warm.drain(on_phase)
+                warm.drain(phase)
             warmed = warm.claim(mode, phase) if warm is not None else unwarmed.get(mode)
             done = prepare_cell(cfg, ref, mode, batch, n, clock, phase, sandbox, warmed)
             if isinstance(done, Row):
                 on_row(done)
             elif alone:
                 if warm is not None:
-                    warm.drain(on_phase)
+                    warm.drain(phase)
                 on_row(finish_cell(cfg, ref, done, batch,
                                    _time(cfg, ref, [done], clock, sync, on_phase, why_alone)[mode], clock, phase))
             else:

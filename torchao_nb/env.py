@@ -162,6 +162,20 @@ def collect_env_text() -> str:
         return f"unavailable: {type(e).__name__}: {e}"
 
 
+def huge_pages() -> str:
+    """What this process's torch allocations sit on, for environment.json."""
+    asked = os.environ.get("THP_MEM_ALLOC_ENABLE") == "1"
+    try:
+        mode = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text().split("[")[1].split("]")[0]
+    except (OSError, IndexError):
+        return "unknown: this system says nothing of transparent huge pages"
+    if mode == "never":
+        return "4 KiB pages: transparent huge pages are off on this system"
+    if asked or mode == "always":
+        return f"transparent huge pages (system: {mode}; torch asks for them: {'yes' if asked else 'no'})"
+    return f"4 KiB pages (system: {mode}, and THP_MEM_ALLOC_ENABLE is not 1)"
+
+
 def environment(device: str, dtype: torch.dtype, threads: int) -> dict:
     """Everything a reader needs to know to trust or reproduce a result."""
     info = device_info(device)
@@ -178,6 +192,7 @@ def environment(device: str, dtype: torch.dtype, threads: int) -> dict:
         "dtype": dtype_name(dtype),
         "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "cache_bytes": cache_bytes(device),
+        "memory_pages": huge_pages(),
         "cuda": torch.version.cuda,
         "cuda_driver": None,
         "compute_capability": None,

@@ -181,6 +181,16 @@ class _Dead(Exception):
     """The worker process is gone (crashed, killed, or closed its end)."""
 
 
+# A worker's torch allocations go on transparent huge pages (contiguous 2 MiB), so a model's weights map onto the
+# caches alike in every process instead of on 4 KiB pages placed anew each time. On the 2-core AMD EPYC VM (THP
+# "madvise": nothing is on huge pages unless asked) five fresh runs of the demo read int4 weight-only 3.85-4.41x,
+# its interval missing the others' median, and 13-18 % under torch.utils.benchmark; with this set, 4.19-4.47x, the
+# spread of every mode but int8 weight-only 1.02-1.10 and the tool within 8 % of torch.utils.benchmark
+# (docs/timing.md). torch's CPU allocator reads it once, at start: a worker gets it, a caller's own process not.
+HUGE_PAGES_ENV = {"THP_MEM_ALLOC_ENABLE": "1"}
+
+
+
 class Worker:
     """One worker process: `python -m torchao_nb._worker FD`, messages over a socket pair, output to a log file."""
 
@@ -192,6 +202,8 @@ class Worker:
         paths = [str(Path(__file__).resolve().parent.parent)] + [p for p in sys.path if p]
         env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
         env["PYTHONUNBUFFERED"] = "1"
+        for name, value in HUGE_PAGES_ENV.items():  # a user's own choice stays
+            env.setdefault(name, value)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "torchao_nb._worker", str(theirs.fileno())],

@@ -164,14 +164,20 @@ class Zygote:
 
     def spawn(self, fn: Callable, args: tuple) -> "Job":
         """fn(*args, phase=...) started in a child of its own, beside the worker and the child `call` uses: the
-        caller goes on at once (compile_warmup's helpers)."""
+        caller goes on at once (warmup's compile helpers)."""
         import cloudpickle
 
+        data = cloudpickle.dumps(Call(fn, args))  # first: what can't be pickled must not leave a child waiting
         ours, theirs = Pipe(duplex=True)
         pid = self._ask("start", (theirs.fileno(),))
         theirs.close()
-        ours.send_bytes(cloudpickle.dumps(Call(fn, args)))
-        return Job(self, pid, ours)
+        job = Job(self, pid, ours)
+        try:
+            ours.send_bytes(data)
+        except OSError:
+            job.kill()
+            raise
+        return job
 
     def close(self) -> None:
         if self.child is not None:
@@ -185,6 +191,7 @@ class Job:
     def __init__(self, zygote: Zygote, pid: int, conn: Connection):
         self.zygote, self.pid, self.conn = zygote, pid, conn
         self.phase = "starting"
+        self.exit: int | None = None  # its exit status, once reaped
 
     def result(self, timeout_s: float = 0.0) -> tuple[bool, Any]:
         """(False, None) while it runs; (True, its value) once it returned. Raises RuntimeError when fn raised
@@ -204,15 +211,17 @@ class Job:
         return False, None
 
     def _end(self, kill: bool) -> int:
-        if kill:
-            with contextlib.suppress(OSError):
-                os.kill(self.pid, signal.SIGKILL)
-        self.conn.close()  # a healthy child exits when its connection closes
-        return self.zygote._ask(f"wait {self.pid}")
+        """Close and reap the child, once: a second call returns the first one's exit status."""
+        if self.exit is None:
+            if kill:
+                with contextlib.suppress(OSError):
+                    os.kill(self.pid, signal.SIGKILL)
+            self.conn.close()  # a healthy child exits when its connection closes
+            self.exit = self.zygote._ask(f"wait {self.pid}")
+        return self.exit
 
     def kill(self) -> None:
-        if not self.conn.closed:
-            self._end(kill=True)
+        self._end(kill=True)
 
 
 def _warm_compiler() -> None:
@@ -229,6 +238,17 @@ def _warm_compiler() -> None:
     torch._dynamo.reset()
 
 
+def _die_with_parent() -> None:
+    """A zygote's child is killed when the zygote exits, as it does when its worker is gone (killed at a deadline
+    or a timeout): a compile helper or a candidate must not go on holding memory beside the next worker's timing."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (Linux)
+    if os.getppid() == 1:  # the zygote was gone before the line above
+        os._exit(0)
+
+
 def _zygote_loop(sock: socket.socket) -> None:
     while True:
         try:
@@ -241,6 +261,7 @@ def _zygote_loop(sock: socket.socket) -> None:
         if kind == "start":
             child = os.fork()
             if child == 0:
+                _die_with_parent()
                 sock.close()
                 _serve_call(Connection(fds[0]))
                 os._exit(0)

@@ -47,23 +47,29 @@ def takes(mode: str) -> bool:
     return modes_mod.get(mode).apply is None
 
 
-def plan(cfg: SweepConfig, ref: Reference, cells: int, need: int | None = None) -> tuple[int, str | None]:
+def plan(cfg: SweepConfig, ref: Reference, cells: int, need: int | None = None,
+         running: int = 0) -> tuple[int, str | None]:
     """How many helpers to run at once for `cells` cells, and why fewer than asked (None when as asked): at most the
-    cores this process may use, and as many as fit in half the device's free memory at `need` bytes each."""
-    asked = min(cfg.compile_workers, cells)
+    cores this process may use, and as many as fit in half the device's free memory at `need` bytes each (`running`
+    helpers already hold theirs, so the free memory they took counts as theirs)."""
+    need = need or WEIGHT_FACTOR * measure.weight_bytes(ref.module)
+    return fits(min(cfg.compile_workers, cells), cpu_cores(), need + PROCESS_BYTES.get(cfg.device, 0),
+                envmod.free_memory_bytes(cfg.device), running, cfg.device)
+
+
+def fits(asked: int, cores: int, need: int, free: int | None, running: int = 0,
+         device: str = "cpu") -> tuple[int, str | None]:
+    """The rule of `plan`, on numbers (scripts/gpu_check.py plans a GPU machine with it)."""
     if asked <= 0:
         return 0, None
-    cores = cpu_cores()
     n, why = asked, None
     if cores < n:
         n, why = cores, f"{cores} CPU core(s)"
-    need = need or WEIGHT_FACTOR * measure.weight_bytes(ref.module) + PROCESS_BYTES.get(cfg.device, 0)
-    free = envmod.free_memory_bytes(cfg.device)
-    if free is not None and need * n > free // 2:
-        fit = int(free // 2 // need)
-        if fit < n:
-            n, why = fit, (f"each needs ~{need / 2**30:.1f} GiB and half the free {cfg.device} memory is "
-                           f"{free / 2 / 2**30:.1f} GiB")
+    if free is not None:
+        half = (free + running * need) // 2
+        if need * n > half:
+            n, why = int(half // need), (f"each needs ~{need / 2**30:.1f} GiB and half the free {device} memory is "
+                                          f"{half / 2**30:.1f} GiB")
     return n, why
 
 
@@ -87,42 +93,68 @@ def _warm_cell(cfg: SweepConfig, module: torch.nn.Module, inputs: Any, layer_row
         phase("compiling")
         fn = compiling.compiled(module, settings, mode)
         _, seconds = measure.time_once(lambda: models.call(fn, inputs), sync=measure.sync_for(cfg.device))
-    return dict(compile_s=seconds, peak_bytes=sent + (memory.peak_bytes or 0))
+    if cfg.device == "cuda":  # allocated memory: the sent weights are in it already
+        return dict(compile_s=seconds, peak_bytes=memory.peak_bytes or 0)
+    # On a CPU the growth after the module arrived, the module, and the pickled bytes it came in (still held)
+    return dict(compile_s=seconds, peak_bytes=2 * sent + (memory.peak_bytes or 0))
 
 
 @dataclass
 class _Slot:
     job: Any
-    started: float
+    deadline: float  # monotonic: a helper still compiling then is killed (cfg.cell_timeout_s)
 
 
 class Warmup:
     """The helpers of one group: they take its cells in order, at most `n` at a time, from a thread of their own
-    while the worker prepares cells; `claim` hands a cell to the worker, `drain` waits until none is left."""
+    while the worker prepares cells; `claim` hands a cell to the worker, `drain` waits until none is left. Only that
+    thread starts, polls, kills and reaps helpers."""
 
     def __init__(self, spawn: Spawn, cfg: SweepConfig, ref: Reference, modes: Sequence[str], n: int):
         self.spawn, self.cfg, self.ref, self.n = spawn, cfg, ref, n
         self.queue = list(modes)
         self.running: dict[str, _Slot] = {}
         self.done: dict[str, Warmed] = {}
-        self.need: int | None = None  # the largest memory growth a helper measured
+        self.need: int | None = None  # the largest peak a helper measured
         self.cv = threading.Condition()
         self.closed = False
         with self.cv:
             self._start_more()  # before the worker claims its first cell
-        self.thread = threading.Thread(target=self._loop, name="compile helpers", daemon=True)
+        self.thread = threading.Thread(target=self._run, name="compile helpers", daemon=True)
         self.thread.start()
 
     def _start_more(self) -> None:
         while self.queue and len(self.running) < self.n:
-            if self.need is not None and len(self.running) >= plan(self.cfg, self.ref, self.n, self.need)[0]:
-                return  # what the first helpers measured allows fewer at once
+            if self.running and self.need is not None and \
+                    len(self.running) >= plan(self.cfg, self.ref, self.n, self.need, len(self.running))[0]:
+                return  # what a helper measured allows fewer at once (one always may run: the worker would too)
             mode = self.queue.pop(0)
             args = (self.cfg, self.ref.module, self.ref.inputs, self.ref.layer_rows, self.ref.compile, mode)
             try:
-                self.running[mode] = _Slot(self.spawn(_warm_cell, args), time.perf_counter())
+                job = self.spawn(_warm_cell, args)
             except Exception as e:  # no child to be had: the worker compiles this cell itself
                 self.done[mode] = Warmed(f"not warmed: no helper could start ({error_text(e, 200)}); compiled cold here")
+                continue
+            self.running[mode] = _Slot(job, time.monotonic() + self.cfg.cell_timeout_s)
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except Exception as e:  # the worker must never wait on helpers nobody watches
+            self._give_up(f"not warmed: the helpers' scheduler failed ({error_text(e, 200)}); compiled cold here")
+        finally:
+            self._give_up("not warmed: the group's helpers were stopped; compiled cold here")
+
+    def _give_up(self, why: str) -> None:
+        with self.cv:
+            slots, self.running = list(self.running.values()), {}
+            for mode in self.queue:
+                self.done[mode] = Warmed(why)
+            self.queue.clear()
+            self.cv.notify_all()
+        for slot in slots:
+            with contextlib.suppress(Exception):
+                slot.job.kill()
 
     def _loop(self) -> None:
         while True:
@@ -135,7 +167,7 @@ class Warmup:
                     return
                 slots = list(self.running.items())
             for mode, slot in slots:
-                outcome = self._poll(mode, slot)
+                outcome = self._poll(slot)
                 if outcome is not None:
                     with self.cv:
                         self.running.pop(mode, None)
@@ -143,7 +175,7 @@ class Warmup:
                         self.cv.notify_all()
             time.sleep(0.05)
 
-    def _poll(self, mode: str, slot: _Slot) -> Warmed | None:
+    def _poll(self, slot: _Slot) -> Warmed | None:
         try:
             finished, value = slot.job.result(0.05)
         except Crashed as e:
@@ -151,11 +183,19 @@ class Warmup:
         except Exception as e:
             return Warmed(f"its helper failed ({error_text(e, 200)}): compiled cold here")
         if not finished:
-            return None
+            if time.monotonic() < slot.deadline:
+                return None
+            slot.job.kill()
+            return Warmed(f"its helper was stopped after {self.cfg.cell_timeout_s:.0f} s (the cell timeout) while "
+                          f"{slot.job.phase}: compiled cold here")
         self.need = max(self.need or 0, int(value["peak_bytes"]))
         return Warmed(f"compiled first in a helper process ({value['compile_s']:.1f} s), then here from the caches "
                       "it filled", helper_compile_s=round(value["compile_s"], 3),
                       helper_peak_bytes=int(value["peak_bytes"]))
+
+    def _wait(self, busy: Callable[[], bool]) -> None:
+        while busy() and self.thread.is_alive():
+            self.cv.wait(0.5)
 
     def claim(self, mode: str, on_phase: Callable[[str], None]) -> Warmed | None:
         """Before the worker prepares `mode`: what its helper did (waiting for one still compiling it), or None
@@ -166,29 +206,22 @@ class Warmup:
                 return None
             if mode in self.running:
                 on_phase("waiting for its compile helper")
-            while mode in self.running:
-                self.cv.wait(0.5)
+            self._wait(lambda: mode in self.running)
             return self.done.get(mode)
 
-    def drain(self, on_phase: Callable[[str | None, str], None]) -> None:
-        """Wait until no helper runs and none is left to start: before timing, which must run alone."""
+    def drain(self, on_phase: Callable[[str], None]) -> None:
+        """Wait until no helper runs and none is left to start: before timing, which must run alone. `on_phase`:
+        the cell about to be timed (so a time limit here names it)."""
         with self.cv:
             if self.queue or self.running:
-                on_phase(None, f"waiting for {len(self.queue) + len(self.running)} compile helper(s)")
-            while self.queue or self.running:
-                self.cv.wait(0.5)
+                on_phase(f"waiting for {len(self.queue) + len(self.running)} compile helper(s)")
+            self._wait(lambda: bool(self.queue or self.running))
 
     def close(self) -> None:
         with self.cv:
             self.closed = True
-            self.queue.clear()
-            slots = list(self.running.values())
-            self.running.clear()
             self.cv.notify_all()
-        for slot in slots:
-            with contextlib.suppress(Exception):
-                slot.job.kill()
-        self.thread.join(5)
+        self.thread.join(30)
 
 
 def start(cfg: SweepConfig, ref: Reference, modes: Sequence[str], spawn: Spawn | None,
