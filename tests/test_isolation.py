@@ -298,3 +298,24 @@ def test_a_crash_while_the_group_is_timed_together_costs_one_row_and_the_others_
     for mode in ("noquant", "int8dynamic"):
         assert rows[mode].status == "ok" and rows[mode].speedup
         assert "timed alone" in tables.text([rows[mode]])  # the note says why it was not timed with its group
+
+
+@pytest.mark.parametrize("given, asked", [(None, "yes"), ("0", "no")])
+def test_a_worker_puts_torch_memory_on_huge_pages_unless_the_user_chose(given, asked, monkeypatch, two_linear):
+    if given is None:
+        monkeypatch.delenv("THP_MEM_ALLOC_ENABLE", raising=False)
+    else:
+        monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", given)
+    executors._stop_idle_workers()  # the next worker starts with this environment
+    try:
+        rs = torchao_nb.sweep(two_linear, modes="noquant", example_inputs=(torch.randn(2, 128),), compile=False,
+                              policy=measure.FAST_POLICY, save_reload=False, progress=False)
+    finally:
+        executors._stop_idle_workers()
+    pages = rs.environment["memory_pages"]
+    system = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    mode = system.read_text().split("[")[1].split("]")[0] if system.exists() else None
+    if mode in ("madvise", "always"):  # what the worker's allocator was told, as the environment says it
+        assert f"torch asks for them: {asked}" in pages or (asked == "no" and "is not 1" in pages), pages
+    else:
+        assert pages.startswith(("4 KiB pages", "unknown")), pages
