@@ -6,6 +6,7 @@ import json
 import re
 
 import pytest
+import torch
 
 from torchao_nb import compile_cache, executors, measure, sweep
 from torchao_nb.cli import main
@@ -148,3 +149,26 @@ def test_in_process_the_sweep_saves_its_cache_too_and_without_out_or_compile_not
     sweep(out=tmp_path / "c", isolate=False, compile=False, **(SMALL | dict(modes="noquant")))
     assert not (tmp_path / "b" / compile_cache.FILE_NAME).exists()
     assert not (tmp_path / "c" / compile_cache.FILE_NAME).exists()
+
+
+def test_autoquant_searches_compiles_travel_too(tmp_path, monkeypatch):
+    """The search compiles its candidates in a child process: a sweep carrying the file must find them too."""
+    from torchao_nb.extras import Autoquant
+
+    from .conftest import TwoLinear
+
+    torch.manual_seed(0)
+    kw = SMALL | dict(model=TwoLinear(), example_inputs=(torch.randn(2, 128),), modes="autoquant")
+    compiles = []
+    for run, carried in (("a", None), ("b", tmp_path / "a" / compile_cache.FILE_NAME)):
+        monkeypatch.setenv("TORCHAO_NB_CACHE_DIR", str(tmp_path / f"timings-{run}"))  # every candidate is timed
+        fresh_worker(monkeypatch, tmp_path / f"inductor-{run}")
+        try:
+            (row,) = sweep(out=tmp_path / run, compile_cache=carried, **kw).rows
+        finally:
+            executors._stop_idle_workers()
+        assert row.status == "ok", row.reason
+        compiles.append(Extras.parse(row.extra).of(Autoquant).autoquant["compiles"])
+    cold, warm = compiles
+    assert cold["miss"] >= 2, cold  # the candidates' graphs, compiled cold (a few repeat within the search)
+    assert warm == {"hit": cold["hit"] + cold["miss"], "miss": 0, "bypass": 0}, (cold, warm)  # all in the file

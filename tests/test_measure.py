@@ -238,6 +238,20 @@ def test_replicates_that_differ_widen_the_interval_and_identical_ones_do_not():
     assert ratios.paired_ratio(base, [_replicate(0.96), _replicate(1.0), _replicate(1.04)]) == differ  # seeded
 
 
+def test_every_interval_carries_what_varies_between_runs():
+    rel = ratios.BETWEEN_RUNS_REL
+    calm = ratios.across_runs(ratios.Ratio(2.0, 1.996, 2.004))  # one calm minute: +-0.2 %
+    assert calm.value == 2.0
+    assert 2.0 * (1 - rel) * 0.995 < calm.lo < 2.0 * (1 - rel) * 1.005  # about +-rel, no narrower
+    assert 2.0 * (1 + rel) * 0.995 < calm.hi < 2.0 * (1 + rel) * 1.005
+    wide = ratios.Ratio(2.0, 1.5, 2.2)  # rounds that saw the machine move: barely wider, and still lopsided
+    moved = ratios.across_runs(wide)
+    assert 1.49 < moved.lo < 1.5 and 2.2 < moved.hi < 2.21 and moved.value - moved.lo > moved.hi - moved.value
+    assert ratios.across_runs(wide, 0.0) == wide
+    aa = ratios.across_runs(ratios.Ratio(1.001, 0.995, 1.006))  # an A/A stays "no clear difference"
+    assert not aa.clear and aa.lo < 0.975 and aa.hi > 1.025
+
+
 def test_a_cold_window_flushes_before_each_single_call():
     clock = FakeClock()
     calls = []

@@ -8,6 +8,7 @@ from torch import nn
 
 from torchao_nb import UserError, baseline, modes as modes_mod, sweep
 from torchao_nb import cell as cell_mod
+from torchao_nb import ratios
 from torchao_nb.results import ResultSet, read_jsonl
 
 from .conftest import NoLinear, TwoLinear
@@ -185,6 +186,9 @@ def test_each_side_is_timed_on_copies_of_its_own_and_the_row_says_how(two_linear
             continue
         assert row.replicates == 2
         assert row.baseline_ms > 0 and row.speedup_lo <= row.speedup <= row.speedup_hi
+        # a row's interval claims no more than what varies between runs (ratios.across_runs)
+        assert row.speedup_hi / row.speedup > 1 + 0.99 * ratios.BETWEEN_RUNS_REL
+        assert row.speedup / row.speedup_lo > 1 / (1 - 0.99 * ratios.BETWEEN_RUNS_REL)
         assert ("flushed" in row.sampling) == (cache == "cold")
     assert two_linear.fc1.weight.dtype == torch.float32  # copies were made from copies: the user's model is untouched
 
@@ -356,6 +360,7 @@ def test_a_groups_modes_are_timed_together_against_one_baseline(two_linear):
     assert len({r.baseline_ms for r in rows}) == 1
     assert all(r.extra_of(TimingNotes).together == 3 and r.extra_of(TimingNotes).alone is None for r in rows)
     assert "every mode of its group" in columns.timing_note(rows)
+    assert "adds ±3% for what varies between runs" in columns.timing_note(rows)
     alone = by_mode(run(two_linear, modes="noquant"))["noquant"]
     assert alone.extra_of(TimingNotes) is None or alone.extra_of(TimingNotes).together is None
     assert "every mode of its group" not in columns.timing_note([alone])

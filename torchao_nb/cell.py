@@ -232,7 +232,7 @@ def prepare_cell(cfg: SweepConfig, ref: Reference, mode: str, batch: int, copies
         context = modes_mod.ApplyContext(device=cfg.device, compile=ref.compile, policy=cfg.policy, clock=clock,
                                          progress=cfg.progress, settings=cfg.settings_for(mode),
                                          mode_settings=cfg.mode_settings, layer_rows=ref.layer_rows,
-                                         sandbox=sandbox)
+                                         sandbox=sandbox, keep_compiles=bool(cfg.compile_cache_to))
         report, quantize_s = measure.time_once(
             lambda: modes_mod.quantize(model, spec, info, cfg.dtype, ref.inputs, context), clock, sync)
         said = Extras.from_json(report.extra)  # the mode's own extras (autoquant's table, per-layer configs)

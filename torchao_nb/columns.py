@@ -69,8 +69,10 @@ def timing_note(rows) -> str:
     parts = [f"speedup = base ms / median ms, round by round: base ms is {base}, timed in {rounds}"]
     if copies:
         plural = "copy" if copies == [1] else "copies"
+        terms = sorted({t.between_runs for r in ok if (t := r.extra_of(TimingNotes)) and t.between_runs})
+        runs = f", and adds ±{'/'.join(f'{t:.0%}' for t in terms)} for what varies between runs" if terms else ""
         parts.append(f"each side on {'/'.join(map(str, copies))} {plural} of its own (the 95% CI resamples copies, "
-                     "then blocks of rounds)")
+                     f"then blocks of rounds{runs})")
     drift = machine_drift(ok)
     return "; ".join(parts + caches) + (f". {drift}" if drift else "")
 

@@ -165,13 +165,43 @@ def _body(artifacts: bytes, kernels: dict[str, bytes]) -> tuple[bytes, dict]:
     return artifacts + b"".join(kernels.values()), index
 
 
+# ---- what a child process compiled (autoquant's candidates, timed in a sandbox) -------------------------------
+# torch records artifacts per process: without these, a sweep that carries the file would find the cells' graphs
+# but compile every candidate of autoquant's search cold again (on CUDA with torchao's tuning, seconds each).
+
+_ADOPTED: list[bytes] = []  # torch's bytes from children, until this process saves
+_ADOPTED_KERNELS: dict[str, bytes] = {}
+_HANDED_BACK: set[str] = set()  # in a child: kernel libraries already handed back (the child serves many calls)
+
+
+def hand_back() -> tuple[bytes | None, dict[str, bytes]]:
+    """In a child process: torch's artifacts of what it compiled since the last call, and the kernel libraries it
+    has not handed back yet, for the process that saves the file (`adopt`)."""
+    import torch
+
+    got = torch.compiler.save_cache_artifacts()  # only what is new since the last one
+    kernels = {name: data for name, data in _loaded_kernels().items() if name not in _HANDED_BACK}
+    _HANDED_BACK.update(kernels)
+    return (got[0] if got else None), kernels
+
+
+def adopt(handed: tuple[bytes | None, dict[str, bytes]]) -> None:
+    """A child's `hand_back`, kept to be saved with this process's own artifacts."""
+    artifacts, kernels = handed
+    if artifacts:
+        _ADOPTED.append(artifacts)
+    _ADOPTED_KERNELS.update(kernels)
+
+
 def save(path: str | os.PathLike, device: str) -> dict[str, int] | None:
-    """Write what this process compiled (merged with a valid cache already at `path`: a worker that replaced a
-    crashed one must not drop the graphs of its predecessor); the count per kind, None when nothing was compiled."""
+    """Write what this process and its children compiled (merged with a valid cache already at `path`: a worker that
+    replaced a crashed one must not drop the graphs of its predecessor); the count per kind, None when nothing was
+    compiled."""
     import torch
 
     got = torch.compiler.save_cache_artifacts()
-    if got is None:
+    mine = [got[0]] if got else []
+    if not mine and not _ADOPTED:
         return None
     path = Path(path)
     earlier, kernels = b"", {}
@@ -179,12 +209,14 @@ def save(path: str | os.PathLike, device: str) -> dict[str, int] | None:
         old = read(path)
         if not old.mismatch(device):
             earlier, kernels = old.artifacts, dict(old.kernels)
-    artifacts, counts = merged(*(b for b in (earlier, got[0]) if b))
-    kernels |= _loaded_kernels()
+    artifacts, counts = merged(*(b for b in (earlier, *mine, *_ADOPTED) if b))
+    kernels |= _ADOPTED_KERNELS | _loaded_kernels()
     body, index = _body(artifacts, kernels)
     counts["cpp_kernels"] = len(kernels)
     valid_for = here(device) | {"artifacts": counts, "sha256": hashlib.sha256(body).hexdigest()} | index
     atomic_write(path, MAGIC + json.dumps(valid_for).encode() + b"\n" + body)
+    _ADOPTED.clear()  # in the file now, as torch forgets what it serialized
+    _ADOPTED_KERNELS.clear()
     return counts
 
 

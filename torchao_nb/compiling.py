@@ -154,6 +154,13 @@ def _break_text(reason) -> str:
     return where + first
 
 
+def fx_cache_counts() -> dict[str, int]:
+    """This process's FX graph cache hits, misses and bypasses so far (torch's counters)."""
+    import torch._dynamo.utils as du
+
+    return {k.rsplit("_", 1)[1]: du.counters["inductor"][k] for k in _CACHE_COUNTERS[:3]}
+
+
 @contextlib.contextmanager
 def watch() -> Iterator[CompileRecord]:
     """Record what torch.compile did inside the block: graph breaks, recompiles, CUDA-graph skips, cache hits."""

@@ -121,6 +121,7 @@ class TimingNotes(Extra):
     together: int | None = None  # how many modes were timed in the same rounds (the group's), when more than one
     alone: str | None = None  # why it was timed alone rather than with its group's other modes
     base_range_ms: list[float] | None = None  # the baseline's fastest and slowest tenth of the rounds (medians)
+    between_runs: float | None = None  # the relative term for what varies between runs, in the intervals (ratios)
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """A speedup from paired rounds: the ratio round by round, its two-level (copies, then blocks of rounds)
-bootstrap interval, and how far the machine moved while the rounds were taken."""
+bootstrap interval, what varies between runs added to it, and how far the machine moved while the rounds were
+taken."""
 
 from __future__ import annotations
 
@@ -68,6 +69,26 @@ def _block_rounds(rng, rounds: int, block: int, resamples: int):
     blocks = -(-rounds // block)
     starts = rng.integers(rounds, size=(resamples, blocks, 1))
     return ((starts + np.arange(block)) % rounds).reshape(resamples, blocks * block)[:, :rounds]
+
+
+# What one run cannot see. Five fresh processes on a quiet 2-core Xeon (504 MiB L3; benchmarks/reproducibility.py
+# --runs 5, 2026-12-04) read each mode's speedup 0-4.9 % from the five-run median (pooled spread between runs
+# 1.6 %; the A/A's 0.1 %), while each run's interval claimed +-0.3-1 % and held the median in 3 of 5 runs or
+# fewer for 4 of 8 modes. The machine's state over minutes set those differences, which no run's rounds met. So
+# every interval carries a between-runs term too, 1.96 x that spread: a run that met one calm minute claims no
+# more precision than repeated runs show.
+BETWEEN_RUNS_REL = 0.03
+
+
+def across_runs(r: Ratio, rel: float = BETWEEN_RUNS_REL) -> Ratio:
+    """`r` with the between-runs term added to each half of its interval, in quadrature on a log scale: an
+    interval much wider than the term barely changes, a narrower one grows to about +-rel."""
+    s = math.log1p(rel)
+
+    def edge(at: float, side: float) -> float:
+        return r.value * math.exp(side * math.hypot(math.log(at / r.value), s))
+
+    return Ratio(r.value, edge(r.lo, -1.0), edge(r.hi, 1.0))
 
 
 def drift(samples_ms: Sequence[float], parts: int = 10) -> tuple[float, float] | None:

@@ -107,7 +107,8 @@ def time_modes(cfg: SweepConfig, ref: Reference, sides: dict[str, list], clock,
     out = {}
     for mode, members in zip(sides, groups[2:]):
         ms = [timed[i] for i in members]
-        speedup, vs_eager = (ratios.paired_ratio(den, ms, min_block=block) for den in (base_ms, eager_m))
+        speedup, vs_eager = (ratios.across_runs(ratios.paired_ratio(den, ms, min_block=block))
+                             for den in (base_ms, eager_m))
         m = ratios.per_round(ms)
         unsteady = _not_steady(calls[members[-1]], calls[0], m.median_ms, cfg, win)
         out[mode] = (dict(median_ms=m.median_ms, iqr_ms=m.iqr_ms, samples=len(m.samples_ms), replicates=len(ms),
@@ -116,7 +117,8 @@ def time_modes(cfg: SweepConfig, ref: Reference, sides: dict[str, list], clock,
                           speedup_vs_eager=vs_eager.value, speedup_vs_eager_lo=vs_eager.lo,
                           speedup_vs_eager_hi=vs_eager.hi, sampling=win.what),
                      TimingNotes(not_steady=unsteady, busy=_busy(load), together=len(sides) if len(sides) > 1 else None,
-                                 base_range_ms=None if moved is None else [round(x, 6) for x in moved]))
+                                 base_range_ms=None if moved is None else [round(x, 6) for x in moved],
+                                 between_runs=ratios.BETWEEN_RUNS_REL))
     return out
 
 

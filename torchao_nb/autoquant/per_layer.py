@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections import Counter
 from typing import Any
 
 import torch
 from torch import nn
 
-from .. import _torchao, compiling, measure, models, modes
+from .. import _torchao, compile_cache, compiling, measure, models, modes
 from .._torchao import quiet_logs
 from ..checks import wrongness
 from ..env import DeviceInfo, dtype_name
@@ -203,6 +204,7 @@ def _search(model, info, dtype, example_inputs, ctx) -> dict[str, Any]:
     cands, unsupported = _candidates(settings, info, dtype)
     linear_bytes = sum(lin.weight.numel() * lin.weight.element_size() for lin in layers.values())
     cache = TimingCache(settings.cache_dir, settings.use_cache)
+    compiles: Counter = Counter()
     groups: dict[tuple, list[str]] = {}
     for fqn in layers:
         if fqn in inputs:
@@ -217,7 +219,7 @@ def _search(model, info, dtype, example_inputs, ctx) -> dict[str, Any]:
     try:
         for key, fqns in groups.items():
             n = copies_for(layers[fqns[0]], linear_bytes)
-            per_layer = _measure_group(key, fqns, cands, layers, inputs, info, dtype, ctx, cache, bar, n)
+            per_layer = _measure_group(key, fqns, cands, layers, inputs, info, dtype, ctx, cache, bar, n, compiles)
             for f in fqns:
                 table[f] = _decide(f, key, per_layer[f], settings, n)
     finally:
@@ -232,16 +234,18 @@ def _search(model, info, dtype, example_inputs, ctx) -> dict[str, Any]:
         "sqnr_floor_db": settings.sqnr_floor_db, "margin": settings.margin, "compile": ctx.compile.enabled,
         "candidates": [r.name for r in cands], "unsupported": unsupported,
         "cache": {"dir": str(cache.folder), "hits": cache.hits, "misses": cache.misses, "enabled": cache.enabled},
+        "compiles": {k: compiles[k] for k in ("hit", "miss", "bypass")},  # the candidates' FX graphs
         "layers": [table[f] for f in layers], "search_s": ctx.clock() - start,
     }
 
 
-def _measure_group(key, fqns, cands, layers, inputs, info, dtype, ctx, cache, bar, n) -> dict[str, dict[str, dict]]:
+def _measure_group(key, fqns, cands, layers, inputs, info, dtype, ctx, cache, bar, n,
+                   compiles: Counter) -> dict[str, dict[str, dict]]:
     """Every candidate on one shape: each layer's SQNR (weights differ), one shared time (cached, of n copies).
 
     The candidates are quantized, checked and timed in ctx.sandbox (a child process) when there is one: a
     candidate whose kernel crashes or hangs there is recorded as `crashed`, never chosen, and the shape's other
-    candidates run again without it.
+    candidates run again without it. `compiles` adds up the candidates' FX graph cache hits and misses.
     """
     result: dict[str, dict[str, dict]] = {f: {} for f in fqns}
 
@@ -281,8 +285,12 @@ def _measure_group(key, fqns, cands, layers, inputs, info, dtype, ctx, cache, ba
         label = f"{key[0]}x{key[1]}"
         show = lambda phase: bar and bar.set_postfix_str(f"{label} {phase}", refresh=True)  # noqa: E731
         try:
-            measured = (ctx.sandbox(_evaluate_shape, args, show) if ctx.sandbox is not None
-                        else _evaluate_shape(*args, phase=show))
+            args = (ctx.sandbox is not None and ctx.keep_compiles, *args)
+            measured, counts, handed = (ctx.sandbox(_evaluate_counted, args, show) if ctx.sandbox is not None
+                                        else _evaluate_counted(*args, phase=show))
+            compiles.update(counts)
+            if handed is not None:
+                compile_cache.adopt(handed)
         except Crashed as e:
             culprit = e.phase.partition(":")[0]
             lost = [culprit] if culprit in names else names
@@ -340,6 +348,15 @@ def _evaluate_shape(layers: dict[str, nn.Linear], inputs: dict[str, torch.Tensor
                 else:
                     out[name]["ms"] = timed / n  # per layer call
     return out
+
+
+def _evaluate_counted(hand_back: bool, *args, phase=lambda text: None) -> tuple[dict[str, dict], dict, tuple | None]:
+    """_evaluate_shape where it runs (a child process, or here): its result, its compiles' FX graph cache hits and
+    misses, and with `hand_back` what the child compiled, for the compile cache the worker saves."""
+    before = compiling.fx_cache_counts()
+    out = _evaluate_shape(*args, phase=phase)
+    counts = {k: v - before[k] for k, v in compiling.fx_cache_counts().items()}
+    return out, counts, compile_cache.hand_back() if hand_back else None
 
 
 def _decide(fqn: str, key: tuple, cands: dict[str, dict], settings: SearchSettings, n: int = 1) -> dict:

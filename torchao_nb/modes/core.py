@@ -47,6 +47,9 @@ class ApplyContext:
     # Runs fn(*args, phase=...) where a crash can't reach the run (a child process; executors.Zygote.call),
     # raising errors.Crashed; None: work runs in this process.
     sandbox: Callable[..., Any] | None = None
+    # The sweep saves a compile cache (compile_cache.save): what compiles in the sandbox's child process must be
+    # handed back to be saved too, or a later sweep that carries the file compiles those graphs cold again.
+    keep_compiles: bool = False
 
 
 # ---- where a mode runs --------------------------------------------------------------------------
