@@ -43,7 +43,7 @@ def note(row: Row) -> str:
     if (reload := _reload_note(row)) is not None:
         notes.append(reload)
     if timing := row.extra_of(TimingNotes):
-        notes += [said for said in (timing.not_steady, timing.busy, timing.alone) if said]
+        notes += [said for said in (timing.not_steady, timing.settles, timing.busy, timing.alone) if said]
     for count, what in ((row.graph_breaks, "graph break"), (row.recompiles, "recompile while timing"),
                         (row.cudagraph_skips, "CUDA-graph skip")):
         if count:

@@ -116,7 +116,8 @@ class CompileNotes(Extra):
 class TimingNotes(Extra):
     """Why a row's numbers need care: said in its note."""
 
-    not_steady: str | None = None  # its bursts are not its steady state
+    not_steady: str | None = None  # its bursts are not its steady state (rows from before `settles`)
+    settles: str | None = None  # its bursts needed a longer untimed lead to reach their steady state
     busy: str | None = None  # other processes took a share of the CPU while it was timed
     together: int | None = None  # how many modes were timed in the same rounds (the group's), when more than one
     alone: str | None = None  # why it was timed alone rather than with its group's other modes

@@ -171,7 +171,8 @@ def cuda_window(flush_bytes: int = 0) -> Window:
 
 def time_interleaved(fns: Sequence[Callable[[], Any]], policy: TimingPolicy = TimingPolicy(),
                      clock: Clock = time.perf_counter, sync: Callable[[], None] = no_sync,
-                     window: Window | None = None, sides: Sequence[Sequence[int]] | None = None) -> list[Measurement]:
+                     window: Window | None = None, sides: Sequence[Sequence[int]] | None = None,
+                     leads_s: Sequence[float] | None = None) -> list[Measurement]:
     """Time several functions in rounds: each round takes one sample (a burst) of every function.
 
     A speedup is a ratio of two timings; on a shared machine (a VM's neighbours, clock changes)
@@ -182,12 +183,14 @@ def time_interleaved(fns: Sequence[Callable[[], Any]], policy: TimingPolicy = Ti
     always came last would always meet the machine in the same state (measured: 2-7 % faster under
     load). Stops when every median settles (checked after whole rotations) or when the time budget
     (one measurement's per function, checked every round) runs out. With `sides` (groups of indices: copies of one function), what must
-    settle is each side's median over rounds of its per-round median over copies, the number reported.
+    settle is each side's median over rounds of its per-round median over copies, the number reported. `leads_s`: each
+    function's untimed lead before its burst (default the policy's; see `settling_lead`).
     """
     window = window or host_window(clock, sync)
     sides = sides or [[i] for i in range(len(fns))]
+    leads_s = leads_s or [policy.lead_s] * len(fns)
 
-    def calibrate(fn) -> tuple[int, int]:
+    def calibrate(fn, lead_s: float) -> tuple[int, int]:
         start, calls, last = clock(), 0, 0.0
         while calls < policy.min_warmup or clock() - start < policy.warmup_s:
             t0 = clock()
@@ -197,10 +200,10 @@ def time_interleaved(fns: Sequence[Callable[[], Any]], policy: TimingPolicy = Ti
             calls += 1
         if window.one_call:
             return 1, 1
-        return tuple(max(1, math.ceil(s / last - 1e-6)) if last > 0 else 1 for s in (policy.lead_s, policy.burst_s))
+        return tuple(max(1, math.ceil(s / last - 1e-6)) if last > 0 else 1 for s in (lead_s, policy.burst_s))
 
     k = len(fns)
-    shape = [calibrate(fn) for fn in fns]
+    shape = [calibrate(fn, lead) for fn, lead in zip(fns, leads_s)]
     samples: list[list[float]] = [[] for _ in fns]
     begin, settled, rounds = clock(), [None] * len(sides), 0
     while rounds < policy.max_samples:
@@ -245,6 +248,31 @@ def after_switch(fn: Callable[[], Any], other: Callable[[], Any], per_call_ms: f
         switched.append(window.run(fn, lead, n))
         settled.append(window.run(fn, max(lead, math.ceil(SETTLE_S / one)), n))
     return statistics.median(switched), statistics.median(settled)
+
+
+@dataclass(frozen=True)
+class Settling:
+    """How a function's bursts are led in rounds: the untimed lead, and the check that chose it."""
+
+    lead_s: float
+    switched_ms: float  # ms per call of a burst right after another function's, with the policy's lead
+    settled_ms: float  # the same burst after SETTLE_S more of its own calls
+    lengthened: bool  # the lead is SETTLE_S: with the policy's, a burst read slower right after a switch
+
+
+def settling(fn: Callable[[], Any], other: Callable[[], Any], policy: TimingPolicy = TimingPolicy(),
+             window: Window | None = None, clock: Clock = time.perf_counter) -> Settling:
+    """The untimed lead fn's bursts need in rounds: the policy's when a burst right after a burst of `other` reads
+    as a settled one does (most compiled models), else SETTLE_S, so that a sample times fn's steady state even when
+    its speed depends on what ran before it (float8 weight-only on a CPU). About 0.5 s, once per side."""
+    t0 = clock()
+    fn()
+    one_ms = (clock() - t0) * 1e3
+    if one_ms <= 0:  # a clock that did not move (a test's) can't size the bursts
+        return Settling(policy.lead_s, 0.0, 0.0, False)
+    switched, settled = after_switch(fn, other, one_ms, policy, window)
+    slow = switched > settled * (1 + STEADY_REL)
+    return Settling(max(policy.lead_s, SETTLE_S) if slow else policy.lead_s, switched, settled, slow)
 
 
 def time_paired(fn_a: Callable[[], Any], fn_b: Callable[[], Any], policy: TimingPolicy = TimingPolicy(),

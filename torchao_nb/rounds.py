@@ -85,7 +85,7 @@ def time_modes(cfg: SweepConfig, ref: Reference, sides: dict[str, list], clock,
                sync) -> dict[str, tuple[dict[str, Any], TimingNotes]]:
     """Each mode's copies (`sides`: mode → its compiled copies) timed in the same rounds as the unquantized model
     (as many compiled baseline copies as the most copied mode, and the eager model): per mode, the row's numbers
-    and the notes for its extras (not a steady state, a busy machine)."""
+    and the notes for its extras (slow to settle, a busy machine)."""
     win = window(cfg, ref, clock, sync)
     n = max(len(fns) for fns in sides.values())
     bases = baselines(ref, n) if ref.compile.enabled else []
@@ -95,9 +95,19 @@ def time_modes(cfg: SweepConfig, ref: Reference, sides: dict[str, list], clock,
     for copies_ in sides.values():
         groups.append(list(range(start, start + len(copies_))))
         start += len(copies_)
+    sides_ = [g for g in groups if g]
+    # The rotation keeps neighbours (a function nearly always follows the one before it in `calls`): that is the
+    # switch a side's first copy is checked on, and the side's copies all get the lead it needs. A cold window
+    # flushes before every call, so there is no steady state to reach.
+    settles = {} if win.one_call else {g[0]: measure.settling(calls[g[0]], calls[g[0] - 1], cfg.policy, win, clock)
+                                       for g in sides_}
+    leads = [cfg.policy.lead_s] * len(calls)
+    for g in sides_:
+        for i in g:
+            leads[i] = settles[g[0]].lead_s if g[0] in settles else leads[i]
     with envmod.OtherLoad() as load:
         began = clock()
-        timed = measure.time_interleaved(calls, cfg.policy, clock, sync, win, [g for g in groups if g])
+        timed = measure.time_interleaved(calls, cfg.policy, clock, sync, win, sides_, leads)
         per_round = (clock() - began) / max(1, len(timed[0].samples_ms))
     block = max(1, math.ceil(DRIFT_S / per_round)) if per_round > 0 else 1
     eager_m = timed[len(bases)]
@@ -110,13 +120,13 @@ def time_modes(cfg: SweepConfig, ref: Reference, sides: dict[str, list], clock,
         speedup, vs_eager = (ratios.across_runs(ratios.paired_ratio(den, ms, min_block=block))
                              for den in (base_ms, eager_m))
         m = ratios.per_round(ms)
-        unsteady = _not_steady(calls[members[-1]], calls[0], m.median_ms, cfg, win)
         out[mode] = (dict(median_ms=m.median_ms, iqr_ms=m.iqr_ms, samples=len(m.samples_ms), replicates=len(ms),
                           noisy=m.noisy(cfg.policy), baseline_ms=base.median_ms, eager_ms=eager_m.median_ms,
                           speedup=speedup.value, speedup_lo=speedup.lo, speedup_hi=speedup.hi,
                           speedup_vs_eager=vs_eager.value, speedup_vs_eager_lo=vs_eager.lo,
                           speedup_vs_eager_hi=vs_eager.hi, sampling=win.what),
-                     TimingNotes(not_steady=unsteady, busy=_busy(load), together=len(sides) if len(sides) > 1 else None,
+                     TimingNotes(settles=_settles(settles.get(members[0])), busy=_busy(load),
+                                 together=len(sides) if len(sides) > 1 else None,
                                  base_range_ms=None if moved is None else [round(x, 6) for x in moved],
                                  between_runs=ratios.BETWEEN_RUNS_REL))
     return out
@@ -130,13 +140,10 @@ def _busy(load: envmod.OtherLoad) -> str | None:
             "its numbers move with their load")
 
 
-def _not_steady(fn, other, per_call_ms: float, cfg: SweepConfig, win: measure.Window) -> str | None:
-    """Why the mode's bursts are not its steady state, or None when they are (see measure.after_switch)."""
-    if win.one_call:  # a cold window flushes before every call: there is no steady state to reach
+def _settles(settle: measure.Settling | None) -> str | None:
+    """What the row says when its bursts needed a longer lead to reach their steady state (measure.settling)."""
+    if settle is None or not settle.lengthened:
         return None
-    switched, settled = measure.after_switch(fn, other, per_call_ms, cfg.policy, win)
-    if switched <= settled * (1 + measure.STEADY_REL):
-        return None
-    return (f"not a steady state: a burst right after the unquantized model read {switched:.3f} ms per call, "
-            f"{settled:.3f} ms after {measure.SETTLE_S:g} s more of its calls; its speed depends on what ran "
-            "before it, and the speedup with it")
+    return (f"slow to settle: a burst right after another model's read {settle.switched_ms:.3f} ms per call, "
+            f"{settle.settled_ms:.3f} ms after {measure.SETTLE_S:g} s more of its own calls, so each of its bursts "
+            f"was led by {settle.lead_s:g} s of untimed calls (timed at its steady state)")
