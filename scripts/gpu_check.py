@@ -214,8 +214,9 @@ def plan_step_with(step: Step, layers: int, costs: Costs, carried: bool,
         if mode == "autoquant":
             cands = autoquant_candidates(rows)
             n = len(shapes) * (len(cands) + 1)  # noquant is timed per shape too
-            # the candidates compile in a sandbox whose artifacts the carried file doesn't hold: always cold
-            serial += OTHER_S["sandbox"] + n * costs.seconds("candidate", step.tuning, layers) + cold("bf16")
+            # the candidates compile in a sandbox, which hands them back to the carried file (compile_cache.adopt)
+            candidate = costs.seconds("candidate", step.tuning, layers)
+            serial += OTHER_S["sandbox"] + n * (min(WARM_S, candidate) if carried else candidate) + cold("bf16")
             seconds += OTHER_S["timing"]
             lines.append(f"  {mode:17s} runs: {len(shapes)} layer shapes x {len(cands) + 1} candidates (noquant, "
                          f"{', '.join(cands)}) + the chosen model = {n + 1} compiles")
