@@ -96,10 +96,14 @@ def time_modes(cfg: SweepConfig, ref: Reference, sides: dict[str, list], clock,
         groups.append(list(range(start, start + len(copies_))))
         start += len(copies_)
     sides_ = [g for g in groups if g]
-    # The rotation keeps neighbours (a function nearly always follows the one before it in `calls`): that is the
-    # switch a side's first copy is checked on, and the side's copies all get the lead it needs. A cold window
-    # flushes before every call, so there is no steady state to reach.
-    settles = {} if win.one_call else {g[0]: measure.settling(calls[g[0]], calls[g[0] - 1], cfg.policy, win, clock)
+    # A side's first copy is checked right after calls of every other side's (in the rounds all of them run between
+    # two of its bursts: one neighbour alone left float8 weight-only's 12 % on the threshold); the side's copies
+    # all get the lead it needs. A cold window flushes before every call, so there is no steady state to reach.
+    def the_others(g):
+        firsts = [calls[h[0]] for h in sides_ if h is not g]
+        return lambda: [f() for f in firsts]
+
+    settles = {} if win.one_call else {g[0]: measure.settling(calls[g[0]], the_others(g), cfg.policy, win, clock)
                                        for g in sides_}
     leads = [cfg.policy.lead_s] * len(calls)
     for g in sides_:
@@ -144,6 +148,6 @@ def _settles(settle: measure.Settling | None) -> str | None:
     """What the row says when its bursts needed a longer lead to reach their steady state (measure.settling)."""
     if settle is None or not settle.lengthened:
         return None
-    return (f"slow to settle: a burst right after another model's read {settle.switched_ms:.3f} ms per call, "
+    return (f"slow to settle: a burst right after the other models' read {settle.switched_ms:.3f} ms per call, "
             f"{settle.settled_ms:.3f} ms after {measure.SETTLE_S:g} s more of its own calls, so each of its bursts "
             f"was led by {settle.lead_s:g} s of untimed calls (timed at its steady state)")
