@@ -96,19 +96,7 @@ def time_modes(cfg: SweepConfig, ref: Reference, sides: dict[str, list], clock,
         groups.append(list(range(start, start + len(copies_))))
         start += len(copies_)
     sides_ = [g for g in groups if g]
-    # A side's first copy is checked right after calls of every other side's (in the rounds all of them run between
-    # two of its bursts: one neighbour alone left float8 weight-only's 12 % on the threshold); the side's copies
-    # all get the lead it needs. A cold window flushes before every call, so there is no steady state to reach.
-    def the_others(g):
-        firsts = [calls[h[0]] for h in sides_ if h is not g]
-        return lambda: [f() for f in firsts]
-
-    settles = {} if win.one_call else {g[0]: measure.settling(calls[g[0]], the_others(g), cfg.policy, win, clock)
-                                       for g in sides_}
-    leads = [cfg.policy.lead_s] * len(calls)
-    for g in sides_:
-        for i in g:
-            leads[i] = settles[g[0]].lead_s if g[0] in settles else leads[i]
+    leads, settles = _leads(cfg, calls, sides_, win, clock, sync)
     with envmod.OtherLoad() as load:
         began = clock()
         timed = measure.time_interleaved(calls, cfg.policy, clock, sync, win, sides_, leads)
@@ -134,6 +122,35 @@ def time_modes(cfg: SweepConfig, ref: Reference, sides: dict[str, list], clock,
                                  base_range_ms=None if moved is None else [round(x, 6) for x in moved],
                                  between_runs=ratios.BETWEEN_RUNS_REL))
     return out
+
+
+def _leads(cfg: SweepConfig, calls: list, sides: list[list[int]], win: measure.Window, clock,
+           sync) -> tuple[list[float], dict[int, measure.Settling]]:
+    """Each function's untimed lead in the rounds, and each side's check (by its first copy's index). A side's first
+    copy is checked right after a burst of every other side's, as the rounds run them between two of its bursts
+    (one neighbour alone left float8 weight-only's 12 % on the threshold); the side's copies all get the lead it
+    needs. A cold window flushes before every call, so there is no steady state to reach."""
+    leads = [cfg.policy.lead_s] * len(calls)
+    if win.one_call:
+        return leads, {}
+    per_burst = cfg.policy.lead_s + cfg.policy.burst_s
+    calls_in_burst = {}
+    for g in sides:  # one call of each side's first copy says how many make one of its bursts
+        t0 = clock()
+        calls[g[0]]()
+        sync()
+        one = clock() - t0
+        calls_in_burst[g[0]] = max(1, math.ceil(per_burst / one)) if one > 0 else 1
+
+    def the_others(g):
+        bursts = [(calls[h[0]], calls_in_burst[h[0]]) for h in sides if h is not g]
+        return lambda: [f() for f, k in bursts for _ in range(k)]
+
+    settles = {g[0]: measure.settling(calls[g[0]], the_others(g), cfg.policy, win, clock) for g in sides}
+    for g in sides:
+        for i in g:
+            leads[i] = settles[g[0]].lead_s
+    return leads, settles
 
 
 def _busy(load: envmod.OtherLoad) -> str | None:
