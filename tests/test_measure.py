@@ -310,9 +310,9 @@ def test_a_function_slow_to_settle_is_led_into_its_steady_state_in_the_rounds():
     window = measure.host_window(clock)
     base, slow, quick = work("base", 2.0, 0), work("slow", 5.0, 10), work("quick", 1.0, 3)
     policy = measure.TimingPolicy(min_samples=12, max_samples=12)
-    needs = measure.settling(slow, base, policy, window, clock)
+    needs = measure.settling(slow, base, 5.0, policy, window)
     assert needs.lengthened and needs.lead_s == measure.SETTLE_S and needs.switched_ms > needs.settled_ms
-    assert measure.settling(quick, base, policy, window, clock).lead_s == policy.lead_s
+    assert measure.settling(quick, base, 1.0, policy, window).lead_s == policy.lead_s
     short = measure.time_interleaved([base, slow], policy, clock, window=window)
     led = measure.time_interleaved([base, slow], policy, clock, window=window, leads_s=[policy.lead_s, needs.lead_s])
     assert short[1].median_ms == pytest.approx(6.5) and led[1].median_ms == pytest.approx(5.0)

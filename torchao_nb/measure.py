@@ -184,7 +184,7 @@ def time_interleaved(fns: Sequence[Callable[[], Any]], policy: TimingPolicy = Ti
     load). Stops when every median settles (checked after whole rotations) or when the time budget
     (one measurement's per function, checked every round) runs out. With `sides` (groups of indices: copies of one function), what must
     settle is each side's median over rounds of its per-round median over copies, the number reported. `leads_s`: each
-    function's untimed lead before its burst (default the policy's; see `settling_lead`).
+    function's untimed lead before its burst (default the policy's; see `settling`).
     """
     window = window or host_window(clock, sync)
     sides = sides or [[i] for i in range(len(fns))]
@@ -237,21 +237,18 @@ STEADY_REL = 0.02
 
 
 def after_switch(fn: Callable[[], Any], other: Callable[[], Any], per_call_ms: float, policy: TimingPolicy = TimingPolicy(),
-                 window: Window | None = None, repeats: int = 3, other_once: bool = False) -> tuple[float, float]:
-    """(ms per call of a burst taken as the rounds take it, right after a burst of `other`; ms per call of the
-    same burst after SETTLE_S more of fn's calls), medians of `repeats`. Most compiled models settle within the
-    burst's untimed lead; one whose speed still depends on what ran before it (float8 weight-only on a CPU:
-    6.5 ms per call after the baseline, 6.0 after 12 calls, 5.2 after a second) reads slower in the first.
-    `other_once`: `other` is called once, not a burst of fn's size (it is a burst of its own already)."""
+                 window: Window | None = None, repeats: int = 3) -> tuple[float, float]:
+    """(ms per call of a burst taken as the rounds take it, right after one call of `other` (in rounds: a burst of
+    every other side's); ms per call of the same burst after SETTLE_S more of fn's calls), medians of `repeats`.
+    Most compiled models settle within the burst's untimed lead; one whose speed still depends on what ran before
+    it (float8 weight-only on a CPU: 6.5 ms per call after the baseline, 6.0 after 12 calls, 5.2 after a second)
+    reads slower in the first."""
     window = window or host_window()
     one = max(per_call_ms / 1e3, 1e-9)
     lead, n = (max(1, math.ceil(s / one - 1e-6)) for s in (policy.lead_s, policy.burst_s))
     switched, settled = [], []
     for _ in range(repeats):
-        if other_once:
-            other()
-        else:
-            window.run(other, lead, n)
+        other()
         switched.append(window.run(fn, lead, n))
         settled.append(window.run(fn, max(lead, math.ceil(SETTLE_S / one)), n))
     return statistics.median(switched), statistics.median(settled)
@@ -267,17 +264,14 @@ class Settling:
     lengthened: bool  # the lead is SETTLE_S: with the policy's, a burst read slower right after a switch
 
 
-def settling(fn: Callable[[], Any], other: Callable[[], Any], policy: TimingPolicy = TimingPolicy(),
-             window: Window | None = None, clock: Clock = time.perf_counter) -> Settling:
-    """The untimed lead fn's bursts need in rounds: the policy's when a burst right after one call of `other` (in
-    rounds: a burst of every other side's) reads as a settled one does (most compiled models), else SETTLE_S, so that a sample times fn's steady state even when
-    its speed depends on what ran before it (float8 weight-only on a CPU). About 0.5 s, once per side."""
-    t0 = clock()
-    fn()
-    one_ms = (clock() - t0) * 1e3
-    if one_ms <= 0:  # a clock that did not move (a test's) can't size the bursts
+def settling(fn: Callable[[], Any], other: Callable[[], Any], per_call_ms: float, policy: TimingPolicy = TimingPolicy(),
+             window: Window | None = None) -> Settling:
+    """The untimed lead fn's bursts need in rounds: the policy's when a burst right after `other` reads as a settled
+    one does (most compiled models), else SETTLE_S, so that a sample times fn's steady state even when its speed
+    depends on what ran before it (float8 weight-only on a CPU). About 0.5 s, once per side."""
+    if per_call_ms <= 0:  # a clock that did not move (a test's) can't size the bursts
         return Settling(policy.lead_s, 0.0, 0.0, False)
-    switched, settled = after_switch(fn, other, one_ms, policy, window, other_once=True)
+    switched, settled = after_switch(fn, other, per_call_ms, policy, window)
     slow = switched > settled * (1 + STEADY_REL)
     return Settling(max(policy.lead_s, SETTLE_S) if slow else policy.lead_s, switched, settled, slow)
 

@@ -134,19 +134,19 @@ def _leads(cfg: SweepConfig, calls: list, sides: list[list[int]], win: measure.W
     if win.one_call:
         return leads, {}
     per_burst = cfg.policy.lead_s + cfg.policy.burst_s
-    calls_in_burst = {}
-    for g in sides:  # one call of each side's first copy says how many make one of its bursts
+    one_s = {}
+    for g in sides:  # one call of each side's first copy: how long a call is, and so how many make a burst
         t0 = clock()
         calls[g[0]]()
         sync()
-        one = clock() - t0
-        calls_in_burst[g[0]] = max(1, math.ceil(per_burst / one)) if one > 0 else 1
+        one_s[g[0]] = clock() - t0
+    in_burst = {i: max(1, math.ceil(per_burst / s)) if s > 0 else 1 for i, s in one_s.items()}
 
     def the_others(g):
-        bursts = [(calls[h[0]], calls_in_burst[h[0]]) for h in sides if h is not g]
+        bursts = [(calls[h[0]], in_burst[h[0]]) for h in sides if h is not g]
         return lambda: [f() for f, k in bursts for _ in range(k)]
 
-    settles = {g[0]: measure.settling(calls[g[0]], the_others(g), cfg.policy, win, clock) for g in sides}
+    settles = {g[0]: measure.settling(calls[g[0]], the_others(g), one_s[g[0]] * 1e3, cfg.policy, win) for g in sides}
     for g in sides:
         for i in g:
             leads[i] = settles[g[0]].lead_s

@@ -285,9 +285,9 @@ def _measure_group(key, fqns, cands, layers, inputs, info, dtype, ctx, cache, ba
         label = f"{key[0]}x{key[1]}"
         show = lambda phase: bar and bar.set_postfix_str(f"{label} {phase}", refresh=True)  # noqa: E731
         try:
-            args = (ctx.sandbox is not None and ctx.keep_compiles, *args)
-            measured, counts, handed = (ctx.sandbox(_evaluate_counted, args, show) if ctx.sandbox is not None
-                                        else _evaluate_counted(*args, phase=show))
+            counted = (ctx.sandbox is not None and ctx.keep_compiles, *args)  # hand back: only from a child
+            measured, counts, handed = (ctx.sandbox(_evaluate_counted, counted, show) if ctx.sandbox is not None
+                                        else _evaluate_counted(*counted, phase=show))
             compiles.update(counts)
             if handed is not None:
                 compile_cache.adopt(handed)
